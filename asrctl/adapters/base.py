@@ -1,0 +1,140 @@
+"""The contract every model family implements.
+
+An adapter knows one family's on-disk layout and everything that is specific to it:
+which files it needs, how to export its LLM as a stock vLLM architecture, how to turn
+waveforms into LLM-space audio embeddings, how the prompt around them looks, and how to
+clean the decoded text. Everything else (audio loading, batching, the engine, results)
+is shared and knows nothing about families.
+
+Prompts are built as *prefix text*, audio embeddings, *suffix text*: the engine tokenizes
+the two text parts with the model's own tokenizer, embeds them with rows of the exported
+embedding table and splices the audio in between. An adapter never hard-codes token ids.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class RequiredFile:
+    """A file or folder a family needs, relative to the model directory."""
+
+    path: str
+    what: str  # what it should hold, shown to users when it is missing
+    is_dir: bool = False
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """Per-request prompt settings; each family decides what it can honour."""
+
+    language: str | None = None  # a code such as "zh"; None or "auto" lets the model decide
+    hotwords: tuple[str, ...] = ()  # words or phrases to bias recognition towards
+    itn: bool = True  # inverse text normalisation (numbers as digits, punctuation)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Text before and after the audio embeddings."""
+
+    prefix: str
+    suffix: str
+
+
+@dataclass(frozen=True)
+class LlmExport:
+    """What the exporter writes for vLLM: a stock causal-LM directory.
+
+    Attributes:
+        config: the LLM's config.json content (must name a ``...ForCausalLM`` architecture).
+        tokenizer_dir: folder whose tokenizer/generation files are copied next to the weights.
+        sources: files whose content determines the export (hashed into the manifest).
+    """
+
+    config: dict
+    tokenizer_dir: Path
+    sources: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Family:
+    """Static facts about a family, used by the registry and error messages."""
+
+    name: str  # CLI name, e.g. "fun-asr-nano"
+    title: str  # human name, e.g. "Fun-ASR-Nano"
+    sample_rate: int  # Hz the frontend expects
+    max_audio_seconds: float | None  # longest input one pass accepts (None: no limit)
+    languages: Mapping[str, str] = field(default_factory=dict)  # code -> name used in prompts
+
+
+class AudioEncoder(ABC):
+    """Turns a batch of waveforms into LLM-space embeddings, one tensor per utterance."""
+
+    @abstractmethod
+    def __call__(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Encode float32 mono waveforms at the family's sample rate.
+
+        Returns one ``(n_audio_tokens, llm_hidden)`` tensor per input, in input order.
+        """
+
+
+class Adapter(ABC):
+    """One model family. Subclasses set ``family`` and ``required`` and implement the rest."""
+
+    family: ClassVar[Family]
+    required: ClassVar[tuple[RequiredFile, ...]]
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, model_dir: Path) -> bool:
+        """True when the directory looks like this family (cheap: names and small files)."""
+
+    def check(self) -> list[str]:
+        """Every problem with the directory, each naming the file and what it should hold."""
+        problems = []
+        for req in self.required:
+            path = self.model_dir / req.path
+            if path.is_symlink() and not path.exists():
+                problems.append(f"{req.path} is a broken symlink to {path.readlink()} ({req.what})")
+            elif not path.exists():
+                problems.append(f"missing required {'folder' if req.is_dir else 'file'}: "
+                                f"{req.path} — {req.what}")
+            elif req.is_dir != path.is_dir():
+                problems.append(f"{req.path} should be a {'folder' if req.is_dir else 'file'} "
+                                f"({req.what})")
+        return problems or self.check_contents()
+
+    def check_contents(self) -> list[str]:
+        """Deeper checks once every required file exists (parse configs, keys)."""
+        return []
+
+    @abstractmethod
+    def llm_export(self) -> LlmExport:
+        """Describe the stock LLM the engine runs."""
+
+    @abstractmethod
+    def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The LLM's weights under the stock architecture's key names."""
+
+    @abstractmethod
+    def audio_encoder(self, device: str, dtype: torch.dtype) -> AudioEncoder:
+        """Build the frontend + encoder + projector on ``device``."""
+
+    @abstractmethod
+    def prompt(self, options: PromptOptions) -> Prompt:
+        """The text around the audio for these options (raises OptionsError if unsupported)."""
+
+    def postprocess(self, text: str) -> str:
+        """Clean the decoded text (default: strip)."""
+        return text.strip()

@@ -1,0 +1,144 @@
+"""Fun-ASR-Nano-2512 (FunAudioLLM): SenseVoice SAN-M encoder + Transformer adaptor + Qwen3.
+
+Faithful to FunASR's ``FunASRNano``: 80-bin Kaldi fbank on int16-scaled samples with a
+Hamming window and no dither, LFR 7/6, no CMVN, encoder and adaptor in fp32, and only the
+first ``fake_token_len`` (≈ L/8) adaptor frames spliced into a ChatML prompt. The Qwen3 LLM
+is exported from ``llm.*`` of ``model.pt`` and run by vLLM as a stock ``Qwen3ForCausalLM``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import yaml
+
+from asrctl.adapters.base import (
+    Adapter,
+    AudioEncoder,
+    Family,
+    LlmExport,
+    Prompt,
+    PromptOptions,
+    RequiredFile,
+)
+from asrctl.errors import OptionsError
+
+if TYPE_CHECKING:
+    import torch
+
+LLM_DIR = "Qwen3-0.6B"
+
+# The prompt, as FunASR builds it (funasr/models/fun_asr_nano): system turn, then the user
+# instruction followed by the audio, then the assistant turn opens.
+PREFIX = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{instruction}"
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+INSTRUCTION = "语音转写"
+INSTRUCTION_WITH_LANGUAGE = "语音转写成{language}"
+NO_ITN = "，不进行文本规整"
+HOTWORDS = ("请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n"
+            "**上下文信息：**\n\n\n热词列表：[{hotwords}]\n")
+# Language codes -> the names the model was trained with.
+LANGUAGES = {"zh": "中文", "en": "英文", "ja": "日文", "ko": "韩文"}
+# Output clean-up of FunASR's vLLM path: special-token remnants and silence marks.
+_JUNK = re.compile(r"<\|[^|>]*\|>|/sil")
+_SPACES = re.compile(r"\s+")
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+
+
+class FunAsrNanoAdapter(Adapter):
+    family: ClassVar[Family] = Family(
+        name="fun-asr-nano", title="Fun-ASR-Nano", sample_rate=16000,
+        max_audio_seconds=30.0, languages=LANGUAGES)
+    required: ClassVar[tuple[RequiredFile, ...]] = (
+        RequiredFile("model.pt", "torch checkpoint with audio_encoder.*, audio_adaptor.*, llm.*"),
+        RequiredFile("config.yaml", "FunASR config with model: FunASRNano"),
+        RequiredFile(f"{LLM_DIR}", "Qwen3-0.6B config and tokenizer", is_dir=True),
+        RequiredFile(f"{LLM_DIR}/config.json", "Qwen3 LLM config"),
+        RequiredFile(f"{LLM_DIR}/tokenizer.json", "Qwen3 tokenizer"),
+    )
+
+    @classmethod
+    def matches(cls, model_dir: Path) -> bool:
+        conf = model_dir / "config.yaml"
+        if conf.is_file() and conf.stat().st_size < (1 << 20):
+            try:
+                return (yaml.safe_load(conf.read_text()) or {}).get("model") == "FunASRNano"
+            except yaml.YAMLError:
+                return False
+        return (model_dir / "model.pt").exists() and (model_dir / LLM_DIR).exists()
+
+    @functools.cached_property
+    def config(self) -> dict:
+        return yaml.safe_load((self.model_dir / "config.yaml").read_text()) or {}
+
+    def check_contents(self) -> list[str]:
+        problems = []
+        for block in ("audio_encoder_conf", "audio_adaptor_conf", "frontend_conf"):
+            if not isinstance(self.config.get(block), dict):
+                problems.append(f"config.yaml: missing the {block} block")
+        try:
+            llm = json.loads((self.model_dir / LLM_DIR / "config.json").read_text())
+            if llm.get("model_type") != "qwen3":
+                problems.append(f"{LLM_DIR}/config.json: model_type should be qwen3, "
+                                f"not {llm.get('model_type')!r}")
+        except ValueError as e:
+            problems.append(f"{LLM_DIR}/config.json: not valid JSON ({e})")
+        return problems
+
+    def llm_export(self) -> LlmExport:
+        llm_dir = self.model_dir / LLM_DIR
+        config = json.loads((llm_dir / "config.json").read_text())
+        config["architectures"] = ["Qwen3ForCausalLM"]  # a generator, not a pooling model
+        from asrctl.export import TOKENIZER_FILES
+
+        sources = [self.model_dir / "model.pt", llm_dir / "config.json"]
+        sources += [llm_dir / n for n in TOKENIZER_FILES if (llm_dir / n).is_file()]
+        return LlmExport(config=config, tokenizer_dir=llm_dir, sources=tuple(sources))
+
+    def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in _load_state(self.model_dir / "model.pt").items():
+            if name.startswith("llm."):
+                yield name[len("llm."):], tensor
+
+    def audio_encoder(self, device: str, dtype: torch.dtype) -> AudioEncoder:
+        from asrctl.models.fun_asr_nano import FunAsrNanoAudio
+
+        state = _load_state(self.model_dir / "model.pt")
+        return FunAsrNanoAudio.from_checkpoint(self.config, state, device=device, dtype=dtype)
+
+    def prompt(self, options: PromptOptions) -> Prompt:
+        instruction = ""
+        if options.hotwords:
+            instruction += HOTWORDS.format(hotwords=", ".join(options.hotwords))
+        language = self._language_name(options.language)
+        instruction += (INSTRUCTION_WITH_LANGUAGE.format(language=language) if language
+                        else INSTRUCTION)
+        if not options.itn:
+            instruction += NO_ITN
+        return Prompt(prefix=PREFIX.format(instruction=instruction + "："), suffix=SUFFIX)
+
+    def _language_name(self, language: str | None) -> str | None:
+        if language is None or language.lower() == "auto":
+            return None
+        if language in LANGUAGES.values():
+            return language
+        try:
+            return LANGUAGES[language.lower()]
+        except KeyError:
+            raise OptionsError(
+                f"Fun-ASR-Nano does not support language {language!r}",
+                hint=f"use one of {', '.join(LANGUAGES)} or auto") from None
+
+    def postprocess(self, text: str) -> str:
+        return _SPACES.sub(" ", _JUNK.sub(" ", text)).strip()

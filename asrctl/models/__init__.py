@@ -1,0 +1,1 @@
+"""PyTorch modules that asrctl runs outside vLLM (audio encoders and adaptors)."""

