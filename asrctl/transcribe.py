@@ -84,24 +84,31 @@ def default_device() -> str:
 class Transcriber:
     """A model directory prepared, its encoder loaded and its LLM running in vLLM."""
 
-    def __init__(self, model_dir: str | Path, *, engine_options: EngineOptions = EngineOptions(),
-                 device: str | None = None, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        engine_options: EngineOptions | None = None,
+        device: str | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         import torch
 
         self.adapter: Adapter = load_adapter(model_dir)
         self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
         self.device = device or default_device()
         self.encoder = self.adapter.audio_encoder(self.device, torch.float32)
-        self.engine = Engine(self.prepared.llm_dir, engine_options)
+        self.engine = Engine(self.prepared.llm_dir, engine_options or EngineOptions())
 
     @property
     def sample_rate(self) -> int:
         return self.adapter.family.sample_rate
 
-    def transcribe(self, items: Iterable[AudioItem],
-                   options: TranscribeOptions = TranscribeOptions()
-                   ) -> Iterator[list[Transcript | Failure]]:
+    def transcribe(
+        self, items: Iterable[AudioItem], options: TranscribeOptions | None = None
+    ) -> Iterator[list[Transcript | Failure]]:
         """Yield one list of results per batch, in completion order."""
+        options = options or TranscribeOptions()
         self.adapter.prompt(options.prompt)  # fail fast on unsupported options
         with ThreadPoolExecutor(LOADER_THREADS) as pool:
             pending: list[Future] | None = None
@@ -121,9 +128,12 @@ class Transcriber:
         limit = self.adapter.family.max_audio_seconds
         seconds = len(audio) / self.sample_rate
         if limit is not None and seconds > limit:
-            return Failure(item.key, f"{item.key}: audio is {seconds:.1f} s; "
-                           f"{self.adapter.family.title} accepts at most {limit:.0f} s per pass "
-                           "(split long recordings first)")
+            return Failure(
+                item.key,
+                f"{item.key}: audio is {seconds:.1f} s; "
+                f"{self.adapter.family.title} accepts at most {limit:.0f} s per pass "
+                "(split long recordings first)",
+            )
         return _Loaded(item, audio)
 
     def _run(self, futures: list[Future], options: TranscribeOptions) -> list[Transcript | Failure]:
@@ -132,8 +142,9 @@ class Transcriber:
         ok = [x for x in loaded if isinstance(x, _Loaded)]
         return failures + (self.transcribe_loaded(ok, options) if ok else [])
 
-    def transcribe_loaded(self, loaded: Sequence[_Loaded],
-                          options: TranscribeOptions) -> list[Transcript | Failure]:
+    def transcribe_loaded(
+        self, loaded: Sequence[_Loaded], options: TranscribeOptions
+    ) -> list[Transcript | Failure]:
         """Encode, splice and decode one batch of loaded audio."""
         t0 = time.perf_counter()
         embeds = self.encode([x.audio for x in loaded], options.encoder_batch_size)
@@ -144,21 +155,34 @@ class Transcriber:
             prompt = self.build_prompt(emb, options.prompt)
             room = self.engine.max_model_len - len(prompt)
             if room < 1:
-                results.append(Failure(x.item.key, f"{x.item.key}: prompt of {len(prompt)} "
-                                       f"positions exceeds max_model_len"))
+                results.append(
+                    Failure(
+                        x.item.key,
+                        f"{x.item.key}: prompt of {len(prompt)} positions exceeds max_model_len",
+                    )
+                )
                 continue
             prompts.append(prompt)
             limits.append(min(options.max_tokens or DEFAULT_MAX_TOKENS, room))
             keep.append(x)
         gens = self.engine.generate(prompts, max_tokens=limits, ignore_eos=options.ignore_eos)
         t2 = time.perf_counter()
-        timing = {"batch_encode_s": round(t1 - t0, 4), "batch_generate_s": round(t2 - t1, 4),
-                  "batch_size": len(loaded)}
+        timing = {
+            "batch_encode_s": round(t1 - t0, 4),
+            "batch_generate_s": round(t2 - t1, 4),
+            "batch_size": len(loaded),
+        }
         for x, gen in zip(keep, gens, strict=True):
-            results.append(Transcript(
-                key=x.item.key, text=self.adapter.postprocess(gen.text),
-                duration=round(len(x.audio) / self.sample_rate, 3), token_ids=gen.token_ids,
-                finish_reason=gen.finish_reason, timing=timing))
+            results.append(
+                Transcript(
+                    key=x.item.key,
+                    text=self.adapter.postprocess(gen.text),
+                    duration=round(len(x.audio) / self.sample_rate, 3),
+                    token_ids=gen.token_ids,
+                    finish_reason=gen.finish_reason,
+                    timing=timing,
+                )
+            )
         return results
 
     def encode(self, waves: Sequence[np.ndarray], batch_size: int) -> list[torch.Tensor]:
@@ -169,7 +193,7 @@ class Transcriber:
         out: list[torch.Tensor | None] = [None] * len(waves)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 tensors = [torch.from_numpy(waves[i]) for i in idx]
                 for i, emb in zip(idx, self.encoder(tensors), strict=True):
                     out[i] = emb
@@ -180,8 +204,11 @@ class Transcriber:
         import torch
 
         prompt = self.adapter.prompt(options)
-        parts = [self.engine.embed_text(prompt.prefix), audio.to("cpu", self.engine.dtype),
-                 self.engine.embed_text(prompt.suffix)]
+        parts = [
+            self.engine.embed_text(prompt.prefix),
+            audio.to("cpu", self.engine.dtype),
+            self.engine.embed_text(prompt.suffix),
+        ]
         return torch.cat(parts)
 
 

@@ -108,11 +108,14 @@ class Adapter(ABC):
             if path.is_symlink() and not path.exists():
                 problems.append(f"{req.path} is a broken symlink to {path.readlink()} ({req.what})")
             elif not path.exists():
-                problems.append(f"missing required {'folder' if req.is_dir else 'file'}: "
-                                f"{req.path} — {req.what}")
+                problems.append(
+                    f"missing required {'folder' if req.is_dir else 'file'}: "
+                    f"{req.path} — {req.what}"
+                )
             elif req.is_dir != path.is_dir():
-                problems.append(f"{req.path} should be a {'folder' if req.is_dir else 'file'} "
-                                f"({req.what})")
+                problems.append(
+                    f"{req.path} should be a {'folder' if req.is_dir else 'file'} ({req.what})"
+                )
         return problems or self.check_contents()
 
     def check_contents(self) -> list[str]:

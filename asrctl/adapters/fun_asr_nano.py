@@ -35,13 +35,17 @@ LLM_DIR = "Qwen3-0.6B"
 
 # The prompt, as FunASR builds it (funasr/models/fun_asr_nano): system turn, then the user
 # instruction followed by the audio, then the assistant turn opens.
-PREFIX = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{instruction}"
+PREFIX = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{instruction}"
+)
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 INSTRUCTION = "语音转写"
 INSTRUCTION_WITH_LANGUAGE = "语音转写成{language}"
 NO_ITN = "，不进行文本规整"
-HOTWORDS = ("请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n"
-            "**上下文信息：**\n\n\n热词列表：[{hotwords}]\n")
+HOTWORDS = (
+    "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n"
+    "**上下文信息：**\n\n\n热词列表：[{hotwords}]\n"
+)
 # Language codes -> the names the model was trained with.
 LANGUAGES = {"zh": "中文", "en": "英文", "ja": "日文", "ko": "韩文"}
 # Output clean-up of FunASR's vLLM path: special-token remnants and silence marks.
@@ -58,8 +62,12 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
 
 class FunAsrNanoAdapter(Adapter):
     family: ClassVar[Family] = Family(
-        name="fun-asr-nano", title="Fun-ASR-Nano", sample_rate=16000,
-        max_audio_seconds=30.0, languages=LANGUAGES)
+        name="fun-asr-nano",
+        title="Fun-ASR-Nano",
+        sample_rate=16000,
+        max_audio_seconds=30.0,
+        languages=LANGUAGES,
+    )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile("model.pt", "torch checkpoint with audio_encoder.*, audio_adaptor.*, llm.*"),
         RequiredFile("config.yaml", "FunASR config with model: FunASRNano"),
@@ -90,8 +98,10 @@ class FunAsrNanoAdapter(Adapter):
         try:
             llm = json.loads((self.model_dir / LLM_DIR / "config.json").read_text())
             if llm.get("model_type") != "qwen3":
-                problems.append(f"{LLM_DIR}/config.json: model_type should be qwen3, "
-                                f"not {llm.get('model_type')!r}")
+                problems.append(
+                    f"{LLM_DIR}/config.json: model_type should be qwen3, "
+                    f"not {llm.get('model_type')!r}"
+                )
         except ValueError as e:
             problems.append(f"{LLM_DIR}/config.json: not valid JSON ({e})")
         return problems
@@ -109,7 +119,7 @@ class FunAsrNanoAdapter(Adapter):
     def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in _load_state(self.model_dir / "model.pt").items():
             if name.startswith("llm."):
-                yield name[len("llm."):], tensor
+                yield name[len("llm.") :], tensor
 
     def audio_encoder(self, device: str, dtype: torch.dtype) -> AudioEncoder:
         from asrctl.models.fun_asr_nano import FunAsrNanoAudio
@@ -122,8 +132,9 @@ class FunAsrNanoAdapter(Adapter):
         if options.hotwords:
             instruction += HOTWORDS.format(hotwords=", ".join(options.hotwords))
         language = self._language_name(options.language)
-        instruction += (INSTRUCTION_WITH_LANGUAGE.format(language=language) if language
-                        else INSTRUCTION)
+        instruction += (
+            INSTRUCTION_WITH_LANGUAGE.format(language=language) if language else INSTRUCTION
+        )
         if not options.itn:
             instruction += NO_ITN
         return Prompt(prefix=PREFIX.format(instruction=instruction + "："), suffix=SUFFIX)
@@ -138,7 +149,8 @@ class FunAsrNanoAdapter(Adapter):
         except KeyError:
             raise OptionsError(
                 f"Fun-ASR-Nano does not support language {language!r}",
-                hint=f"use one of {', '.join(LANGUAGES)} or auto") from None
+                hint=f"use one of {', '.join(LANGUAGES)} or auto",
+            ) from None
 
     def postprocess(self, text: str) -> str:
         return _SPACES.sub(" ", _JUNK.sub(" ", text)).strip()

@@ -24,7 +24,8 @@ def adapter_class(family: str) -> type[Adapter]:
         module, _, name = ADAPTERS[family].partition(":")
     except KeyError:
         raise UnknownFamilyError(
-            f"unknown family {family!r}; supported: {', '.join(ADAPTERS)}") from None
+            f"unknown family {family!r}; supported: {', '.join(ADAPTERS)}"
+        ) from None
     return getattr(importlib.import_module(module), name)
 
 
@@ -47,12 +48,15 @@ def detect(model_dir: str | Path) -> Adapter:
         cls = adapter_class(family)
         if cls.matches(path):
             return cls(path)
-    supported = "; ".join(f"{adapter_class(f).family.title} ({f}: "
-                          f"{', '.join(r.path for r in adapter_class(f).required)})"
-                          for f in ADAPTERS)
+    supported = "; ".join(
+        f"{adapter_class(f).family.title} ({f}: "
+        f"{', '.join(r.path for r in adapter_class(f).required)})"
+        for f in ADAPTERS
+    )
     raise UnknownFamilyError(
         f"{path} does not look like a supported model directory. Supported: {supported}",
-        hint="point --model at the folder holding the checkpoint files as released")
+        hint="point --model at the folder holding the checkpoint files as released",
+    )
 
 
 def load_adapter(model_dir: str | Path) -> Adapter:

@@ -1,0 +1,1 @@
+"""The ``asrctl`` command line: thin commands over the library."""
