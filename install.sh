@@ -5,6 +5,9 @@
 #   wheels of torchvision/torchaudio/torchcodec, which do not load beside torch+cpu,
 #   so they are removed afterwards (vLLM runs without them; asrctl never uses them).
 # Usage: ./install.sh [--no-test]      (test extras are installed unless --no-test)
+# Test extras include the reference implementations the parity tests compare against;
+# funasr is installed without its dependency tree (it would pull torchaudio and more):
+# the parts the tests import need only what the `test` extra lists.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -12,8 +15,14 @@ EXTRAS=test
 [ "${1:-}" = "--no-test" ] && EXTRAS=""
 pip() { "$PY" -m pip "$@"; }
 
+install_references() {
+  [ -n "$EXTRAS" ] && pip install --no-deps "funasr==1.4.16"
+  return 0
+}
+
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   pip install -e ".[gpu${EXTRAS:+,$EXTRAS}]"
+  install_references
   exit 0
 fi
 
@@ -26,5 +35,6 @@ if [ "$have_torch" != "$TORCH_CPU" ]; then
     pip install "torch==$TORCH_CPU" --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
 fi
 pip install -e ".[cpu${EXTRAS:+,$EXTRAS}]" "torch==$TORCH_CPU"
+install_references
 pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "$PY" -c 'import torch, vllm; print("asrctl install ok: vllm", vllm.__version__, "torch", torch.__version__)'

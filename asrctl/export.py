@@ -121,7 +121,13 @@ def _write_llm(adapter: Adapter, dest: Path) -> None:
         src = export.tokenizer_dir / name
         if src.is_file():
             shutil.copyfile(src, dest / name)
-    tensors = {name: t.contiguous() for name, t in adapter.llm_tensors()}
+    tensors, storages = {}, set()
+    for name, t in adapter.llm_tensors():
+        t = t.contiguous()
+        if t.untyped_storage().data_ptr() in storages:
+            t = t.clone()  # tied weights saved shared (lm_head = embed_tokens): safetensors refuses
+        storages.add(t.untyped_storage().data_ptr())
+        tensors[name] = t
     save_file(tensors, str(dest / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
@@ -136,6 +142,7 @@ def export_llm(
     root = cache_root(adapter.model_dir, cache_dir)
     family = adapter.family.name
     step = on_step or (lambda msg: log.info("%s", msg))
+    _write_setup_files(adapter)
     old = _read_manifest(root)
     step("hashing source files")
     sources = _sources(adapter, old)
@@ -158,6 +165,20 @@ def export_llm(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return PreparedModel(adapter.model_dir, family, root / "llm", reused=False)
+
+
+def _write_setup_files(adapter: Adapter) -> None:
+    """Write the family's ``Adapter.setup_files`` into the model folder where they differ."""
+    for name, content in adapter.setup_files().items():
+        path = adapter.model_dir / name
+        try:
+            if path.is_file() and path.read_text() == content:
+                continue
+            tmp = path.with_name(path.name + ".asrctl-tmp")
+            tmp.write_text(content)
+            tmp.replace(path)
+        except OSError as e:  # a read-only model folder still works; the file is optional
+            log.warning("cannot write %s: %s", path, e)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

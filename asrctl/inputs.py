@@ -358,7 +358,10 @@ def _lines(path: Path, *, allow_empty: bool = False) -> list[tuple[int, str]]:
         raise InputError(f"{path}: not a UTF-8 text list (wav.scp, segments or jsonl)") from exc
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # Split on newlines only: str.splitlines() would also split on U+2028/U+0085, which JSON
+    # manifests may carry raw inside transcripts.
+    rows = text.replace("\r\n", "\n").split("\n")
+    lines = [(n, line.strip()) for n, line in enumerate(rows, 1) if line.strip()]
     if not lines and not allow_empty:
         raise InputError(f"{path}: the list is empty")
     return lines

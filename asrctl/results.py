@@ -74,15 +74,17 @@ class ResultsDir:
         path = self.out_dir / RESULTS
         good: list[str] = []
         rows: list[dict] = []
-        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        # bytes.splitlines splits at \n and \r only (str.splitlines also at U+2028, U+0085,
+        # which json.dumps leaves unescaped in a transcript)
+        for line in path.read_bytes().splitlines(keepends=True):
             try:
                 row = json.loads(line)
-            except ValueError:
+            except ValueError:  # also a torn multi-byte character (UnicodeDecodeError)
                 break  # a torn line from a killed run: it and anything after are dropped
-            if not line.endswith("\n") or row["key"] in self.done:
+            if not line.endswith(b"\n") or row["key"] in self.done:
                 break
             self.done.add(row["key"])
-            good.append(line)
+            good.append(line.decode("utf-8"))
             rows.append(row)
         _atomic_write(path, "".join(good))
         _atomic_write(self.out_dir / TEXT, "".join(_text_line(r["key"], r["text"]) for r in rows))

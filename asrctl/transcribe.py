@@ -48,6 +48,8 @@ class TranscribeOptions:
         encoder_batch_size: utterances per audio-encoder forward pass.
         max_tokens: cap on generated tokens per utterance (None: 512).
         ignore_eos: generate exactly max_tokens (benchmarks only).
+        repetition_penalty: penalty on already generated tokens (> 0; 1.0 = none;
+            None: the family's default, e.g. 3.0 for FireRedASR-LLM).
     """
 
     language: str | None = None
@@ -57,10 +59,13 @@ class TranscribeOptions:
     encoder_batch_size: int = 16
     max_tokens: int | None = None
     ignore_eos: bool = False
+    repetition_penalty: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.encoder_batch_size < 1:
             raise OptionsError("batch sizes must be at least 1")
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
+            raise OptionsError("--repetition-penalty must be greater than 0")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise OptionsError("--max-tokens must be at least 1")
 
@@ -99,6 +104,16 @@ class Transcriber:
         self.device = device or default_device()
         self.encoder = self.adapter.audio_encoder(self.device, torch.float32)
         self.engine = Engine(self.prepared.llm_dir, engine_options or EngineOptions())
+
+    def close(self) -> None:
+        """Stop the engine (its worker processes)."""
+        self.engine.close()
+
+    def __enter__(self) -> Transcriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def sample_rate(self) -> int:
@@ -163,9 +178,18 @@ class Transcriber:
                 )
                 continue
             prompts.append(prompt)
-            limits.append(min(options.max_tokens or DEFAULT_MAX_TOKENS, room))
+            default = self.adapter.max_new_tokens(len(emb)) or DEFAULT_MAX_TOKENS
+            limits.append(min(options.max_tokens or default, room))
             keep.append(x)
-        gens = self.engine.generate(prompts, max_tokens=limits, ignore_eos=options.ignore_eos)
+        penalty = options.repetition_penalty
+        if penalty is None:
+            penalty = self.adapter.family.repetition_penalty
+        gens = self.engine.generate(
+            prompts,
+            max_tokens=limits,
+            ignore_eos=options.ignore_eos,
+            repetition_penalty=penalty,
+        )
         t2 = time.perf_counter()
         timing = {
             "batch_encode_s": round(t1 - t0, 4),

@@ -16,10 +16,12 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+import yaml
 from torch import Tensor, nn
 
 from asrctl.models.funasr_adaptor import (
@@ -224,3 +226,40 @@ def test_audio_token_count() -> None:
     """Fun-ASR-Nano splices about L/8 adaptor frames: 1 s (17 LFR frames) gives 3 tokens."""
     counts = {n: fun_asr_audio_token_count(n) for n in (1, 8, 9, 17, 47, 167)}
     assert counts == {1: 1, 8: 1, 9: 2, 17: 3, 47: 6, 167: 21}
+
+
+def test_fixture_checkpoint_matches_funasr(fun_asr_tiny: Path) -> None:
+    """The adapter's audio path on the fixture's model.pt equals funasr's modules on the same.
+
+    funasr's WavFrontend needs torchaudio, so both sides get our LFR features (proven against
+    kaldi-native-fbank in test_features.py); funasr's output is cut to FunASRNano's
+    ``fake_token_len``, as FunASRNano.inference does. Outputs have std about 2; the max abs
+    diff measured about 2.4e-6.
+    """
+    from asrctl.adapters.fun_asr_nano import FunAsrNanoAdapter
+
+    adapter = FunAsrNanoAdapter(fun_asr_tiny)
+    ours = adapter.audio_encoder("cpu", torch.float32)
+    config = yaml.safe_load((fun_asr_tiny / "config.yaml").read_text())
+    state = torch.load(fun_asr_tiny / "model.pt", weights_only=True)["state_dict"]
+    ref_enc = funasr_sense_voice.SenseVoiceEncoderSmall(
+        input_size=80 * 7, **config["audio_encoder_conf"]
+    )
+    llm_dim = state["llm.model.embed_tokens.weight"].shape[1]
+    adp_conf = {**config["audio_adaptor_conf"], "encoder_dim": ref_enc.output_size()}
+    ref_adp = funasr_adaptor.Transformer(**adp_conf | {"llm_dim": llm_dim})
+    for module, prefix in [(ref_enc, "audio_encoder."), (ref_adp, "audio_adaptor.")]:
+        sub = {k.removeprefix(prefix): v.float() for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(sub, strict=True)
+        module.eval()
+    generator = torch.Generator().manual_seed(7)
+    waves = [0.1 * torch.randn(n, generator=generator) for n in (52800, 8000, 16000)]
+    with torch.no_grad():
+        got = ours(waves)
+        feats, lengths = ours.features(waves)
+        ref_out, _ = ref_adp(*ref_enc(feats.clone(), lengths.clone()))
+    refs = [ref_out[i, : fun_asr_audio_token_count(int(n))] for i, n in enumerate(lengths)]
+    assert [r.shape for r in refs] == [g.shape for g in got]
+    assert min(float(r.std()) for r in refs) > 0.1  # a real signal, not near-zero outputs
+    diff = _max_diff(got, refs)
+    assert diff < FP32_ATOL, f"fixture checkpoint: max abs diff {diff:.3g} vs funasr"

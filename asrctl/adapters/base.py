@@ -73,6 +73,7 @@ class Family:
     sample_rate: int  # Hz the frontend expects
     max_audio_seconds: float | None  # longest input one pass accepts (None: no limit)
     languages: Mapping[str, str] = field(default_factory=dict)  # code -> name used in prompts
+    repetition_penalty: float = 1.0  # default decoding penalty (1.0: none); see Engine.generate
 
 
 class AudioEncoder(ABC):
@@ -141,3 +142,16 @@ class Adapter(ABC):
     def postprocess(self, text: str) -> str:
         """Clean the decoded text (default: strip)."""
         return text.strip()
+
+    def max_new_tokens(self, n_audio_tokens: int) -> int | None:
+        """Default cap on generated tokens for an utterance of ``n_audio_tokens`` audio
+        embeddings (None: the pipeline's default). An explicit ``max_tokens`` wins."""
+        return None
+
+    def setup_files(self) -> dict[str, str]:
+        """Small text files setup writes into the model folder (name -> content).
+
+        ``export_llm`` writes each one whose content differs (atomically; a read-only
+        folder only logs a warning). Default: none.
+        """
+        return {}

@@ -81,9 +81,10 @@ class FunAsrNanoAdapter(Adapter):
         conf = model_dir / "config.yaml"
         if conf.is_file() and conf.stat().st_size < (1 << 20):
             try:
-                return (yaml.safe_load(conf.read_text()) or {}).get("model") == "FunASRNano"
-            except yaml.YAMLError:
+                data = yaml.safe_load(conf.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError):
                 return False
+            return isinstance(data, dict) and data.get("model") == "FunASRNano"
         return (model_dir / "model.pt").exists() and (model_dir / LLM_DIR).exists()
 
     @functools.cached_property

@@ -5,12 +5,13 @@ from __future__ import annotations
 from rich.console import Console
 
 out = Console(soft_wrap=True, highlight=False)  # data
-err = Console(stderr=True, highlight=False)  # everything else
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # everything else
 
 
 def data(line: str) -> None:
-    """Write one line of data to stdout, unstyled."""
-    out.print(line, markup=False)
+    """Write one line of data to stdout, unstyled and verbatim (rich would expand tabs)."""
+    out.file.write(line + "\n")
+    out.file.flush()
 
 
 def info(message: str) -> None:

@@ -63,7 +63,7 @@ def _root(
 def main() -> None:
     """Console-script entry point: run the app, mapping errors to messages and exit codes."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except AsrctlError as e:
         if _errors.debug_enabled():
             raise
@@ -76,3 +76,4 @@ def main() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         _output.error("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -105,7 +105,8 @@ def transcribe(
             transcriber = Transcriber(
                 model, engine_options=engine, device=device, cache_dir=cache_dir
             )
-        stats = _run(transcriber, todo, options, results)
+        with transcriber:
+            stats = _run(transcriber, todo, options, results)
     _summary(*stats, output_dir)
     if stats[1]:
         raise typer.Exit(1)

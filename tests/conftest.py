@@ -1,0 +1,45 @@
+"""Shared fixtures: the tiny Fun-ASR-Nano checkpoint and seeded test audio."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asrctl.fixtures import make_fixture
+
+
+@pytest.fixture(scope="session")
+def fun_asr_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Fun-ASR-Nano model directory (seed 0), generated once per session; do not mutate."""
+    return make_fixture(
+        "fun-asr-nano", tmp_path_factory.mktemp("fun-asr-nano"), size="tiny", seed=0
+    )
+
+
+@pytest.fixture
+def fun_asr_copy(tmp_path: Path, fun_asr_tiny: Path) -> Path:
+    """A fresh copy of the tiny fixture (without any export cache) for tests that mutate it."""
+    return Path(
+        shutil.copytree(
+            fun_asr_tiny, tmp_path / "Fun-ASR-Nano", ignore=shutil.ignore_patterns(".asrctl")
+        )
+    )
+
+
+@pytest.fixture
+def make_wav(tmp_path: Path) -> Callable[..., Path]:
+    """``make_wav(name, seconds, sr=16000, seed=0)`` writes seeded noise * 0.1 as 16-bit wav."""
+
+    def make(name: str, seconds: float, sr: int = 16000, seed: int = 0) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        noise = 0.1 * np.random.default_rng(seed).standard_normal(round(seconds * sr))
+        sf.write(path, noise.astype(np.float32), sr, subtype="PCM_16", format="WAV")
+        return path
+
+    return make
