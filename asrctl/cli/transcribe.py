@@ -21,6 +21,7 @@ from asrctl.cli._options import (
     HotwordsOpt,
     InputsArg,
     LanguageOpt,
+    MaxInFlightOpt,
     MaxModelLenOpt,
     MaxNumSeqsOpt,
     MaxTokensOpt,
@@ -57,6 +58,7 @@ def transcribe(
     hotwords: HotwordsOpt = None,
     no_itn: NoItnOpt = False,
     batch_size: BatchSizeOpt = 64,
+    max_in_flight: MaxInFlightOpt = 1024,
     max_tokens: MaxTokensOpt = None,
     resume: ResumeOpt = False,
     device: DeviceOpt = None,
@@ -82,6 +84,7 @@ def transcribe(
         hotwords=split_hotwords(hotwords),
         itn=not no_itn,
         batch_size=batch_size,
+        max_in_flight=max_in_flight,
         max_tokens=max_tokens,
     )
     engine = EngineOptions(
