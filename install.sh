@@ -6,8 +6,9 @@
 #   so they are removed afterwards (vLLM runs without them; asrctl never uses them).
 # Usage: ./install.sh [--no-test]      (test extras are installed unless --no-test)
 # Test extras include the reference implementations the parity tests compare against;
-# funasr is installed without its dependency tree (it would pull torchaudio and more):
-# the parts the tests import need only what the `test` extra lists.
+# funasr and fireredasr are installed without their dependency trees (they would pull
+# torchaudio, modelscope and more): the parts the tests import need only what the `test`
+# extra lists plus peft/accelerate (installed here with --no-deps for the same reason).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -16,7 +17,8 @@ EXTRAS=test
 pip() { "$PY" -m pip "$@"; }
 
 install_references() {
-  [ -n "$EXTRAS" ] && pip install --no-deps "funasr==1.4.16"
+  [ -n "$EXTRAS" ] && pip install --no-deps "funasr==1.4.16" "fireredasr==0.0.2" \
+    "peft==0.21.2" "accelerate==1.15.0"
   return 0
 }
 

@@ -15,6 +15,7 @@ from asrctl.errors import ModelDirError, UnknownFamilyError
 # family name -> "module:Class"; order is the detection order.
 ADAPTERS: dict[str, str] = {
     "fun-asr-nano": "asrctl.adapters.fun_asr_nano:FunAsrNanoAdapter",
+    "fireredasr-llm": "asrctl.adapters.fireredasr_llm:FireRedAsrLlmAdapter",
 }
 
 
