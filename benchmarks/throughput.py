@@ -82,6 +82,19 @@ def _versions() -> dict:
     }
 
 
+def encoder_only(transcriber, arrays: list[np.ndarray], batch_size: int) -> float:
+    """Seconds for the audio path alone (features, encoder, adaptor) over all utterances."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    transcriber.encode(arrays, batch_size)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def vllm_alone(transcriber, durations: list[float], options) -> float:
     """vLLM generating the same work from random embeddings of the same prompt lengths."""
     import torch
@@ -113,6 +126,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--encoder-batch-size", type=int, default=32)
     ap.add_argument("--encoder-dtype", default="float32")
+    ap.add_argument("--also-encoder-dtype", default="", help="e.g. bfloat16: time it too")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-num-seqs", type=int, default=None)
     ap.add_argument("--enforce-eager", action="store_true", help="CPU smoke runs")
@@ -156,6 +170,17 @@ def main() -> int:
     mem_items = from_arrays(arrays, SR)
     eng_s, _ = _timed(asr, mem_items, options)
     alone_s = vllm_alone(asr, durations, options)
+    enc_s = encoder_only(asr, arrays, args.encoder_batch_size)
+    other = {}
+    for dtype in filter(None, args.also_encoder_dtype.split(",")):
+        asr.encoder = asr.adapter.audio_encoder(asr.device, getattr(torch, dtype))
+        asr.encode([arrays[0]], 1)
+        seconds, _ = _timed(asr, items, options)
+        other[dtype] = {
+            "end_to_end_seconds": round(seconds, 2),
+            "rtfx": round(audio_s / seconds, 1),
+            "encoder_only_seconds": round(encoder_only(asr, arrays, args.encoder_batch_size), 2),
+        }
     result = {
         "command": " ".join(sys.argv),
         "versions": _versions(),
@@ -186,7 +211,15 @@ def main() -> int:
             "scope": "vLLM only: random prompt embeddings of the same lengths, "
             "same generated token counts",
         },
+        "encoder_only": {
+            "seconds": round(enc_s, 2),
+            "scope": f"fbank + LFR + encoder + adaptor ({args.encoder_dtype}) on decoded "
+            "audio, length-sorted batches; no LLM",
+        },
+        "other_encoder_dtypes": other,
         "gpu_memory_beside_vllm_gib": round(peak_gib, 2),
+        "gpu_memory_scope": "peak torch allocation in asrctl's process during end_to_end "
+        "(features, encoder, buffers); vLLM runs in its own process",
     }
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

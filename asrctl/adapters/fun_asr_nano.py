@@ -107,6 +107,12 @@ class FunAsrNanoAdapter(Adapter):
             problems.append(f"{LLM_DIR}/config.json: not valid JSON ({e})")
         return problems
 
+    def verify(self) -> list[str]:
+        """Tensor shapes of model.pt against config.yaml and the Qwen3 config (asrctl verify)."""
+        from asrctl.adapters.fun_asr_nano_verify import check_shapes
+
+        return check_shapes(self.model_dir, self.config, _load_state(self.model_dir / "model.pt"))
+
     def llm_export(self) -> LlmExport:
         llm_dir = self.model_dir / LLM_DIR
         config = json.loads((llm_dir / "config.json").read_text())

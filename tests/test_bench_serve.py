@@ -1,0 +1,114 @@
+"""``asrctl bench --server`` against a live ``asrctl serve`` on the tiny fixture.
+
+One engine start: the server's. The load tester runs as users run it (subprocesses),
+over HTTP (closed loop and Poisson) and over ``/ws`` with audio paced in real time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytestmark = pytest.mark.vllm
+
+ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
+START_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def server(fun_asr_tiny, tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    cmd = [sys.executable, "-m", "asrctl", "serve", "--model", str(fun_asr_tiny)]
+    cmd += ["--port", str(port), "--max-tokens", "8", *ENGINE_FLAGS]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"server not healthy after {START_TIMEOUT_S} s")
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the server and vLLM's engine processes
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(2)
+    for i, seconds in enumerate((0.6, 1.0, 1.4)):
+        sf.write(root / f"c{i}.wav", 0.1 * rng.standard_normal(int(16000 * seconds)), 16000)
+    return root
+
+
+def bench(url: str, clips: Path, out: Path, *args: str) -> dict:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asrctl",
+            "bench",
+            str(clips),
+            "--server",
+            url,
+            "-o",
+            str(out),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out / "bench.json")
+    return json.loads((out / "bench.json").read_text())
+
+
+def test_http_sweep_and_poisson_against_asrctl_serve(server, clips, tmp_path):
+    report = bench(
+        server, clips, tmp_path, "--concurrency", "1,4", "--rate", "4", "--requests", "8"
+    )
+    levels = {(lvl["mode"], lvl["concurrency"] or lvl["rate"]): lvl for lvl in report["levels"]}
+    assert set(levels) == {("closed", 1), ("closed", 4), ("poisson", 4.0)}
+    for lvl in levels.values():
+        assert (lvl["requests"], lvl["ok"], lvl["errors"]) == (8, 8, {})
+        assert lvl["rtfx"] > 0 and lvl["requests_per_s"] > 0
+        assert 0 < lvl["latency_s"]["p50"] <= lvl["latency_s"]["p99"]
+    assert report["settings"]["model"] is None  # discovered from GET /v1/models
+    assert (tmp_path / "bench.png").is_file()
+
+
+def test_websocket_partials_and_final_against_asrctl_serve(server, clips, tmp_path):
+    report = bench(server, clips, tmp_path, "--ws", "--concurrency", "2", "--requests", "2")
+    (level,) = report["levels"]
+    assert (level["mode"], level["ok"], level["errors"]) == ("ws", 2, {})
+    final = level["final_after_stop_s"]
+    assert final["p50"] is not None and final["p99"] < 30
+    # sessions last as long as their audio: frames are paced in real time
+    assert min(r["latency_s"] for r in report["requests"]["ws c=2"]) >= 0.55

@@ -1,0 +1,337 @@
+"""The server's HTTP and WebSocket behaviour against a fake model (no vLLM; fast).
+
+``FakeModel`` stands in for :class:`asrctl.server.engine.AsyncModel`: it uses the real
+Fun-ASR-Nano adapter for prompt validation and family facts, and "transcribes" audio as
+``heard N samples``. Live-engine tests are in ``test_serve_vllm.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from starlette.testclient import WebSocketDenialResponse
+
+from asrctl.adapters.fun_asr_nano import FunAsrNanoAdapter
+from asrctl.errors import OptionsError
+from asrctl.server import formats
+from asrctl.server.app import create_app
+from asrctl.server.batching import BatcherClosed, EncoderBatcher
+from asrctl.server.endpointing import EnergyEndpointer
+from asrctl.server.engine import Progress, Result
+from asrctl.server.metrics import Metrics
+from asrctl.server.options import RealtimeOptions, ServerOptions
+from asrctl.server.state import ServerState
+from asrctl.server.uploads import looks_like_text
+
+KEY = "sk-test"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SR = 16000
+
+
+class FakeModel:
+    """Transcribes any audio as ``heard N samples``, growing five characters a step."""
+
+    def __init__(self) -> None:
+        self.adapter = FunAsrNanoAdapter(Path("unused"))
+        self.sample_rate = SR
+        self.batcher = SimpleNamespace(depth=0)
+        self.calls: list[tuple[int, object, object]] = []
+
+    def check_prompt(self, options) -> None:
+        self.adapter.prompt(options)
+
+    async def stream(self, audio, prompt, decode, request_id=None):
+        self.calls.append((len(audio), prompt, decode))
+        if prompt.hotwords == ("boom",):
+            raise OptionsError("prompt too long for max_model_len")
+        text = f"heard {len(audio)} samples"
+        for end in range(5, len(text), 5):
+            await asyncio.sleep(0)
+            yield Progress(text[:end])
+        avg = -0.5 if decode.logprobs else None
+        duration = round(len(audio) / SR, 3)
+        result = Result(text, (1, 2, 3), "stop", duration, 30, 4, avg, decode.temperature)
+        yield Progress(text, result)
+
+    async def check_health(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def wav_bytes(seconds: float, sr: int = SR, seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    noise = 0.1 * np.random.default_rng(seed).standard_normal(round(seconds * sr))
+    sf.write(buf, noise.astype(np.float32), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def app_client():
+    model = FakeModel()
+    options = ServerOptions(served_model_names=("tiny",), api_keys=(KEY,), max_upload_mb=1)
+    state = ServerState.create(model, options, Path("/models/x"), Metrics())
+    with TestClient(create_app(state)) as client:
+        client.model = model
+        yield client
+
+
+def post(client, data: bytes | None = None, headers=AUTH, path="/v1/audio/transcriptions", **f):
+    files = {"file": ("a.wav", data if data is not None else wav_bytes(1.0), "audio/wav")}
+    return client.post(path, files=files, data=f, headers=headers)
+
+
+def test_formats_from_one_result(app_client):
+    assert post(app_client).json() == {
+        "text": "heard 16000 samples",
+        "usage": {"type": "duration", "seconds": 1.0},
+    }
+    text = post(app_client, response_format="text")
+    assert text.text == "heard 16000 samples\n" and text.headers["content-type"].startswith(
+        "text/plain"
+    )
+    verbose = post(
+        app_client, response_format="verbose_json", **{"timestamp_granularities[]": "segment"}
+    )
+    body = verbose.json()
+    assert body["segments"][0] | {"tokens": None} == {
+        "id": 0, "seek": 0, "start": 0.0, "end": 1.0, "text": "heard 16000 samples",
+        "tokens": None, "temperature": 0.0, "avg_logprob": -0.5,
+        "compression_ratio": formats.compression_ratio("heard 16000 samples"),
+        "no_speech_prob": None,
+    }  # fmt: skip
+    assert "words" not in body and "no timestamps" in body["notes"][0]
+    srt = post(app_client, response_format="srt").text
+    assert srt == "1\n00:00:00,000 --> 00:00:01,000\nheard 16000 samples\n"
+    vtt = post(app_client, response_format="vtt").text
+    assert vtt == "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nheard 16000 samples\n"
+
+
+def test_fields_reach_the_model(app_client):
+    post(app_client, language="zh", prompt="阿里巴巴，通义\n千问", temperature="0.7", seed="3")
+    _, prompt, decode = app_client.model.calls[-1]
+    assert prompt.language == "zh" and prompt.hotwords == ("阿里巴巴", "通义", "千问")
+    assert decode.temperature == 0.7 and decode.seed == 3
+    post(app_client, **{"keywords[]": "a"}, hotwords="b,c")
+    assert app_client.model.calls[-1][1].hotwords == ("b", "c", "a")
+
+
+def test_stream_sends_deltas_then_done(app_client):
+    response = post(app_client, stream="true")
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line]
+    assert [e["type"] for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1)
+    assert "".join(e["delta"] for e in events[:-1]) == events[-1]["text"] == "heard 16000 samples"
+    assert events[-1]["usage"]["input_token_details"] == {"audio_tokens": 4, "text_tokens": 26}
+
+
+def test_stream_failure_is_an_error_event(app_client):
+    response = post(app_client, stream="true", prompt="boom")
+    assert response.status_code == 200
+    assert response.text.startswith("event: error\ndata: ")
+    assert "max_model_len" in json.loads(response.text.split("data: ", 1)[1])["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "headers", "status", "param"),
+    [
+        ({}, {}, 401, None),
+        ({}, {"Authorization": "Bearer wrong"}, 401, None),
+        ({"model": "whisper-1"}, AUTH, 404, "model"),
+        ({"response_format": "diarized_json"}, AUTH, 400, "response_format"),
+        ({"timestamp_granularities[]": "word"}, AUTH, 400, "timestamp_granularities[]"),
+        ({"language": "xx"}, AUTH, 400, "language"),
+        ({"temperature": "3"}, AUTH, 400, "temperature"),
+        ({"stream": "maybe"}, AUTH, 400, "stream"),
+        ({"stream": "true", "response_format": "srt"}, AUTH, 400, "stream"),
+        ({"include[]": "logprobs"}, AUTH, 400, "include[]"),
+    ],
+)
+def test_bad_fields(app_client, fields, headers, status, param):
+    response = post(app_client, headers=headers, **fields)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"]
+
+
+def test_bad_audio_and_limits(app_client):
+    def error(response, status):
+        assert response.status_code == status, response.text
+        return response.json()["error"]["message"]
+
+    assert "empty" in error(post(app_client, b""), 400)
+    assert "text, not an audio file" in error(
+        post(app_client, b"#EXTM3U\nfile:///etc/passwd\n"), 400
+    )
+    assert "could not decode" in error(post(app_client, b"RIFF\x00\x01garbage" * 9), 400)
+    assert "31.0 s" in error(post(app_client, wav_bytes(31, sr=8000)), 413)
+    assert "30 s" in error(post(app_client, wav_bytes(31, sr=8000)), 413)
+    # 1 MiB cap: a file over it (and under the form overhead) is read, then refused
+    assert "limit is 1 MiB" in error(post(app_client, wav_bytes(40, sr=16000)[:1_500_000]), 413)
+    # a body over cap + overhead is refused from Content-Length, or while streaming in
+    big = b"\x00" * (3 << 20)
+    assert "1 MiB" in error(post(app_client, big), 413)
+
+    def chunks():
+        for _ in range(6):
+            yield b"\x00" * (512 << 10)
+
+    chunked = app_client.post(
+        "/v1/audio/transcriptions",
+        content=chunks(),
+        headers=AUTH | {"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert "1 MiB" in error(chunked, 413)
+    assert "multipart" in error(
+        app_client.post("/v1/audio/transcriptions", json={}, headers=AUTH), 400
+    )
+    assert post(app_client).status_code == 200  # still serving
+
+
+def test_funasr_asr(app_client):
+    body = post(app_client, path="/asr", hotwords="a, b", language="zh", timestamp="true").json()
+    assert body["text"] == "heard 16000 samples" and body["duration"] == 1.0
+    assert body["segments"] == [{"text": "heard 16000 samples", "start": 0.0, "end": 1.0}]
+    assert body["processing_time"] >= 0 and "rtf" in body and body["notes"]
+    assert app_client.model.calls[-1][1].hotwords == ("a", "b")
+    assert post(app_client, path="/asr", spk="true").status_code == 400
+
+
+def test_models_health_metrics(app_client):
+    models = app_client.get("/v1/models", headers=AUTH).json()
+    assert [m["id"] for m in models["data"]] == ["tiny"] and models["object"] == "list"
+    assert app_client.get("/v1/models/tiny", headers=AUTH).json()["max_audio_seconds"] == 30.0
+    assert app_client.get("/v1/models/nope", headers=AUTH).status_code == 404
+    assert app_client.get("/v1/models").status_code == 401
+    assert app_client.get("/health").json()["status"] == "ok"  # open without a key
+    post(app_client)
+    post(app_client, headers={})
+    text = app_client.get("/metrics").text
+    assert 'asrctl_requests_total{endpoint="/v1/audio/transcriptions",status="200"} 1.0' in text
+    assert 'asrctl_requests_total{endpoint="/v1/audio/transcriptions",status="401"} 1.0' in text
+    assert 'asrctl_audio_seconds_total{endpoint="/v1/audio/transcriptions"} 1.0' in text
+    for name in ("request_duration_seconds_bucket", "encoder_queue_depth", "requests_generating"):
+        assert f"asrctl_{name}" in text
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def test_websocket_protocol(app_client):
+    rng = np.random.default_rng(0)
+    speech = [0.1 * rng.standard_normal(SR), np.zeros(SR), 0.1 * rng.standard_normal(SR)]
+    audio = np.concatenate(speech)
+    with app_client.websocket_connect("/ws", headers=AUTH) as ws:
+        ws.send_bytes(pcm16(audio[:1600]))
+        assert ws.receive_json() == {"event": "error", "error": "send START before audio"}
+        ws.send_text("START")
+        assert ws.receive_json() == {"event": "started"}
+        ws.send_text("LANGUAGE:xx")
+        assert ws.receive_json()["event"] == "error"
+        ws.send_text("LANGUAGE:zh")
+        assert ws.receive_json() == {"event": "language_set", "language": "zh"}
+        ws.send_text("HOTWORDS:阿里, 通义")
+        assert ws.receive_json() == {"event": "hotwords_set", "hotwords": ["阿里", "通义"]}
+        for i in range(0, len(audio), 1600):
+            ws.send_bytes(pcm16(audio[i : i + 1600]))
+        ws.send_text("STOP")
+        messages = []
+        while (message := ws.receive_json()).get("event") != "stopped":
+            messages.append(message)
+    final = messages[-1]
+    assert final["is_final"] and final["partial"] == "" and final["duration_ms"] == 3000
+    assert [s["start"] for s in final["sentences"]] == [0, 1780]  # 30 ms frames, 200 ms pad
+    assert all(re.fullmatch(r"heard \d+ samples", s["text"]) for s in final["sentences"])
+    assert any(m["partial"] and not m["is_final"] for m in messages[:-1])
+    assert app_client.model.calls[-1][1].language == "zh"
+    with pytest.raises(WebSocketDenialResponse):
+        with app_client.websocket_connect("/ws"):
+            pass
+
+
+def test_energy_endpointer_locks_at_silence_and_cuts_long_speech():
+    rng = np.random.default_rng(1)
+    audio = np.concatenate(
+        [
+            np.zeros(SR // 2),
+            0.1 * rng.standard_normal(SR),
+            np.zeros(SR),
+            0.1 * rng.standard_normal(SR),
+        ]
+    ).astype(np.float32)
+    ep = EnergyEndpointer(
+        SR, threshold_db=-40, min_speech_s=0.15, min_silence_s=0.5, pad_s=0.2, max_utterance_s=20
+    )
+    spans = [s for i in range(0, len(audio), 1600) for s in ep.feed(audio[i : i + 1600])]
+    frame = 480  # 30 ms: boundaries fall on frames
+
+    def near(got, seconds):
+        return abs(got - seconds * SR) <= frame
+
+    assert len(spans) == 1 and near(spans[0][0], 0.3) and near(spans[0][1], 1.7)
+    assert near(ep.speech_start, 2.3)
+    (last,) = ep.flush()
+    assert near(last[0], 2.3) and last[1] == len(audio)
+    assert ep.speech_start is None and ep.flush() == []
+
+    long = EnergyEndpointer(
+        SR, threshold_db=-40, min_speech_s=0.15, min_silence_s=0.5, pad_s=0.2, max_utterance_s=1
+    )
+    spans = long.feed(0.1 * rng.standard_normal(3 * SR)) + long.flush()
+    assert all(end - start <= SR for start, end in spans) and spans[-1][1] == 3 * SR
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # no gaps
+
+
+def test_batcher_groups_concurrent_jobs_and_isolates_failures():
+    calls: list[list[int]] = []
+
+    def run(jobs):
+        calls.append(list(jobs))
+        return [ValueError("odd") if j % 2 else j * 10 for j in jobs]
+
+    async def main():
+        batcher = EncoderBatcher(run, window_s=0.05, max_batch=8)
+        batcher.start()
+        results = await asyncio.gather(
+            *(batcher.submit(j) for j in range(10)), return_exceptions=True
+        )
+        await batcher.close()
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(1)
+        return results
+
+    results = asyncio.run(main())
+    assert [len(c) for c in calls] == [8, 2]
+    assert [r if isinstance(r, int) else "err" for r in results] == [
+        0, "err", 20, "err", 40, "err", 60, "err", 80, "err"
+    ]  # fmt: skip
+
+
+def test_subtitles_and_helpers():
+    segments = [
+        formats.Segment(0, 0.0, 3723.5, "a --> b\n\nc", ()),
+        formats.Segment(1, 3723.5, 3724.0, "  ", ()),
+    ]
+    assert formats.srt(segments) == "1\n00:00:00,000 --> 01:02:03,500\na -> b\nc\n"
+    assert formats.vtt(segments) == "WEBVTT\n\n00:00:00.000 --> 01:02:03.500\na -> b\nc\n"
+    assert looks_like_text(b"#EXTM3U\n#EXTINF:1,\nhttp://x/a.ts\n")
+    assert looks_like_text(b"ffconcat version 1.0\nfile '/etc/passwd'\n")
+    assert not looks_like_text(wav_bytes(0.1)[:1024])
+    assert not looks_like_text(b"\xff\xfb\x90\x64" + bytes(100))  # an MP3 frame
+    with pytest.raises(OptionsError):
+        ServerOptions(port=0)
+    with pytest.raises(OptionsError):
+        ServerOptions(api_keys=("",))
+    assert RealtimeOptions().first_partial_s < RealtimeOptions().partial_interval_s
