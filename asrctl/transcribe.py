@@ -25,6 +25,7 @@ from asrctl.adapters.registry import load_adapter
 from asrctl.engine import Decoding, Engine, EngineOptions, cuda_available
 from asrctl.errors import AsrctlError, OptionsError
 from asrctl.export import PreparedModel, export_llm
+from asrctl.guard import truncate_loops
 from asrctl.inputs import AudioItem
 from asrctl.results import Failure, Transcript
 
@@ -186,7 +187,7 @@ class Transcriber:
         embeds = self.encode([x.audio for x in loaded], options.encoder_batch_size)
         encode_s = time.perf_counter() - t0
         for x, emb in zip(loaded, embeds, strict=True):
-            prompt = self.build_prompt(emb, options.prompt)
+            prompt = self.build_prompt(emb, options.prompt, seconds=len(x.audio) / self.sample_rate)
             room = self.engine.max_model_len - len(prompt)
             if room < 1:
                 failures.append(
@@ -233,14 +234,18 @@ class Transcriber:
                     "batch_encode_s": round(p.encode_s, 4),
                     "decode_s": round(time.perf_counter() - p.submitted, 4),
                 }
+                text, segments = self.adapter.parse_output(gen.text)
+                text, truncated = truncate_loops(text)
                 done.append(
                     Transcript(
                         key=p.key,
-                        text=self.adapter.postprocess(gen.text),
+                        text=text,
                         duration=p.duration,
                         token_ids=gen.token_ids,
                         finish_reason=gen.finish_reason,
                         timing=timing,
+                        guard_truncated=truncated,
+                        segments=tuple(segments) or None,
                     )
                 )
             if len(in_flight) < wait_below or not in_flight:
@@ -260,11 +265,13 @@ class Transcriber:
                     out[i] = emb
         return [e for e in out if e is not None]
 
-    def build_prompt(self, audio: torch.Tensor, options: PromptOptions) -> torch.Tensor:
+    def build_prompt(
+        self, audio: torch.Tensor, options: PromptOptions, *, seconds: float | None = None
+    ) -> torch.Tensor:
         """``prefix text ⊕ audio ⊕ suffix text`` as one ``(seq, hidden)`` tensor."""
         import torch
 
-        prompt = self.adapter.prompt(options)
+        prompt = self.adapter.prompt_for_audio(options, seconds)  # seconds: for VibeVoice
         parts = [
             self.engine.embed_text(prompt.prefix),
             audio.to("cpu", self.engine.dtype),

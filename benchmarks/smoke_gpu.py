@@ -8,7 +8,7 @@ import numpy as np
 if __name__ == "__main__":
     from asrctl.engine import EngineOptions
     from asrctl.inputs import from_arrays
-    from asrctl.transcribe import Transcriber, TranscribeOptions
+    from asrctl.transcribe import TranscribeOptions, Transcriber
 
     t = time.time()
     options = EngineOptions(dtype="float32", enforce_eager=True, max_model_len=1024)

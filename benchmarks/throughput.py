@@ -129,6 +129,7 @@ def main() -> int:
     ap.add_argument("--also-encoder-dtype", default="", help="e.g. bfloat16: time it too")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-num-seqs", type=int, default=None)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--enforce-eager", action="store_true", help="CPU smoke runs")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -150,6 +151,9 @@ def main() -> int:
         max_model_len=512,
         max_num_seqs=args.max_num_seqs,
         enforce_eager=args.enforce_eager,
+        extra={"max_num_batched_tokens": args.max_num_batched_tokens}
+        if args.max_num_batched_tokens
+        else {},
     )
     t = time.perf_counter()
     asr = Transcriber(model, engine_options=engine, encoder_dtype=args.encoder_dtype)

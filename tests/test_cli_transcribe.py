@@ -48,6 +48,7 @@ def _reference_texts(model_dir: Path, wavs: dict[str, Path]) -> dict[str, str]:
     from asrctl.audio import load_audio
     from asrctl.engine import TextEmbedder
     from asrctl.export import prepare
+    from asrctl.guard import truncate_loops
 
     llm_dir = prepare(model_dir).llm_dir
     adapter = load_adapter(model_dir)
@@ -69,7 +70,8 @@ def _reference_texts(model_dir: Path, wavs: dict[str, Path]) -> dict[str, str]:
             decoded = embed.tokenizer.decode(out[0].tolist(), skip_special_tokens=True)
             # vLLM's incremental detokenizer withholds a trailing, incomplete UTF-8
             # sequence (cut by --max-tokens); a one-shot decode shows it as U+FFFD.
-            texts[key] = adapter.postprocess(decoded.rstrip("\ufffd"))
+            # ... and every transcript goes through the repetition guard (asrctl.guard)
+            texts[key] = truncate_loops(adapter.postprocess(decoded.rstrip("\ufffd")))[0]
     return texts
 
 

@@ -125,6 +125,7 @@ def _reference_texts(model_dir: Path, paths: list[Path]) -> list[str]:
     from asrctl.audio import load_audio
     from asrctl.engine import TextEmbedder
     from asrctl.export import prepare
+    from asrctl.guard import truncate_loops
 
     llm_dir = prepare(model_dir).llm_dir
     adapter = load_adapter(model_dir)
@@ -145,7 +146,8 @@ def _reference_texts(model_dir: Path, paths: list[Path]) -> list[str]:
             )
             decoded = embed.tokenizer.decode(out[0].tolist(), skip_special_tokens=True)
             # vLLM's detokenizer withholds a trailing incomplete UTF-8 sequence
-            texts.append(adapter.postprocess(decoded.rstrip("\ufffd")))
+            # ... and the repetition guard (asrctl.guard) runs on every text
+            texts.append(truncate_loops(adapter.postprocess(decoded.rstrip("\ufffd")))[0])
     return texts
 
 

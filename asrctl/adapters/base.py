@@ -139,9 +139,23 @@ class Adapter(ABC):
     def prompt(self, options: PromptOptions) -> Prompt:
         """The text around the audio for these options (raises OptionsError if unsupported)."""
 
+    def prompt_for_audio(self, options: PromptOptions, seconds: float | None) -> Prompt:
+        """The prompt for one utterance of ``seconds`` (default: ``prompt(options)``).
+
+        Families whose prompt states the audio duration (VibeVoice-ASR) override this.
+        """
+        return self.prompt(options)
+
     def postprocess(self, text: str) -> str:
         """Clean the decoded text (default: strip)."""
         return text.strip()
+
+    def parse_output(self, text: str) -> tuple[str, list[dict]]:
+        """The transcript and its segments (speaker, timestamps) from the decoded text.
+
+        Default: ``(postprocess(text), [])``; families with structured output override it.
+        """
+        return self.postprocess(text), []
 
     def max_new_tokens(self, n_audio_tokens: int) -> int | None:
         """Default cap on generated tokens for an utterance of ``n_audio_tokens`` audio

@@ -16,6 +16,8 @@ from asrctl.errors import ModelDirError, UnknownFamilyError
 ADAPTERS: dict[str, str] = {
     "fun-asr-nano": "asrctl.adapters.fun_asr_nano:FunAsrNanoAdapter",
     "fireredasr-llm": "asrctl.adapters.fireredasr_llm:FireRedAsrLlmAdapter",
+    "glm-asr-nano": "asrctl.adapters.glm_asr:GlmAsrAdapter",
+    "vibevoice-asr": "asrctl.adapters.vibevoice_asr:VibeVoiceAsrAdapter",
 }
 
 

@@ -80,6 +80,23 @@ CacheDirOpt = Annotated[
         "--cache-dir", help="Where LLM exports live (default: DIR/.asrctl, or $ASRCTL_CACHE)."
     ),
 ]
+FormatOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Outputs: text, jsonl, srt, vtt; comma-separated or repeated (default: text,jsonl). "
+        "srt/vtt go to OUT/<key>.srt|.vtt (stdout for a single input without --output-dir).",
+    ),
+]
+VadOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--vad/--no-vad",
+        help="Split audio at pauses (Silero VAD) and stitch the texts back with segment times. "
+        "Default: only inputs longer than the model's per-pass limit (30 s for Fun-ASR-Nano).",
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild the export even if current.")]
 
 DtypeOpt = Annotated[
@@ -296,6 +313,15 @@ EncoderBatchSizeOpt = Annotated[
         "--encoder-batch-size",
         min=1,
         help="Most utterances per audio-encoder pass.",
+        rich_help_panel=SERVER,
+    ),
+]
+ServeVadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--vad",
+        help="Accept audio longer than the model's window: split it at pauses (Silero VAD) "
+        "and answer with the stitched text and segment times.",
         rich_help_panel=SERVER,
     ),
 ]

@@ -194,7 +194,9 @@ def _offline(
         transcriber = Transcriber(model, engine_options=engine, device=device, cache_dir=cache_dir)
         load_s = time.perf_counter() - start
     with transcriber, _output.err.status("benchmarking…") as status:
-        run = run_offline(transcriber, items, options, timing, on_step=status.update)
+        from asrctl.segment import LongAudio  # inputs over the model's window: VAD segments
+
+        run = run_offline(LongAudio(transcriber), items, options, timing, on_step=status.update)
     for failure in run.failures:
         _output.error(failure.error)
     scored = score(refs, {t.key: t.text for t in run.transcripts}, spec) if refs else None

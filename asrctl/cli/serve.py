@@ -20,6 +20,7 @@ from asrctl.cli._options import (
     ModelOpt,
     PortOpt,
     ServedModelNameOpt,
+    ServeVadOpt,
     ShutdownTimeoutOpt,
     TensorParallelOpt,
 )
@@ -45,6 +46,7 @@ def serve(
     max_model_len: MaxModelLenOpt = None,
     max_num_seqs: MaxNumSeqsOpt = None,
     enforce_eager: EnforceEagerOpt = False,
+    vad: ServeVadOpt = False,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
@@ -65,6 +67,7 @@ def serve(
         shutdown_timeout_s=shutdown_timeout,
         device=device,
         cache_dir=cache_dir,
+        vad=vad,
     )
     engine = EngineOptions(
         dtype=dtype,

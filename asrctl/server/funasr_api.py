@@ -66,5 +66,5 @@ async def asr(request: Request) -> JSONResponse:
         "rtf": round(elapsed / result.duration, 4) if result.duration > 0 else 0,
     }
     if timestamp:
-        body["notes"] = [formats.NO_TIMESTAMPS_NOTE.format(model=state.title)]
+        body["notes"] = formats.notes_of(result, state.title)
     return JSONResponse(body)

@@ -73,6 +73,14 @@ async def create_transcription(request: Request) -> Response:
         )
     finally:
         await form.close()
+    if req.stream and state.needs_segmenting(audio):
+        raise ApiError(
+            400,
+            "stream=true is not available for audio longer than the model's window "
+            "(it is split by VAD); send it with stream=false",
+            param="stream",
+            code="unsupported_value",
+        )
     if req.stream:
         return StreamingResponse(
             _events(state, audio, req),

@@ -57,6 +57,8 @@ class ServerOptions:
         device: device of the audio encoder (None: cuda if available, else cpu).
         cache_dir: where LLM exports live (see ``asrctl setup``).
         realtime: settings of ``/ws`` sessions.
+        vad: accept uploads longer than the model's per-pass limit, split them at pauses
+            (Silero VAD) and stitch the texts back (segments with their times).
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +74,7 @@ class ServerOptions:
     device: str | None = None
     cache_dir: Path | None = None
     realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
+    vad: bool = False
 
     def __post_init__(self) -> None:
         self._verify()

@@ -49,6 +49,8 @@ class ServerState:
         family = model.adapter.family
         model_max = family.max_audio_seconds
         caps = [c for c in (options.max_audio_seconds, model_max) if c is not None]
+        if options.vad:  # long uploads are segmented: only --max-audio-seconds caps them
+            caps = [options.max_audio_seconds] if options.max_audio_seconds else []
         limits = AudioLimits(
             max_bytes=options.max_upload_bytes,
             max_seconds=min(caps) if caps else None,
@@ -122,6 +124,21 @@ class ServerState:
                 raise ApiError(503, str(e), code="unavailable") from e
 
     async def transcribe(
+        self, endpoint: str, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
+    ) -> Result:
+        if self.needs_segmenting(audio):
+            from asrctl.server.long_audio import transcribe_segmented
+
+            return await transcribe_segmented(self, endpoint, audio, prompt, decode)
+        return await self.transcribe_one(endpoint, audio, prompt, decode)
+
+    def needs_segmenting(self, audio: np.ndarray) -> bool:
+        """With ``--vad``: whether the audio is longer than the model takes in one pass."""
+        limit = self.model.adapter.family.max_audio_seconds
+        seconds = len(audio) / self.model.sample_rate
+        return self.options.vad and limit is not None and seconds > limit
+
+    async def transcribe_one(
         self, endpoint: str, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
     ) -> Result:
         async for progress in self.stream(endpoint, audio, prompt, decode):

@@ -42,7 +42,7 @@ class AudioLimits:
         if self.model_max_seconds is not None and self.max_seconds >= self.model_max_seconds:
             why = (
                 f"{self.model_title} accepts at most {self.max_seconds:g} s of audio per "
-                "request (long-audio segmentation is not implemented yet)"
+                "request (start the server with --vad to accept longer audio)"
             )
         else:
             why = f"this server accepts at most {self.max_seconds:g} s of audio per request"

@@ -1,0 +1,280 @@
+"""GLM-ASR-Nano's audio path: Whisper log-mel in 30 s windows → encoder → 4-frame projector.
+
+* Front end: our own batched torch version of transformers' ``WhisperFeatureExtractor``
+  (16 kHz, n_fft 400, hop 160, periodic Hann window, centred reflect-padded STFT with the
+  last frame dropped, Slaney mel filters 0-8 kHz, ``log10`` clamped at 1e-10, floored at
+  the window's maximum − 8, then ``(x + 4) / 4``). Each utterance is cut into 30 s windows
+  the way ``GlmAsrProcessor`` does (at most ``max_audio_len // 30`` of them), each window
+  zero-padded to 480 000 samples (3000 frames) with a mask of its ``ceil(n / 160)`` valid
+  frames.
+* Encoder: transformers' ``GlmAsrEncoder`` (conv1/conv2 + GELU, pre-LN layers with partial
+  rotary embeddings, final LN), built from ``config.json``'s ``audio_config`` and loaded
+  strictly from the checkpoint's ``audio_tower.*`` tensors. It sees the full 3000-frame
+  window (no attention mask), as in the reference.
+* Projector: 4 consecutive frames concatenated, ``linear_1`` → GELU → ``linear_2``; of each
+  window only the first ``glm_asr_token_count(valid frames)`` rows are kept, and the
+  windows of one utterance are concatenated in order (one prompt per utterance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from asrctl.adapters.base import AudioEncoder
+
+log = logging.getLogger("asrctl")
+
+ENCODER_PREFIX = "audio_tower."
+PROJECTOR_PREFIX = "multi_modal_projector."
+MERGE_FACTOR = 4
+SKIPPED_KEYS = ("audio_tower.embed_positions.weight",)  # a Whisper leftover, unused
+WINDOWS_PER_PASS = 16  # 30 s windows per encoder forward (one 655 s input has 21)
+
+
+@dataclass(frozen=True)
+class WhisperFeatureOptions:
+    """The fields of ``preprocessor_config.json`` (WhisperFeatureExtractor) we honour."""
+
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    feature_size: int = 128
+    chunk_length: int = 30  # seconds per window
+
+    @classmethod
+    def from_config(cls, conf: Mapping[str, Any]) -> WhisperFeatureOptions:
+        return cls(
+            sample_rate=int(conf.get("sampling_rate", 16000)),
+            n_fft=int(conf.get("n_fft", 400)),
+            hop_length=int(conf.get("hop_length", 160)),
+            feature_size=int(conf.get("feature_size", 128)),
+            chunk_length=int(conf.get("chunk_length", 30)),
+        )
+
+    @property
+    def window_samples(self) -> int:
+        return self.chunk_length * self.sample_rate
+
+    @property
+    def window_frames(self) -> int:
+        return self.window_samples // self.hop_length
+
+
+def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    mel = hz / f_sp
+    high = hz >= min_log_hz
+    mel[high] = min_log_mel + np.log(hz[high] / min_log_hz) / logstep
+    return mel
+
+
+def _mel_to_hz_slaney(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    hz = mel * f_sp
+    high = mel >= min_log_mel
+    hz[high] = min_log_hz * np.exp(logstep * (mel[high] - min_log_mel))
+    return hz
+
+
+def mel_filters(n_fft: int, n_mels: int, sample_rate: int, f_max: float = 8000.0) -> np.ndarray:
+    """``(n_fft // 2 + 1, n_mels)`` triangular Slaney-normalised filters on the Slaney scale."""
+    fft_freqs = np.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    edges_mel = np.linspace(
+        _hz_to_mel_slaney(np.array([0.0]))[0], _hz_to_mel_slaney(np.array([f_max]))[0], n_mels + 2
+    )
+    edges = _mel_to_hz_slaney(edges_mel)
+    widths = np.diff(edges)
+    offsets = edges[None, :] - fft_freqs[:, None]  # (bins, n_mels + 2)
+    falling = -offsets[:, :-2] / widths[:-1]
+    rising = offsets[:, 2:] / widths[1:]
+    filters = np.maximum(0.0, np.minimum(falling, rising))
+    return filters * (2.0 / (edges[2:] - edges[:-2]))[None, :]
+
+
+def log_mel(windows: Tensor, options: WhisperFeatureOptions, filters: Tensor) -> Tensor:
+    """Whisper log-mel of ``(B, samples)`` zero-padded windows → ``(B, n_mels, frames)``."""
+    window = torch.hann_window(options.n_fft, device=windows.device)
+    stft = torch.stft(
+        windows, options.n_fft, options.hop_length, window=window, return_complex=True
+    )
+    power = (stft[..., :-1].abs() ** 2).contiguous()
+    mel = filters.T @ power
+    logm = torch.clamp(mel, min=1e-10).log10()
+    peak = logm.amax(dim=(1, 2), keepdim=True)
+    logm = torch.maximum(logm, peak - 8.0)
+    return (logm + 4.0) / 4.0
+
+
+def split_windows(n_samples: int, window: int, max_windows: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each 30 s window, as ``GlmAsrProcessor`` cuts (and truncates)."""
+    n_win = min(max(1, -(-n_samples // window)), max_windows)
+    cap = min(n_samples, n_win * window)
+    return [(i * window, min((i + 1) * window, cap)) for i in range(n_win)]
+
+
+def glm_asr_token_count(frames: int) -> int:
+    """Audio tokens of ``frames`` valid mel frames: conv1 (k3 p1), conv2 (k3 s2 p1), merge 4."""
+    after_conv1 = frames  # (L + 2 - 2 - 1) // 1 + 1
+    after_conv2 = (after_conv1 - 1) // 2 + 1
+    return max(0, (after_conv2 - MERGE_FACTOR) // MERGE_FACTOR + 1)
+
+
+class GlmAsrProjector(nn.Module):
+    """``multi_modal_projector``: Linear(4·audio hidden, 2·llm) → GELU → Linear(→ llm)."""
+
+    def __init__(self, in_dim: int, mid_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, mid_dim)
+        self.linear_2 = nn.Linear(mid_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear_2(nn.functional.gelu(self.linear_1(x)))
+
+
+def build_encoder(audio_config: Mapping[str, Any]) -> nn.Module:
+    """transformers' ``GlmAsrEncoder`` for ``config.json``'s ``audio_config`` (sdpa)."""
+    from transformers import GlmAsrEncoder, GlmAsrEncoderConfig
+
+    try:  # skip the random initialisation: every weight is loaded right after
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        no_init_weights = contextlib.nullcontext
+
+    conf = {k: v for k, v in audio_config.items() if k != "model_type"}
+    config = GlmAsrEncoderConfig(**conf)
+    config._attn_implementation = "sdpa"
+    with no_init_weights():
+        return GlmAsrEncoder(config)
+
+
+class GlmAsrAudio(nn.Module, AudioEncoder):
+    """Waveforms (16 kHz float in [-1, 1]) → the audio embeddings GLM-ASR splices in."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        features: WhisperFeatureOptions,
+        llm_hidden: int,
+        projector_mid: int,
+        max_audio_seconds: float,
+    ) -> None:
+        super().__init__()
+        self.options = features
+        self.max_windows = max(1, int(max_audio_seconds // features.chunk_length))
+        audio = config["audio_config"]
+        self.audio_hidden = int(audio["hidden_size"])
+        self.audio_tower = build_encoder(audio)
+        self.multi_modal_projector = GlmAsrProjector(
+            int(audio["intermediate_size"]), projector_mid, llm_hidden
+        )
+        # Kept out of the module's buffers so that .to(dtype) never rounds them.
+        self._filters = torch.from_numpy(
+            mel_filters(features.n_fft, features.feature_size, features.sample_rate)
+        ).float()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        config: Mapping[str, Any],
+        features: WhisperFeatureOptions,
+        state: Mapping[str, Tensor],
+        *,
+        max_audio_seconds: float,
+        device: str,
+        dtype: torch.dtype,
+    ) -> GlmAsrAudio:
+        """Build from config.json and the ``audio_tower.*`` / ``multi_modal_projector.*``
+        tensors of model.safetensors (strict: every key must land)."""
+        mid, in_dim = state[PROJECTOR_PREFIX + "linear_1.weight"].shape
+        hidden = state[PROJECTOR_PREFIX + "linear_2.weight"].shape[0]
+        if in_dim != int(config["audio_config"]["intermediate_size"]):
+            raise ValueError(
+                f"multi_modal_projector.linear_1 takes {in_dim} inputs, but "
+                f"audio_config.intermediate_size is {config['audio_config']['intermediate_size']}"
+            )
+        model = cls(config, features, hidden, mid, max_audio_seconds)
+        enc = {
+            k[len(ENCODER_PREFIX) :]: v
+            for k, v in state.items()
+            if k.startswith(ENCODER_PREFIX) and k not in SKIPPED_KEYS
+        }
+        proj = {
+            k[len(PROJECTOR_PREFIX) :]: v
+            for k, v in state.items()
+            if k.startswith(PROJECTOR_PREFIX)
+        }
+        model.audio_tower.load_state_dict(enc, strict=True)
+        model.multi_modal_projector.load_state_dict(proj, strict=True)
+        return model.to(device=device, dtype=dtype).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def filters(self) -> Tensor:
+        if self._filters.device != self.device:
+            self._filters = self._filters.to(self.device)
+        return self._filters
+
+    def windows(self, waves: Sequence[Tensor]) -> tuple[list[Tensor], list[int]]:
+        """Every utterance's 30 s windows (unpadded, in order) and how many each has."""
+        size = self.options.window_samples
+        chunks, per_utt = [], []
+        for wave in waves:
+            spans = split_windows(len(wave), size, self.max_windows)
+            if spans[-1][1] < len(wave):
+                log.warning(
+                    "audio of %.1f s truncated to its first %d s (the model's %d windows of %d s)",
+                    len(wave) / self.options.sample_rate,
+                    len(spans) * self.options.chunk_length,
+                    self.max_windows,
+                    self.options.chunk_length,
+                )
+            chunks += [wave[start:end] for start, end in spans]
+            per_utt.append(len(spans))
+        return chunks, per_utt
+
+    def window_features(self, chunks: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``(W, n_mels, 3000)`` log-mel of zero-padded windows and their ``(W, 3000)`` masks."""
+        batch = torch.zeros(len(chunks), self.options.window_samples, device=self.device)
+        for i, c in enumerate(chunks):
+            batch[i, : len(c)] = c.to(self.device, torch.float32)
+        feats = log_mel(batch, self.options, self.filters())
+        frames = torch.tensor([-(-len(c) // self.options.hop_length) for c in chunks])
+        mask = torch.arange(self.options.window_frames)[None, :] < frames[:, None]
+        return feats, mask.long().to(self.device)
+
+    def embed_features(self, feats: Tensor, mask: Tensor) -> list[Tensor]:
+        """Audio embeddings of each window (its valid rows only)."""
+        dtype = next(self.parameters()).dtype
+        hidden = self.audio_tower(feats.to(dtype)).last_hidden_state
+        merged = hidden.reshape(hidden.shape[0], -1, self.audio_hidden * MERGE_FACTOR)
+        out = self.multi_modal_projector(merged)
+        counts = [glm_asr_token_count(int(n)) for n in mask.sum(-1).tolist()]
+        return [out[i, :n] for i, n in enumerate(counts)]
+
+    def forward(self, waves: Sequence[Tensor]) -> list[Tensor]:
+        chunks, per_utt = self.windows(waves)
+        per_window: list[Tensor] = []
+        for start in range(0, len(chunks), WINDOWS_PER_PASS):  # bounds activation memory
+            feats, mask = self.window_features(chunks[start : start + WINDOWS_PER_PASS])
+            per_window += self.embed_features(feats, mask)
+        out, at = [], 0
+        for n in per_utt:
+            out.append(torch.cat(per_window[at : at + n]))
+            at += n
+        return out

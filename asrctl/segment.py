@@ -1,0 +1,218 @@
+"""Long recordings: split by VAD, transcribed through the batched pipeline, stitched back.
+
+:class:`LongAudio` wraps a :class:`~asrctl.transcribe.Transcriber`. Each input that needs
+it is run through :func:`asrctl.vad.detect` (in a background thread, a few inputs ahead);
+its speech segments become sub-items (the same source, cut to ``[start, end)``) that go
+through the transcriber's ordinary batches together with everything else, so segments of
+one recording and of different recordings share encoder batches and vLLM. When the last
+segment of an input is back, one :class:`~asrctl.results.Transcript` is yielded for the
+input key: the segments' texts joined in time order, ``segments`` = ``[{start, end, text}]``
+in seconds from the input's start, and a note that times are segment-level only.
+
+Which inputs are segmented:
+
+* ``vad=None`` (auto): inputs longer than the family's per-pass limit
+  (``Family.max_audio_seconds``), for families that have one; others go through in one pass;
+* ``vad=True``: every input (silence-only or noise-only input gives an empty transcript);
+* ``vad=False``: none (inputs over the limit fail, as without this module).
+
+No family gives word timestamps through asrctl yet (Fun-ASR-Nano's CTC head is absent from
+the official Hugging Face checkpoint), so none are invented: ``notes`` says so.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from asrctl.errors import AsrctlError
+from asrctl.inputs import AudioItem
+from asrctl.results import Failure, Transcript
+from asrctl.vad import SileroVad, Span, VadOptions, detect
+
+VAD_AHEAD = 2  # inputs run through VAD ahead of the transcriber
+NO_WORD_TIMES = (
+    "{title} gives no word timestamps: segment start/end come from voice activity detection"
+)
+NO_SPEECH = "no speech detected"
+OWN_TIMES = "{title}'s own segment timestamps, offset by each VAD segment's start"
+
+
+@dataclass
+class _Parent:
+    item: AudioItem
+    duration: float
+    spans: list[Span]
+    texts: dict[int, Transcript] = field(default_factory=dict)
+    failed: str | None = None
+    remaining: int = 0  # segments not back yet
+
+
+class LongAudio:
+    """Segment-and-stitch front end of a transcriber (see the module docstring)."""
+
+    def __init__(
+        self,
+        transcriber,
+        *,
+        vad: bool | None = None,
+        options: VadOptions | None = None,
+    ) -> None:
+        self.transcriber = transcriber
+        family = transcriber.adapter.family
+        self.limit = family.max_audio_seconds
+        self.title = family.title
+        self.vad = vad
+        max_segment = self.limit if self.limit is not None else VadOptions().max_segment
+        self.options = options or VadOptions(max_segment=min(max_segment, 30.0))
+        self._silero: SileroVad | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.transcriber.sample_rate
+
+    def needs_vad(self, item: AudioItem) -> bool:
+        if self.vad is not None:
+            return self.vad
+        if self.limit is None:
+            return False
+        duration = item.duration()
+        return duration is None or duration > self.limit
+
+    def transcribe(self, items: Iterable[AudioItem], options=None) -> Iterator[list]:
+        """Like ``Transcriber.transcribe``: lists of results finished after each batch."""
+        parents: dict[str, _Parent] = {}
+        by_sub: dict[str, tuple[str, int]] = {}
+        ready: list[Transcript | Failure] = []
+        feed = self._feed(items, parents, by_sub, ready)
+        for batch in self.transcriber.transcribe(feed, options):
+            out = ready[:]
+            ready.clear()
+            for r in batch:
+                if r.key not in by_sub:
+                    out.append(r)
+                    continue
+                key, index = by_sub.pop(r.key)
+                parent = parents[key]
+                if isinstance(r, Failure):
+                    parent.failed = parent.failed or r.error
+                else:
+                    parent.texts[index] = r
+                parent.remaining -= 1
+                if parent.remaining == 0:
+                    out.append(self._stitch(parents.pop(key)))
+            if out:
+                yield out
+        if ready:
+            yield ready[:]
+
+    def _feed(self, items, parents, by_sub, ready) -> Iterator[AudioItem]:
+        """Items for the transcriber: whole inputs, or the segments of segmented ones."""
+        with ThreadPoolExecutor(1) as pool:
+            queue: list[tuple[AudioItem, Future | None]] = []
+            for item in items:
+                future = pool.submit(self._detect, item) if self.needs_vad(item) else None
+                queue.append((item, future))
+                while len(queue) > VAD_AHEAD or (queue and queue[0][1] is None):
+                    yield from self._expand(*queue.pop(0), parents, by_sub, ready)
+            for entry in queue:
+                yield from self._expand(*entry, parents, by_sub, ready)
+
+    def _detect(self, item: AudioItem) -> tuple[list[Span], float]:
+        if self._silero is None:
+            self._silero = SileroVad()
+        return detect(item, self.options, self._silero)
+
+    def _expand(self, item, future, parents, by_sub, ready) -> Iterator[AudioItem]:
+        if future is None:
+            yield item
+            return
+        try:
+            spans, duration = future.result()
+        except AsrctlError as e:
+            ready.append(Failure(item.key, str(e)))
+            return
+        if self.vad is None and duration <= (self.limit or float("inf")):
+            yield item  # unknown length turned out short: one pass, as without VAD
+            return
+        parent = _Parent(item, duration, spans)
+        if not spans:
+            ready.append(self._stitch(parent))
+            return
+        parents[item.key] = parent
+        parent.remaining = len(spans)
+        subs = [
+            replace(
+                item,
+                key=f"{item.key}[{span.start:.2f}-{span.end:.2f}]",
+                start=item.start + span.start,
+                end=item.start + span.end,
+            )
+            for span in spans
+        ]
+        for i, sub in enumerate(subs):  # all registered before the first is transcribed
+            by_sub[sub.key] = (item.key, i)
+        yield from subs
+
+    def _stitch(self, parent: _Parent) -> Transcript | Failure:
+        key = parent.item.key
+        if parent.failed:
+            return Failure(key, f"{key}: a segment failed: {parent.failed}")
+        segments, texts, tokens = [], [], []
+        reasons, guarded = set(), False
+        timing: dict[str, float] = {}
+        for i, span in enumerate(parent.spans):
+            r = parent.texts[i]
+            if r.segments:  # the model's own timestamps (VibeVoice): moved to the input's clock
+                segments.extend(_shifted(s, span.start) for s in r.segments)
+            else:
+                segments.append({"start": span.start, "end": span.end, "text": r.text})
+            texts.append(r.text)
+            tokens.extend(r.token_ids)
+            reasons.add(r.finish_reason)
+            guarded |= r.guard_truncated
+            for name, value in r.timing.items():
+                timing[name] = round(max(timing.get(name, 0.0), value), 4)
+        notes = [NO_WORD_TIMES.format(title=self.title)]
+        if any(parent.texts[i].segments for i in range(len(parent.spans))):
+            notes = [OWN_TIMES.format(title=self.title)]
+        if not parent.spans:
+            notes.insert(0, NO_SPEECH)
+        return Transcript(
+            key=key,
+            text=join_texts(texts),
+            duration=round(parent.duration, 3),
+            token_ids=tuple(tokens),
+            finish_reason="length" if "length" in reasons else "stop",
+            timing=timing,
+            segments=tuple(segments),
+            guard_truncated=guarded,
+            notes=tuple(notes),
+        )
+
+
+def _shifted(segment: dict, offset: float) -> dict:
+    out = dict(segment)
+    for name in ("start", "end"):
+        if out.get(name) is not None:
+            out[name] = round(out[name] + offset, 3)
+    return out
+
+
+def join_texts(texts: Iterable[str]) -> str:
+    """Join segment texts: no space between CJK characters, one space otherwise."""
+    out = ""
+    for text in (t.strip() for t in texts):
+        if not text:
+            continue
+        if out and not (_is_cjk(out[-1]) or _is_cjk(text[0])):
+            out += " "
+        out += text
+    return out
+
+
+def _is_cjk(ch: str) -> bool:
+    name = unicodedata.name(ch, "")
+    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "IDEOGRAPHIC", "FULLWIDTH"))

@@ -1,0 +1,117 @@
+"""Subtitle writers shared by ``transcribe --format srt|vtt`` and ``serve`` (SubRip, WebVTT).
+
+Both take a sequence of cues: anything with ``start`` and ``end`` (seconds) and ``text``.
+Cues whose text is blank are left out; cue text never holds a blank line or the ``-->``
+arrow (either would end or break the cue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class Cue(Protocol):
+    start: float
+    end: float
+    text: str
+
+
+def srt(segments: Sequence[Cue]) -> str:
+    """A SubRip file: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, blank-line separated."""
+    cues = [
+        f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{cue_text(s.text)}\n"
+        for i, s in enumerate(non_empty(segments), start=1)
+    ]
+    return "\n".join(cues)
+
+
+def vtt(segments: Sequence[Cue]) -> str:
+    """A WebVTT file: the ``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues."""
+    cues = [
+        f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{cue_text(s.text)}\n"
+        for s in non_empty(segments)
+    ]
+    return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def clock(seconds: float, decimal_marker: str) -> str:
+    """``3723.5`` → ``01:02:03,500`` (with ``decimal_marker`` ``,``)."""
+    ms = max(0, round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{ms:03d}"
+
+
+def non_empty(segments: Sequence[Cue]) -> list[Cue]:
+    return [s for s in segments if s.text.strip()]
+
+
+def cue_text(text: str) -> str:
+    """Cue text cannot hold blank lines or the ``-->`` arrow."""
+    lines = [line.strip() for line in text.replace("-->", "->").splitlines()]
+    return "\n".join(line for line in lines if line)
+
+
+SUBTITLE_FORMATS = {"srt": srt, "vtt": vtt}
+TRANSCRIBE_FORMATS = ("text", "jsonl", "srt", "vtt")
+
+
+@dataclass(frozen=True)
+class SimpleCue:
+    start: float
+    end: float
+    text: str
+
+
+def transcript_cues(transcript) -> list[SimpleCue]:
+    """Cues of a :class:`~asrctl.results.Transcript`: its VAD segments, or one spanning it."""
+    if transcript.segments is None:
+        return [SimpleCue(0.0, transcript.duration, transcript.text)]
+    segs = list(transcript.segments)
+    cues: list[SimpleCue] = []
+    for i, s in enumerate(segs):  # a model's own times may be missing: fill from neighbours
+        start = s.get("start")
+        start = start if start is not None else (cues[-1].end if cues else 0.0)
+        end = s.get("end")
+        if end is None or end < start:
+            after = [x["start"] for x in segs[i + 1 :] if x.get("start") is not None]
+            end = after[0] if after and after[0] >= start else max(start, transcript.duration)
+        cues.append(SimpleCue(start, end, s["text"]))
+    return cues
+
+
+def parse_formats(values: Sequence[str] | None) -> tuple[str, ...]:
+    """``["text,srt", "vtt"]`` → ``("text", "srt", "vtt")``; default ``("text", "jsonl")``."""
+    from asrctl.errors import OptionsError
+
+    names = [v.strip().lower() for value in values or () for v in value.split(",") if v.strip()]
+    for name in names:
+        if name not in TRANSCRIBE_FORMATS:
+            raise OptionsError(f"--format {name!r} is not one of {', '.join(TRANSCRIBE_FORMATS)}")
+    return tuple(dict.fromkeys(names)) or ("text", "jsonl")
+
+
+def subtitle_path(out_dir: Path, key: str, fmt: str) -> Path:
+    """``OUT/<key>.<fmt>``, with path separators in the key replaced by ``__``."""
+    safe = key.replace("/", "__").replace("\\", "__")
+    if safe in ("", ".", ".."):
+        safe = f"_{safe}"
+    return out_dir / f"{safe}.{fmt}"
+
+
+def write_subtitles(out_dir: Path, transcript, formats: Sequence[str]) -> list[Path]:
+    """Write ``OUT/<key>.srt`` / ``.vtt`` for the subtitle formats among ``formats``."""
+    written = []
+    for fmt in formats:
+        if fmt not in SUBTITLE_FORMATS:
+            continue
+        path = subtitle_path(out_dir, transcript.key, fmt)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(SUBTITLE_FORMATS[fmt](transcript_cues(transcript)), encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    return written

@@ -1,0 +1,142 @@
+"""VibeVoice-ASR through real vLLM (one engine for the module): greedy tokens equal
+transformers' ``VibeVoiceAsrForConditionalGeneration.generate`` on the same weights, and
+results degrade to plain text (no segments, a warning) when the model writes no JSON, as
+random weights do. The parse path to segments is tested on crafted outputs in
+``test_vibevoice_asr.py``.
+
+The engine runs the original-layout fixture (exported as ``Qwen2ForCausalLM``); the
+reference runs the ``-HF`` fixture of the same seed (identical tensors) with ``vae_std = 0``
+(asrctl uses the VAE mean), fed the same prompt as token ids, the audio slots being
+``<|box_start|>`` (its ``audio_token_id``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from asrctl.adapters.base import PromptOptions
+from asrctl.engine import EngineOptions
+from asrctl.fixtures import make_fixture
+from asrctl.inputs import from_arrays
+from asrctl.results import Failure, Transcript
+from asrctl.transcribe import TranscribeOptions, Transcriber
+
+pytestmark = pytest.mark.vllm
+SR = 24000
+DURATIONS = (0.5, 1.3, 2.2, 3.0)  # 4, 10, 17 and 23 audio positions
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("vv")
+    return {
+        "original": make_fixture("vibevoice-asr", root / "VibeVoice-ASR"),
+        "hf": make_fixture("vibevoice-asr-hf", root / "VibeVoice-ASR-HF"),
+    }
+
+
+@pytest.fixture(scope="module")
+def arrays() -> list[np.ndarray]:
+    out = []
+    for i, seconds in enumerate(DURATIONS):
+        rng = np.random.default_rng(10 + i)
+        t = np.arange(round(SR * seconds)) / SR
+        x = 0.3 * np.sin(2 * np.pi * (200 + 300 * i) * t * (1 + t)) + 0.05 * rng.standard_normal(
+            t.size
+        )
+        out.append(x.astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def transcriber(dirs):
+    options = EngineOptions(dtype="float32", enforce_eager=True, max_model_len=2048)
+    with Transcriber(dirs["original"], engine_options=options, device="cpu") as t:
+        yield t
+
+
+@pytest.fixture(scope="module")
+def reference(dirs):
+    from transformers import (
+        AutoTokenizer,
+        VibeVoiceAcousticTokenizerFeatureExtractor,
+        VibeVoiceAsrForConditionalGeneration,
+    )
+
+    model = VibeVoiceAsrForConditionalGeneration.from_pretrained(dirs["hf"], dtype=torch.float32)
+    model.config.acoustic_tokenizer_encoder_config.vae_std = 0.0
+    return (
+        model.eval(),
+        AutoTokenizer.from_pretrained(dirs["hf"]),
+        VibeVoiceAcousticTokenizerFeatureExtractor(),
+    )
+
+
+def _ref_tokens(reference, adapter, wave: np.ndarray, hotwords=()) -> list[int]:
+    model, tok, fe = reference
+    feats = fe(wave, sampling_rate=SR)
+    n_audio = int(feats["padding_mask"].sum() + 3199) // 3200
+    prompt = adapter.prompt_for_audio(PromptOptions(hotwords=hotwords), len(wave) / SR)
+    ids = (
+        tok.encode(prompt.prefix, add_special_tokens=False)
+        + [model.config.audio_token_id] * n_audio
+        + tok.encode(prompt.suffix, add_special_tokens=False)
+    )
+    stops = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            input_values=feats["input_values"],
+            padding_mask=feats["padding_mask"],
+            do_sample=False,
+            max_new_tokens=MAX_TOKENS,
+            eos_token_id=stops,
+            pad_token_id=stops[1],
+        )
+    new = out[0, len(ids) :].tolist()
+    for i, t in enumerate(new):
+        if t in stops:
+            return new[: i + 1]
+    return new
+
+
+def _transcribe(transcriber, arrays, **options) -> list[Transcript | Failure]:
+    items = from_arrays(arrays, SR)
+    opts = TranscribeOptions(max_tokens=MAX_TOKENS, **options)
+    results = [r for batch in transcriber.transcribe(items, opts) for r in batch]
+    return sorted(results, key=lambda r: r.key)
+
+
+def test_greedy_tokens_equal_transformers(transcriber, reference, arrays, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="asrctl"):
+        results = _transcribe(transcriber, arrays)
+    assert [type(r) for r in results] == [Transcript] * len(arrays)
+    for i, (r, wave) in enumerate(zip(results, arrays, strict=True)):
+        expected = _ref_tokens(reference, transcriber.adapter, wave)
+        assert list(r.token_ids) == expected, f"utt{i}: vLLM {r.token_ids} != HF {expected}"
+    assert len({r.token_ids for r in results}) == len(results)  # outputs depend on the audio
+    # random weights write no JSON: plain text, no segments, a warning, no crash
+    assert all(r.segments is None for r in results)
+    assert "VibeVoice-ASR" in caplog.text and "plain text" in caplog.text
+
+
+def test_hotword_context_equals_transformers(transcriber, reference, arrays) -> None:
+    hotwords = ("VibeVoice", "asrctl")
+    (result,) = _transcribe(transcriber, arrays[1:2], hotwords=hotwords)
+    assert list(result.token_ids) == _ref_tokens(
+        reference, transcriber.adapter, arrays[1], hotwords
+    )
+
+
+def test_language_option_is_refused(transcriber, arrays) -> None:
+    from asrctl.errors import OptionsError
+
+    with pytest.raises(OptionsError):
+        _transcribe(transcriber, arrays[:1], language="en")
