@@ -82,35 +82,33 @@ def _versions() -> dict:
     }
 
 
-def encoder_only(transcriber, arrays: list[np.ndarray], batch_size: int) -> float:
-    """Seconds for the audio path alone (features, encoder, adaptor) over all utterances."""
+def encoder_only(transcriber, arrays: list[np.ndarray], batch_size: int) -> tuple[float, list]:
+    """Seconds for the audio path alone (features, encoder, projector) over all utterances,
+    and the number of audio embeddings of each."""
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    transcriber.encode(arrays, batch_size)
+    embeds = transcriber.encode(arrays, batch_size)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, [len(e) for e in embeds]
 
 
-def vllm_alone(transcriber, durations: list[float], options) -> float:
+def vllm_alone(transcriber, durations: list[float], n_audio: list[int], options) -> float:
     """vLLM generating the same work from random embeddings of the same prompt lengths."""
     import torch
 
     from asrctl.engine import Decoding
-    from asrctl.models.funasr_adaptor import fun_asr_audio_token_count
 
     prefix = transcriber.engine.embed_text(transcriber.adapter.prompt(options.prompt).prefix)
     suffix = transcriber.engine.embed_text(transcriber.adapter.prompt(options.prompt).suffix)
     hidden = prefix.shape[1]
     gen = torch.Generator().manual_seed(0)
     prompts, decodings = [], []
-    for d in durations:
-        lfr = math.ceil((1 + (int(SR * d) - 400) // 160) / 6)  # fbank frames -> LFR 7/6
-        n_audio = fun_asr_audio_token_count(lfr)
-        n_prompt = len(prefix) + n_audio + len(suffix)
+    for d, n in zip(durations, n_audio, strict=True):
+        n_prompt = len(prefix) + n + len(suffix)
         prompts.append(torch.randn(n_prompt, hidden, generator=gen).to(transcriber.engine.dtype))
         decodings.append(Decoding(max_tokens=math.ceil(TOKENS_PER_SECOND * d), ignore_eos=True))
     t0 = time.perf_counter()
@@ -121,6 +119,8 @@ def vllm_alone(transcriber, durations: list[float], options) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--family", default="fun-asr-nano", help="fixture family to generate")
+    ap.add_argument("--max-model-len", type=int, default=512)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--size", choices=("tiny", "full"), default="full")
     ap.add_argument("--batch-size", type=int, default=256)
@@ -141,14 +141,14 @@ def main() -> int:
     from asrctl.inputs import from_arrays, iter_inputs
     from asrctl.transcribe import TranscribeOptions, Transcriber
 
-    model = args.workdir / f"fun-asr-nano-{args.size}"
+    model = args.workdir / f"{args.family}-{args.size}"
     if not (model / "model.pt").exists():
-        make_fixture("fun-asr-nano", model, size=args.size, seed=0)
+        make_fixture(args.family, model, size=args.size, seed=0)
     scp, durations = make_audio(args.workdir / "audio", args.n, seed=1)
     audio_s = sum(durations)
     engine = EngineOptions(
         dtype=args.dtype,
-        max_model_len=512,
+        max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         enforce_eager=args.enforce_eager,
         extra={"max_num_batched_tokens": args.max_num_batched_tokens}
@@ -173,8 +173,8 @@ def main() -> int:
     arrays = [it.load(SR) for it in items]
     mem_items = from_arrays(arrays, SR)
     eng_s, _ = _timed(asr, mem_items, options)
-    alone_s = vllm_alone(asr, durations, options)
-    enc_s = encoder_only(asr, arrays, args.encoder_batch_size)
+    enc_s, n_audio = encoder_only(asr, arrays, args.encoder_batch_size)
+    alone_s = vllm_alone(asr, durations, n_audio, options)
     other = {}
     for dtype in filter(None, args.also_encoder_dtype.split(",")):
         asr.encoder = asr.adapter.audio_encoder(asr.device, getattr(torch, dtype))
@@ -183,13 +183,13 @@ def main() -> int:
         other[dtype] = {
             "end_to_end_seconds": round(seconds, 2),
             "rtfx": round(audio_s / seconds, 1),
-            "encoder_only_seconds": round(encoder_only(asr, arrays, args.encoder_batch_size), 2),
+            "encoder_only_seconds": round(encoder_only(asr, arrays, args.encoder_batch_size)[0], 2),
         }
     result = {
         "command": " ".join(sys.argv),
         "versions": _versions(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        | {"tokens_per_second": TOKENS_PER_SECOND, "max_model_len": 512},
+        | {"tokens_per_second": TOKENS_PER_SECOND},
         "workload": {
             "utterances": args.n,
             "audio_seconds": round(audio_s, 1),

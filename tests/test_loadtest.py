@@ -132,7 +132,8 @@ def test_closed_loop_counts_errors_latency_and_concurrency(server, clips_dir):
         assert row["rtfx"] == pytest.approx(row["audio_s"] / row["wall_s"], rel=1e-3)
         assert row["requests_per_s"] == pytest.approx(8 / row["wall_s"], rel=1e-3)
         lat = row["latency_s"]
-        assert lat["p50"] <= lat["p95"] <= lat["p99"] <= max(r.latency_s for r in ok)
+        # the report rounds to 0.1 ms, so the slowest request bounds p99 within that
+        assert lat["p50"] <= lat["p95"] <= lat["p99"] <= max(r.latency_s for r in ok) + 5e-5
     assert stats.models == {"stub-model"}  # discovered from GET /v1/models
 
 
