@@ -109,6 +109,29 @@ def engine_kwargs(llm_dir: Path, dtype_name: str, options: EngineOptions) -> dic
     return kwargs | options.extra
 
 
+def embeds_request(prompt: torch.Tensor, vocab_size: int, penalised: bool) -> dict[str, Any]:
+    """The vLLM prompt dict for one prompt-embedding tensor.
+
+    vLLM's penalties count the tokens of the prompt *and* of the output. A pure
+    ``prompt_embeds`` request has no prompt ids, yet the sampler still reads the row of
+    its token buffer that the request occupies (zeros, or ids left there by an earlier
+    request: vLLM 0.26-0.32), so penalties hit arbitrary tokens, and older releases
+    crash on them (FunASR #2948). When a penalty is on, every prompt position therefore
+    gets the public mixed-mode fields: a placeholder id equal to ``vocab_size`` and
+    ``prompt_is_token_ids`` False, so the embedding is used, and the sampler's token
+    counts drop that id (``vocab_size`` is its own padding value). Only generated
+    tokens are penalised, as in transformers.
+    """
+    if not penalised:
+        return {"prompt_embeds": prompt}
+    n = len(prompt)
+    return {
+        "prompt_embeds": prompt,
+        "prompt_token_ids": [vocab_size] * n,
+        "prompt_is_token_ids": [False] * n,
+    }
+
+
 class TextEmbedder:
     """Tokenizes prompt text and embeds it with rows of the exported embedding table."""
 
@@ -166,7 +189,7 @@ class Decoding:
 
     max_tokens: int
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
-    repetition_penalty: float = 1.0  # on generated tokens only; see Engine._embeds_request
+    repetition_penalty: float = 1.0  # on generated tokens only; see embeds_request
     temperature: float = 0.0
     seed: int | None = None
 
@@ -223,7 +246,7 @@ class Engine:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         request_id = str(next(self._ids))
-        request = self._embeds_request(prompt, decoding.repetition_penalty != 1.0)
+        request = embeds_request(prompt, self.vocab_size, decoding.repetition_penalty != 1.0)
         self.engine.add_request(request_id, request, params)
         return request_id
 
@@ -254,28 +277,6 @@ class Engine:
         while len(results) < len(ids):
             results.update(self.poll())
         return [results[i] for i in ids]
-
-    def _embeds_request(self, prompt: torch.Tensor, penalised: bool) -> dict[str, Any]:
-        """The vLLM prompt dict for one prompt-embedding tensor.
-
-        vLLM's penalties count the tokens of the prompt *and* of the output. A pure
-        ``prompt_embeds`` request has no prompt ids, yet the sampler still reads the row of
-        its token buffer that the request occupies (zeros, or ids left there by an earlier
-        request: vLLM 0.26-0.32), so penalties hit arbitrary tokens, and older releases
-        crash on them (FunASR #2948). When a penalty is on, every prompt position therefore
-        gets the public mixed-mode fields: a placeholder id equal to ``vocab_size`` and
-        ``prompt_is_token_ids`` False, so the embedding is used, and the sampler's token
-        counts drop that id (``vocab_size`` is its own padding value). Only generated
-        tokens are penalised, as in transformers.
-        """
-        if not penalised:
-            return {"prompt_embeds": prompt}
-        n = len(prompt)
-        return {
-            "prompt_embeds": prompt,
-            "prompt_token_ids": [self.vocab_size] * n,
-            "prompt_is_token_ids": [False] * n,
-        }
 
     def close(self) -> None:
         """Stop vLLM's engine processes now rather than at interpreter exit."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asrctl.adapters.base import Adapter, PromptOptions
+from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
 from asrctl.adapters.registry import load_adapter
 from asrctl.engine import Decoding, Engine, EngineOptions, cuda_available
 from asrctl.errors import AsrctlError, OptionsError
@@ -253,17 +253,7 @@ class Transcriber:
 
     def encode(self, waves: Sequence[np.ndarray], batch_size: int) -> list[torch.Tensor]:
         """Audio embeddings per waveform, encoded in length-sorted sub-batches."""
-        import torch
-
-        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
-        out: list[torch.Tensor | None] = [None] * len(waves)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                tensors = [torch.from_numpy(waves[i]) for i in idx]
-                for i, emb in zip(idx, self.encoder(tensors), strict=True):
-                    out[i] = emb
-        return [e for e in out if e is not None]
+        return encode_sorted(self.encoder, waves, batch_size)
 
     def build_prompt(
         self, audio: torch.Tensor, options: PromptOptions, *, seconds: float | None = None
@@ -278,6 +268,22 @@ class Transcriber:
             self.engine.embed_text(prompt.suffix),
         ]
         return torch.cat(parts)
+
+
+def encode_sorted(
+    encoder: AudioEncoder, waves: Sequence[np.ndarray], batch_size: int
+) -> list[torch.Tensor]:
+    """Encode waveforms in length-sorted sub-batches (little padding); input order kept."""
+    import torch
+
+    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+    out: list[torch.Tensor] = [torch.empty(0)] * len(waves)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            for i, emb in zip(idx, encoder([torch.from_numpy(waves[i]) for i in idx]), strict=True):
+                out[i] = emb
+    return out
 
 
 def _prefetched(

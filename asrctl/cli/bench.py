@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from asrctl.cli import _output
+from asrctl.cli._common import engine_options
 from asrctl.cli._options import (
     BatchSizeOpt,
     BenchApiKeyOpt,
@@ -112,7 +113,6 @@ def bench(
     if model is None:
         raise OptionsError("bench needs --model DIR (or --server URL for a load test)")
     from asrctl.bench import BenchOptions
-    from asrctl.engine import EngineOptions
     from asrctl.transcribe import TranscribeOptions
 
     options = TranscribeOptions(
@@ -122,7 +122,7 @@ def bench(
         batch_size=batch_size,
         max_tokens=max_tokens,
     )
-    engine = EngineOptions(
+    engine = engine_options(
         dtype=dtype,
         tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,

@@ -50,7 +50,7 @@ def serve(
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
-    from asrctl.engine import EngineOptions
+    from asrctl.cli._common import engine_options
     from asrctl.server.app import serve as run_server
     from asrctl.server.options import ServerOptions
 
@@ -69,7 +69,7 @@ def serve(
         cache_dir=cache_dir,
         vad=vad,
     )
-    engine = EngineOptions(
+    engine = engine_options(
         dtype=dtype,
         tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,

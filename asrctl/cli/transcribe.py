@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from asrctl.cli import _output
+from asrctl.cli._common import engine_options
 from asrctl.cli._options import (
     BatchSizeOpt,
     CacheDirOpt,
@@ -75,7 +76,6 @@ def transcribe(
     vad: VadOpt = None,
 ) -> None:
     """Transcribe audio files, folders, Kaldi data dirs or manifests with a model on vLLM."""
-    from asrctl.engine import EngineOptions
     from asrctl.errors import OptionsError
     from asrctl.inputs import iter_inputs
     from asrctl.results import ResultsDir
@@ -94,7 +94,7 @@ def transcribe(
         max_in_flight=max_in_flight,
         max_tokens=max_tokens,
     )
-    engine = EngineOptions(
+    engine = engine_options(
         dtype=dtype,
         tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,

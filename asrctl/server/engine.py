@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
 from asrctl.adapters.registry import load_adapter
-from asrctl.engine import EngineOptions, TextEmbedder, engine_kwargs, resolve_dtype
+from asrctl.engine import EngineOptions, TextEmbedder, embeds_request, engine_kwargs, resolve_dtype
 from asrctl.errors import EngineError, OptionsError
 from asrctl.export import export_llm
 from asrctl.guard import truncate_loops
 from asrctl.server.batching import BatcherClosed, EncoderBatcher
-from asrctl.transcribe import DEFAULT_MAX_TOKENS, default_device
+from asrctl.transcribe import DEFAULT_MAX_TOKENS, default_device, encode_sorted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -226,7 +226,7 @@ class AsyncModel:
             repetition_penalty=penalty,
             logprobs=0 if decode.logprobs else None,
         )
-        request = self._embeds_request(encoded.embeds, penalty != 1.0)
+        request = embeds_request(encoded.embeds, self.vocab_size, penalty != 1.0)
         output = None
         outputs = self.engine.generate(request, params, request_id or f"asr-{uuid.uuid4().hex}")
         try:
@@ -265,8 +265,8 @@ class AsyncModel:
         self.engine.shutdown()
 
     def _clean(self, raw: str) -> str:
-        """The family's clean-up, then the repetition guard (asrctl.guard)."""
-        return truncate_loops(self.adapter.postprocess(raw))[0]
+        """The family's output parsing and clean-up, then the repetition guard."""
+        return truncate_loops(self.adapter.parse_output(raw)[0])[0]
 
     def _result(
         self, completion: Any, encoded: _Encoded, audio: np.ndarray, decode: DecodeOptions
@@ -290,19 +290,12 @@ class AsyncModel:
         """Worker thread: encode the batch's audio, length-sorted, and build the prompts."""
         import torch
 
-        order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].audio))
-        audio: list[torch.Tensor | None] = [None] * len(jobs)
-        with torch.inference_mode():
-            for start in range(0, len(order), self.encoder_batch_size):
-                idx = order[start : start + self.encoder_batch_size]
-                waves = [torch.from_numpy(jobs[i].audio) for i in idx]
-                for i, emb in zip(idx, self.encoder(waves), strict=True):
-                    audio[i] = emb
+        audio = encode_sorted(self.encoder, [job.audio for job in jobs], self.encoder_batch_size)
         out: list[_Encoded | BaseException] = []
         for job, emb in zip(jobs, audio, strict=True):
-            assert emb is not None
             try:
-                prompt = self.adapter.prompt(job.prompt)
+                seconds = len(job.audio) / self.sample_rate
+                prompt = self.adapter.prompt_for_audio(job.prompt, seconds)
                 parts = [
                     self.embed_text(prompt.prefix),
                     emb.to("cpu", self.dtype),
@@ -312,22 +305,6 @@ class AsyncModel:
             except Exception as e:  # one request's prompt failing must not fail the others
                 out.append(e)
         return out
-
-    def _embeds_request(self, embeds: torch.Tensor, penalised: bool) -> dict[str, Any]:
-        """The prompt dict; with a penalty on, the prompt is kept out of it.
-
-        Same scheme as :meth:`asrctl.engine.Engine._embeds_request`: every prompt position
-        gets the placeholder id ``vocab_size`` and ``prompt_is_token_ids`` False, so vLLM
-        uses the embedding and its penalties count generated tokens only.
-        """
-        if not penalised:
-            return {"prompt_embeds": embeds}
-        n = len(embeds)
-        return {
-            "prompt_embeds": embeds,
-            "prompt_token_ids": [self.vocab_size] * n,
-            "prompt_is_token_ids": [False] * n,
-        }
 
 
 def _start_engine(llm_dir: Path, dtype_name: str, options: EngineOptions) -> Any:
