@@ -156,12 +156,23 @@ def test_detect_without_config_json(firered_copy: Path) -> None:
     assert adapter.family.name == "fireredasr-llm"
 
 
-def test_missing_file_named_with_its_content(firered_copy: Path) -> None:
+@pytest.mark.parametrize("with_config_json", [False, True])
+def test_missing_file_named_with_its_content(firered_copy: Path, with_config_json: bool) -> None:
     (firered_copy / "cmvn.ark").unlink()
-    (firered_copy / "config.json").write_text(json.dumps({"model_type": "fireredasr"}))
+    if with_config_json:
+        (firered_copy / "config.json").write_text(json.dumps({"model_type": "fireredasr"}))
     with pytest.raises(ModelDirError) as err:
         load_adapter(firered_copy)
     assert "missing required file: cmvn.ark — Kaldi CMVN statistics" in err.value.problems
+
+
+def test_missing_encoder_file_is_still_detected_and_named(firered_copy: Path) -> None:
+    (firered_copy / "asr_encoder.pth.tar").unlink()
+    with pytest.raises(ModelDirError) as err:
+        load_adapter(firered_copy)
+    assert any(
+        p.startswith("missing required file: asr_encoder.pth.tar") for p in err.value.problems
+    )
 
 
 def test_broken_llm_symlink_names_its_target(firered_copy: Path) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import pickle
 import re
 from collections.abc import Iterator, Mapping
@@ -154,9 +155,11 @@ class FireRedAsrLlmAdapter(Adapter):
                 data = None
             if isinstance(data, dict) and data.get("model_type") == MODEL_TYPE:
                 return True
-        return all(
-            (model_dir / name).exists()
-            for name in ("model.pth.tar", "asr_encoder.pth.tar", "cmvn.ark")
+        # model.pth.tar plus any other FireRed-LLM file, so that a directory missing some of
+        # them is still recognised and its missing files named (a FireRed AED directory has
+        # neither asr_encoder.pth.tar nor the Qwen2 folder).
+        return (model_dir / "model.pth.tar").exists() and any(
+            os.path.lexists(model_dir / name) for name in ("asr_encoder.pth.tar", LLM_DIR)
         )
 
     # -- loading -----------------------------------------------------------------------
