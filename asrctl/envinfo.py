@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import sys
+import subprocess
 from pathlib import Path
 
 # distribution names tried for each library, first installed wins
@@ -63,17 +63,23 @@ def ram_gib() -> float | None:
 
 
 def gpus() -> list[dict]:
-    """Name and memory of each visible CUDA device (empty without torch or CUDA)."""
-    if "torch" not in sys.modules:  # importing torch only for this would be slow
-        return []
-    import torch
+    """Name and memory of each visible NVIDIA GPU, from ``nvidia-smi`` (empty without one).
 
-    if not torch.cuda.is_available():
+    Asking torch instead would initialise CUDA in this process, and vLLM can then no
+    longer fork its engine core.
+    """
+    query = ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
         return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    wanted = set(visible.split(",")) if visible is not None else None
     devices = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        devices.append({"name": props.name, "memory_gib": round(props.total_memory / GIB, 1)})
+    for line in out.strip().splitlines():
+        index, name, mib = (x.strip() for x in line.split(",", 2))
+        if wanted is None or index in wanted:
+            devices.append({"name": name, "memory_gib": round(float(mib) / 1024, 1)})
     return devices
 
 

@@ -116,6 +116,45 @@ def vllm_alone(transcriber, durations: list[float], n_audio: list[int], options)
     return time.perf_counter() - t0
 
 
+def _extra_engine_args(args: argparse.Namespace) -> dict:
+    extra: dict = {}
+    if args.max_num_batched_tokens:
+        extra["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if args.cudagraph_max:
+        extra["compilation_config"] = {"max_cudagraph_capture_size": args.cudagraph_max}
+    return extra
+
+
+class GpuUtilisation:
+    """Samples ``nvidia-smi`` GPU utilisation every 100 ms while a timer runs: the share
+    of time a kernel was running. Low values mean the GPU waited on the CPU."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.samples: list[int] = []
+
+    def __enter__(self) -> GpuUtilisation:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        try:
+            self.proc = subprocess.Popen([*query, "-lms", "100"], stdout=subprocess.PIPE, text=True)
+        except OSError:
+            self.proc = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        out, _ = self.proc.communicate()
+        self.samples = [int(x) for x in out.split() if x.strip().isdigit()]
+
+    def summary(self) -> dict:
+        s = self.samples
+        if not s:
+            return {}
+        return {"mean_pct": round(sum(s) / len(s), 1), "samples": len(s)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, required=True)
@@ -130,6 +169,12 @@ def main() -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--max-num-seqs", type=int, default=None)
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
+    ap.add_argument(
+        "--cudagraph-max",
+        type=int,
+        default=None,
+        help="vLLM's max_cudagraph_capture_size (asrctl's GPU default: max_num_seqs)",
+    )
     ap.add_argument("--enforce-eager", action="store_true", help="CPU smoke runs")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -151,9 +196,7 @@ def main() -> int:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         enforce_eager=args.enforce_eager,
-        extra={"max_num_batched_tokens": args.max_num_batched_tokens}
-        if args.max_num_batched_tokens
-        else {},
+        extra=_extra_engine_args(args),
     )
     t = time.perf_counter()
     asr = Transcriber(model, engine_options=engine, encoder_dtype=args.encoder_dtype)
@@ -168,13 +211,15 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    e2e_s, n_e2e = _timed(asr, items, options)
+    with GpuUtilisation() as util_e2e:
+        e2e_s, n_e2e = _timed(asr, items, options)
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
     arrays = [it.load(SR) for it in items]
     mem_items = from_arrays(arrays, SR)
     eng_s, _ = _timed(asr, mem_items, options)
     enc_s, n_audio = encoder_only(asr, arrays, args.encoder_batch_size)
-    alone_s = vllm_alone(asr, durations, n_audio, options)
+    with GpuUtilisation() as util_alone:
+        alone_s = vllm_alone(asr, durations, n_audio, options)
     other = {}
     for dtype in filter(None, args.also_encoder_dtype.split(",")):
         asr.encoder = asr.adapter.audio_encoder(asr.device, getattr(torch, dtype))
@@ -201,6 +246,7 @@ def main() -> int:
             "seconds": round(e2e_s, 2),
             "rtfx": round(audio_s / e2e_s, 1),
             "utterances": n_e2e,
+            "gpu_utilisation": util_e2e.summary(),
             "scope": "wav files on disk -> text (read, resample, fbank, encoder, "
             "LLM, detokenize); model load and warm-up excluded",
         },
@@ -212,6 +258,7 @@ def main() -> int:
         "vllm_alone": {
             "seconds": round(alone_s, 2),
             "rtfx": round(audio_s / alone_s, 1),
+            "gpu_utilisation": util_alone.summary(),
             "scope": "vLLM only: random prompt embeddings of the same lengths, "
             "same generated token counts",
         },
