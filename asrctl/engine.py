@@ -29,6 +29,8 @@ from asrctl.errors import EngineError
 if TYPE_CHECKING:
     import torch
 
+    from asrctl.adapters.base import Prompt
+
 log = logging.getLogger("asrctl")
 
 EMBED_KEY = "model.embed_tokens.weight"
@@ -106,6 +108,10 @@ def engine_kwargs(llm_dir: Path, dtype_name: str, options: EngineOptions) -> dic
         # (256 sequences), which halved throughput on an H100 (BENCHMARKS.md).
         kwargs.setdefault("max_num_seqs", GPU_MAX_NUM_SEQS)
         kwargs.setdefault("max_num_batched_tokens", GPU_MAX_BATCHED_TOKENS)
+        if not options.enforce_eager:
+            # vLLM captures CUDA graphs for batches up to 512 only; wider decode steps
+            # then run eagerly, launch-bound for a small LLM. Cover every batch size.
+            kwargs["compilation_config"] = {"max_cudagraph_capture_size": kwargs["max_num_seqs"]}
     return kwargs | options.extra
 
 
@@ -161,6 +167,12 @@ class TextEmbedder:
                 rows = torch.empty(0, hidden)
             self._cache[text] = rows.to(self.dtype)
         return self._cache[text]
+
+    def splice(self, prompt: Prompt, audio: torch.Tensor) -> torch.Tensor:
+        """``prefix text ⊕ audio ⊕ suffix text`` as one ``(seq, hidden)`` tensor."""
+        import torch
+
+        return torch.cat([self(prompt.prefix), audio.to("cpu", self.dtype), self(prompt.suffix)])
 
 
 def cuda_available() -> bool:

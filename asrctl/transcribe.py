@@ -259,15 +259,8 @@ class Transcriber:
         self, audio: torch.Tensor, options: PromptOptions, *, seconds: float | None = None
     ) -> torch.Tensor:
         """``prefix text ⊕ audio ⊕ suffix text`` as one ``(seq, hidden)`` tensor."""
-        import torch
-
         prompt = self.adapter.prompt_for_audio(options, seconds)  # seconds: for VibeVoice
-        parts = [
-            self.engine.embed_text(prompt.prefix),
-            audio.to("cpu", self.engine.dtype),
-            self.engine.embed_text(prompt.suffix),
-        ]
-        return torch.cat(parts)
+        return self.engine.embed_text.splice(prompt, audio)
 
 
 def encode_sorted(

@@ -1,11 +1,14 @@
-"""Small builders the commands share (the engine options every model-running command takes)."""
+"""Small builders the commands share (engine and transcription options from CLI flags)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from asrctl.engine import EngineOptions
+    from asrctl.transcribe import TranscribeOptions
 
 
 def engine_options(
@@ -28,3 +31,30 @@ def engine_options(
         max_num_seqs=max_num_seqs,
         enforce_eager=enforce_eager,
     )
+
+
+def split_hotwords(values: Sequence[str] | None) -> tuple[str, ...]:
+    """``["a,b", "c"]`` → ``("a", "b", "c")``."""
+    return tuple(w.strip() for v in values or () for w in v.split(",") if w.strip())
+
+
+def transcribe_options(
+    *,
+    language: str | None,
+    hotwords: Sequence[str] | None,
+    no_itn: bool,
+    batch_size: int,
+    max_tokens: int | None,
+    max_in_flight: int | None = None,
+) -> TranscribeOptions:
+    """The transcription settings from the shared flags (``max_in_flight`` None: default)."""
+    from asrctl.transcribe import TranscribeOptions
+
+    options = TranscribeOptions(
+        language=language,
+        hotwords=split_hotwords(hotwords),
+        itn=not no_itn,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+    )
+    return options if max_in_flight is None else replace(options, max_in_flight=max_in_flight)

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from asrctl.cli import _output
-from asrctl.cli._common import engine_options
+from asrctl.cli._common import engine_options, transcribe_options
 from asrctl.cli._options import (
     BatchSizeOpt,
     BenchApiKeyOpt,
@@ -47,7 +47,6 @@ from asrctl.cli._options import (
     WorstOpt,
     WsOpt,
 )
-from asrctl.cli.transcribe import split_hotwords
 from asrctl.errors import OptionsError
 
 DEFAULT_LEVELS = (1, 8, 32, 128)
@@ -113,12 +112,11 @@ def bench(
     if model is None:
         raise OptionsError("bench needs --model DIR (or --server URL for a load test)")
     from asrctl.bench import BenchOptions
-    from asrctl.transcribe import TranscribeOptions
 
-    options = TranscribeOptions(
+    options = transcribe_options(
         language=language,
-        hotwords=split_hotwords(hotwords),
-        itn=not no_itn,
+        hotwords=hotwords,
+        no_itn=no_itn,
         batch_size=batch_size,
         max_tokens=max_tokens,
     )

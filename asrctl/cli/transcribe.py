@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from asrctl.cli import _output
-from asrctl.cli._common import engine_options
+from asrctl.cli._common import engine_options, transcribe_options
 from asrctl.cli._options import (
     BatchSizeOpt,
     CacheDirOpt,
@@ -34,11 +33,6 @@ from asrctl.cli._options import (
     TensorParallelOpt,
     VadOpt,
 )
-
-
-def split_hotwords(values: Sequence[str] | None) -> tuple[str, ...]:
-    """``["a,b", "c"]`` → ``("a", "b", "c")``."""
-    return tuple(w.strip() for v in values or () for w in v.split(",") if w.strip())
 
 
 def _progress() -> Progress:
@@ -80,19 +74,19 @@ def transcribe(
     from asrctl.inputs import iter_inputs
     from asrctl.results import ResultsDir
     from asrctl.segment import LongAudio
-    from asrctl.transcribe import TranscribeOptions, Transcriber
+    from asrctl.transcribe import Transcriber
     from asrctl.writers import parse_formats
 
     if resume and output_dir is None:
         raise OptionsError("--resume needs --output-dir")
     formats = parse_formats(format_)
-    options = TranscribeOptions(
+    options = transcribe_options(
         language=language,
-        hotwords=split_hotwords(hotwords),
-        itn=not no_itn,
+        hotwords=hotwords,
+        no_itn=no_itn,
         batch_size=batch_size,
-        max_in_flight=max_in_flight,
         max_tokens=max_tokens,
+        max_in_flight=max_in_flight,
     )
     engine = engine_options(
         dtype=dtype,

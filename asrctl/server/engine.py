@@ -288,20 +288,13 @@ class AsyncModel:
 
     def _encode(self, jobs: Sequence[_Job]) -> list[_Encoded | BaseException]:
         """Worker thread: encode the batch's audio, length-sorted, and build the prompts."""
-        import torch
-
         audio = encode_sorted(self.encoder, [job.audio for job in jobs], self.encoder_batch_size)
         out: list[_Encoded | BaseException] = []
         for job, emb in zip(jobs, audio, strict=True):
             try:
                 seconds = len(job.audio) / self.sample_rate
                 prompt = self.adapter.prompt_for_audio(job.prompt, seconds)
-                parts = [
-                    self.embed_text(prompt.prefix),
-                    emb.to("cpu", self.dtype),
-                    self.embed_text(prompt.suffix),
-                ]
-                out.append(_Encoded(torch.cat(parts), len(emb)))
+                out.append(_Encoded(self.embed_text.splice(prompt, emb), len(emb)))
             except Exception as e:  # one request's prompt failing must not fail the others
                 out.append(e)
         return out

@@ -1,0 +1,41 @@
+"""vLLM engine arguments chosen by asrctl (no engine is started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asrctl import engine
+from asrctl.engine import EngineOptions, engine_kwargs
+
+
+@pytest.fixture
+def on_gpu(monkeypatch):
+    monkeypatch.setattr(engine, "cuda_available", lambda: True)
+
+
+def test_gpu_defaults_capture_cuda_graphs_for_every_batch_size(on_gpu):
+    kwargs = engine_kwargs(Path("/m"), "bfloat16", EngineOptions())
+    assert kwargs["max_num_seqs"] == engine.GPU_MAX_NUM_SEQS
+    assert kwargs["max_num_batched_tokens"] == engine.GPU_MAX_BATCHED_TOKENS
+    assert kwargs["compilation_config"] == {"max_cudagraph_capture_size": engine.GPU_MAX_NUM_SEQS}
+
+
+def test_graph_capture_follows_max_num_seqs_and_yields_to_eager_and_extra(on_gpu):
+    kwargs = engine_kwargs(Path("/m"), "bfloat16", EngineOptions(max_num_seqs=64))
+    assert kwargs["compilation_config"] == {"max_cudagraph_capture_size": 64}
+    eager = engine_kwargs(Path("/m"), "bfloat16", EngineOptions(enforce_eager=True))
+    assert "compilation_config" not in eager
+    own = {"compilation_config": {"max_cudagraph_capture_size": 256}}
+    kwargs = engine_kwargs(Path("/m"), "bfloat16", EngineOptions(extra=own))
+    assert kwargs["compilation_config"] == own["compilation_config"]
+
+
+def test_cpu_leaves_vllm_defaults(monkeypatch):
+    monkeypatch.setattr(engine, "cuda_available", lambda: False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    kwargs = engine_kwargs(Path("/m"), "float32", EngineOptions(max_model_len=512))
+    assert kwargs["max_model_len"] == 512 and kwargs["enable_prompt_embeds"] is True
+    assert "max_num_seqs" not in kwargs and "compilation_config" not in kwargs
+    assert engine.os.environ["VLLM_CPU_KVCACHE_SPACE"] == engine.CPU_KV_CACHE_GIB
