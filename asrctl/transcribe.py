@@ -119,8 +119,8 @@ class Transcriber:
         self.adapter: Adapter = load_adapter(model_dir)
         self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
         self.device = device or default_device()
-        # vLLM first: once this process has touched CUDA, vLLM must spawn (not fork) its
-        # engine core, which re-imports __main__ and breaks scripts and test runners.
+        # vLLM first, then the encoder: its CUDA memory is then allocated beside vLLM's
+        # KV cache, not counted against it (vLLM sizes the cache from free memory).
         self.engine = Engine(self.prepared.llm_dir, engine_options or EngineOptions())
         try:
             self.encoder = self.adapter.audio_encoder(self.device, getattr(torch, encoder_dtype))

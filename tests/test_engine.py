@@ -15,11 +15,14 @@ def on_gpu(monkeypatch):
     monkeypatch.setattr(engine, "cuda_available", lambda: True)
 
 
-def test_gpu_defaults_capture_cuda_graphs_for_every_batch_size(on_gpu):
+def test_gpu_defaults_capture_cuda_graphs_for_every_batch_size(on_gpu, monkeypatch):
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
     kwargs = engine_kwargs(Path("/m"), "bfloat16", EngineOptions())
     assert kwargs["max_num_seqs"] == engine.GPU_MAX_NUM_SEQS
     assert kwargs["max_num_batched_tokens"] == engine.GPU_MAX_BATCHED_TOKENS
     assert kwargs["compilation_config"] == {"max_cudagraph_capture_size": engine.GPU_MAX_NUM_SEQS}
+    # a forked engine core inherits this process's OpenMP pool and can hang: spawn
+    assert engine.os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
 
 
 def test_graph_capture_follows_max_num_seqs_and_yields_to_eager_and_extra(on_gpu):
