@@ -7,55 +7,28 @@ over HTTP (closed loop and Poisson) and over ``/ws`` with audio paced in real ti
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
+sys.path.insert(0, str(Path(__file__).parent))
+from liveserver import live_server
+
 pytestmark = pytest.mark.vllm
 
 ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
-START_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
 def server(fun_asr_tiny, tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [sys.executable, "-m", "asrctl", "serve", "--model", str(fun_asr_tiny)]
-    cmd += ["--port", str(port), "--max-tokens", "8", *ENGINE_FLAGS]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"server not healthy after {START_TIMEOUT_S} s")
-        yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the server and vLLM's engine processes
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    args = ["--model", str(fun_asr_tiny), "--max-tokens", "8", *ENGINE_FLAGS]
+    with live_server(args, log) as srv:
+        yield srv.url
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +23,9 @@ import pytest
 import soundfile as sf
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from liveserver import live_server
+
 pytestmark = pytest.mark.vllm
 
 KEY = "sk-test"
@@ -33,52 +34,15 @@ MAX_TOKENS = 12
 ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
 SR = 16000
 N_CONCURRENT = 64
-START_TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
-        self.proc, self.url, self.log = proc, url, log
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
 
 
 @pytest.fixture(scope="module")
 def server(fun_asr_tiny, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [sys.executable, "-m", "asrctl", "serve", "--model", str(fun_asr_tiny)]
-    cmd += ["--port", str(port), "--served-model-name", MODEL, "--api-key", KEY]
-    cmd += ["--max-tokens", str(MAX_TOKENS), "--max-upload-mb", "1", *ENGINE_FLAGS]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    srv = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"server exited early:\n{srv.tail()}"
-            try:
-                if httpx.get(f"{srv.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"server not healthy after {START_TIMEOUT_S} s:\n{srv.tail()}")
+    args = ["--model", str(fun_asr_tiny), "--served-model-name", MODEL, "--api-key", KEY]
+    args += ["--max-tokens", str(MAX_TOKENS), "--max-upload-mb", "1", *ENGINE_FLAGS]
+    with live_server(args, log) as srv:
         yield srv
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the server and vLLM's engine processes
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
