@@ -172,6 +172,10 @@ class TextEmbedder:
             self._cache[text] = rows.to(self.dtype)
         return self._cache[text]
 
+    def positions(self, prompt: Prompt, n_audio: int) -> int:
+        """Length of ``splice(prompt, audio)`` for ``n_audio`` audio rows (tokenizes only)."""
+        return len(self.token_ids(prompt.prefix)) + n_audio + len(self.token_ids(prompt.suffix))
+
     def splice(self, prompt: Prompt, audio: torch.Tensor) -> torch.Tensor:
         """``prefix text ⊕ audio ⊕ suffix text`` as one ``(seq, hidden)`` tensor."""
         import torch

@@ -6,7 +6,9 @@ encoded. Within a batch, utterances are sorted by length and encoded in sub-batc
 submitted to vLLM at once, whose engine core decodes in its own process while the next
 batch is loaded and encoded. Finished results are yielded after every batch; at most
 ``max_in_flight`` utterances are submitted and unfinished at any time. Inputs that fail to
-load are returned as ``Failure`` objects; the rest go on.
+load, or whose prompt would not fit the engine's ``max_model_len`` (counted from the audio's
+length by the adapter's ``audio_positions``, before encoding), are returned as ``Failure``
+objects; the rest go on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
 from asrctl.adapters.registry import load_adapter
-from asrctl.engine import Decoding, Engine, EngineOptions, cuda_available
+from asrctl.engine import Decoding, Engine, EngineOptions, TextEmbedder, cuda_available
 from asrctl.errors import AsrctlError, OptionsError
 from asrctl.export import PreparedModel, export_llm
 from asrctl.guard import truncate_loops
@@ -37,6 +39,7 @@ log = logging.getLogger("asrctl")
 
 DEFAULT_MAX_TOKENS = 512  # the reference implementations' max_new_tokens
 LOADER_THREADS = 4
+TOO_LONG_HINT = "raise --max-model-len or use --vad"
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,34 @@ class Transcriber:
             )
         return _Loaded(item, audio)
 
+    def _too_long(self, x: _Loaded, positions: int) -> Failure | None:
+        """A failure for ``x`` if a prompt of ``positions`` leaves no room to generate."""
+        if positions < self.engine.max_model_len:
+            return None
+        seconds = len(x.audio) / self.sample_rate
+        limit = self.engine.max_model_len
+        return Failure(
+            x.item.key, too_long_message(x.item.key, positions, limit, seconds, TOO_LONG_HINT)
+        )
+
+    def _fits(
+        self, batch: list[_Loaded | Failure], options: PromptOptions
+    ) -> tuple[list[_Loaded], list[Transcript | Failure]]:
+        """The batch's items whose prompts fit max_model_len, by length alone, and the
+        failures (load failures and items too long): no audio is encoded in vain."""
+        loaded: list[_Loaded] = []
+        failures: list[Transcript | Failure] = []
+        for x in batch:
+            if isinstance(x, Failure):
+                failures.append(x)
+                continue
+            too_long = self._too_long(x, self.prompt_positions(len(x.audio), options))
+            if too_long is None:
+                loaded.append(x)
+            else:
+                failures.append(too_long)
+        return loaded, failures
+
     def _submit(
         self,
         batch: list[_Loaded | Failure],
@@ -181,22 +212,17 @@ class Transcriber:
         in_flight: dict[str, _Pending],
     ) -> list[Transcript | Failure]:
         """Encode a loaded batch and submit its prompts; returns the batch's failures."""
-        failures: list[Transcript | Failure] = [x for x in batch if isinstance(x, Failure)]
-        loaded = [x for x in batch if isinstance(x, _Loaded)]
+        loaded, failures = self._fits(batch, options.prompt)
         t0 = time.perf_counter()
         embeds = self.encode([x.audio for x in loaded], options.encoder_batch_size)
         encode_s = time.perf_counter() - t0
         for x, emb in zip(loaded, embeds, strict=True):
             prompt = self.build_prompt(emb, options.prompt, seconds=len(x.audio) / self.sample_rate)
-            room = self.engine.max_model_len - len(prompt)
-            if room < 1:
-                failures.append(
-                    Failure(
-                        x.item.key,
-                        f"{x.item.key}: prompt of {len(prompt)} positions exceeds --max-model-len",
-                    )
-                )
+            too_long = self._too_long(x, len(prompt))  # safety net: the formula was checked
+            if too_long is not None:
+                failures.append(too_long)
                 continue
+            room = self.engine.max_model_len - len(prompt)
             seconds = len(x.audio) / self.sample_rate
             request_id = self.engine.submit(
                 prompt, self._decoding(options, len(emb), seconds, room)
@@ -255,12 +281,35 @@ class Transcriber:
         """Audio embeddings per waveform, encoded in length-sorted sub-batches."""
         return encode_sorted(self.encoder, waves, batch_size)
 
+    def prompt_positions(self, num_samples: int, options: PromptOptions) -> int:
+        """Positions the prompt of ``num_samples`` samples takes, without encoding them."""
+        return prompt_positions(self.adapter, self.engine.embed_text, options, num_samples)
+
     def build_prompt(
         self, audio: torch.Tensor, options: PromptOptions, *, seconds: float | None = None
     ) -> torch.Tensor:
         """``prefix text ⊕ audio ⊕ suffix text`` as one ``(seq, hidden)`` tensor."""
         prompt = self.adapter.prompt_for_audio(options, seconds)  # seconds: for VibeVoice
         return self.engine.embed_text.splice(prompt, audio)
+
+
+def prompt_positions(
+    adapter: Adapter, embed_text: TextEmbedder, options: PromptOptions, num_samples: int
+) -> int:
+    """Prompt positions (text ⊕ audio ⊕ text) for ``num_samples`` samples, from the
+    adapter's length formula and the prompt's token counts: nothing is encoded."""
+    prompt = adapter.prompt_for_audio(options, num_samples / adapter.family.sample_rate)
+    return embed_text.positions(prompt, adapter.audio_positions(num_samples))
+
+
+def too_long_message(
+    what: str, positions: int, max_model_len: int, seconds: float, hint: str
+) -> str:
+    """Why a prompt cannot be decoded (it leaves no position to generate in) and the fix."""
+    return (
+        f"{what}: prompt of {positions} positions ({seconds:.1f} s of audio) exceeds "
+        f"--max-model-len {max_model_len} (one position must be left to generate); {hint}"
+    )
 
 
 def encode_sorted(

@@ -168,10 +168,9 @@ def setup_lora(model: Path, dest: Path) -> dict[str, Any]:
 
 def audio_tokens(samples: int) -> int:
     """Audio embeddings FireRed splices in for ``samples`` 16 kHz samples (80 ms each)."""
-    from asrctl.features import num_frames
-    from asrctl.models.conformer import FBANK_OPTIONS, subsampled_length
+    from asrctl.models.conformer import audio_positions
 
-    return int(subsampled_length(int(num_frames(samples, FBANK_OPTIONS)))) // 2
+    return audio_positions(samples, downsample_rate=2)
 
 
 def text_ids(llm_dir: Path) -> tuple[list[int], list[int]]:

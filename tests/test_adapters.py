@@ -243,3 +243,13 @@ def test_encoder_padded_batch_equals_alone(encoder, make_wav) -> None:
         diff = float((b - a).abs().max())
         assert diff < 1e-4, f"utterance {i}: batched vs alone max abs diff {diff:.3g}"
     assert not torch.allclose(alone[2], alone[3][: len(alone[2])])
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.0, 3.3, 29.97])
+def test_audio_positions_equal_encoder_output(
+    adapter: FunAsrNanoAdapter, encoder, make_wav, seconds: float
+) -> None:
+    wave = _load(make_wav("a.wav", seconds, seed=5))
+    with torch.no_grad():
+        (out,) = encoder([wave])
+    assert adapter.audio_positions(len(wave)) == len(out)

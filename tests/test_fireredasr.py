@@ -355,3 +355,13 @@ def test_padded_batch_equals_each_utterance_alone(firered_tiny: Path) -> None:
         assert b.shape == a.shape == (subsampled_length((len(waves[i]) - 400) // 160 + 1) // 2, 128)
         diff = float((b - a).abs().max())
         assert diff < 1e-5, f"utterance {i}: batched vs alone max abs diff {diff:.3g}"
+
+
+def test_audio_positions_equal_encoder_output(firered_tiny: Path) -> None:
+    adapter = detect(firered_tiny)
+    encoder = adapter.audio_encoder("cpu", torch.float32)
+    waves = [_noise(s, i) for i, s in enumerate((0.41, 1.37, 9.99, 30.0))]
+    with torch.inference_mode():
+        out = encoder(waves)
+    assert [adapter.audio_positions(len(w)) for w in waves] == [len(o) for o in out]
+    assert adapter.audio_positions(SR * 10) == 125  # 80 ms per audio token

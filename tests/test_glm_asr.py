@@ -349,3 +349,14 @@ def test_full_size_official_shapes() -> None:
     assert {k: shapes[k] for k in OFFICIAL_SHAPES} == OFFICIAL_SHAPES
     assert "audio_tower.layers.31.self_attn.k_proj.bias" not in shapes
     assert "audio_tower.layers.32.mlp.fc1.weight" not in shapes
+
+
+def test_audio_positions_equal_encoder_output(glm_tiny: Path) -> None:
+    """Within one window, across windows, and past 655 s (the encoder truncates)."""
+    adapter = detect(glm_tiny)
+    encoder = adapter.audio_encoder("cpu", torch.float32)
+    waves = [torch.from_numpy(_noise(s, i)) for i, s in enumerate((0.5, 7.3, 30.0, 41.7, 700.0))]
+    with torch.inference_mode():
+        out = encoder(waves)
+    assert [adapter.audio_positions(len(w)) for w in waves] == [len(o) for o in out]
+    assert adapter.audio_positions(SR * 700) == adapter.audio_positions(SR * 630)

@@ -380,3 +380,14 @@ def test_cli_setup_without_tokenizer_then_with(dirs, tmp_path) -> None:
     second = subprocess.run(setup, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert "family\tvibevoice-asr" in second.stdout
+
+
+@pytest.mark.parametrize("layout", ["original", "hf"])
+def test_audio_positions_equal_encoder_output(dirs, waves, layout) -> None:
+    """7.5 per second, the last one partial; both layouts read the hop from their config."""
+    adapter = load_adapter(dirs[layout])
+    encoder = adapter.audio_encoder("cpu", torch.float32)
+    with torch.no_grad():
+        out = encoder([torch.from_numpy(w) for w in waves])
+    assert [adapter.audio_positions(len(w)) for w in waves] == [len(o) for o in out]
+    assert adapter.audio_positions(SR * 3600) == 27000

@@ -140,3 +140,33 @@ def test_language_option_is_refused(transcriber, arrays) -> None:
 
     with pytest.raises(OptionsError):
         _transcribe(transcriber, arrays[:1], language="en")
+
+
+def test_too_long_input_fails_before_encoding(transcriber, arrays, monkeypatch) -> None:
+    """300 s need 2,250 audio positions, more than max_model_len 2048: that input fails at
+    once, named with its positions and the limit, its audio never reaching the encoder,
+    while the batch's other inputs are transcribed."""
+    long_wave = np.full(SR * 300, 0.01, np.float32)
+    real = transcriber.encoder
+    seen: list[int] = []
+
+    def encoder(waves):
+        seen.extend(len(w) for w in waves)
+        if any(len(w) > SR * 10 for w in waves):
+            raise AssertionError("the over-long input reached the encoder")
+        return real(waves)
+
+    monkeypatch.setattr(transcriber, "encoder", encoder)
+    items = from_arrays({"a": arrays[0], "long": long_wave, "b": arrays[1]}, SR)
+    opts = TranscribeOptions(max_tokens=4)
+    results = {r.key: r for batch in transcriber.transcribe(items, opts) for r in batch}
+    assert isinstance(results["a"], Transcript) and isinstance(results["b"], Transcript)
+    assert sorted(seen) == sorted([len(arrays[0]), len(arrays[1])])
+    failure = results["long"]
+    assert isinstance(failure, Failure)
+    prompt = transcriber.adapter.prompt_for_audio(PromptOptions(), 300.0)
+    ids = transcriber.engine.embed_text.token_ids
+    positions = len(ids(prompt.prefix)) + SR * 300 // 3200 + len(ids(prompt.suffix))
+    assert failure.error.startswith(f"long: prompt of {positions} positions (300.0 s of audio)")
+    assert "--max-model-len 2048" in failure.error
+    assert failure.error.endswith("raise --max-model-len or use --vad")

@@ -136,6 +136,11 @@ class Adapter(ABC):
         """Build the frontend + encoder + projector on ``device``."""
 
     @abstractmethod
+    def audio_positions(self, num_samples: int) -> int:
+        """Audio embeddings the encoder gives for ``num_samples`` samples at the family's
+        rate, from the length formula alone (no encoder run, no weights loaded)."""
+
+    @abstractmethod
     def prompt(self, options: PromptOptions) -> Prompt:
         """The text around the audio for these options (raises OptionsError if unsupported)."""
 

@@ -353,6 +353,11 @@ class FireRedAsrLlmAdapter(Adapter):
             dtype=dtype,
         )
 
+    def audio_positions(self, num_samples: int) -> int:
+        from asrctl.models.conformer import audio_positions
+
+        return audio_positions(num_samples, self.downsample_rate)
+
     def prompt(self, options: PromptOptions) -> Prompt:
         if options.hotwords:
             raise OptionsError(

@@ -134,6 +134,11 @@ class FunAsrNanoAdapter(Adapter):
         state = _load_state(self.model_dir / "model.pt")
         return FunAsrNanoAudio.from_checkpoint(self.config, state, device=device, dtype=dtype)
 
+    def audio_positions(self, num_samples: int) -> int:
+        from asrctl.models.fun_asr_nano import audio_positions
+
+        return audio_positions(self.config, num_samples)
+
     def prompt(self, options: PromptOptions) -> Prompt:
         instruction = ""
         if options.hotwords:

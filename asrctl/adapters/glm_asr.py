@@ -285,6 +285,12 @@ class GlmAsrAdapter(Adapter):
             dtype=dtype,
         )
 
+    def audio_positions(self, num_samples: int) -> int:
+        from asrctl.models.glm_asr import WhisperFeatureOptions, audio_positions
+
+        options = WhisperFeatureOptions.from_config(self.preprocessor)
+        return audio_positions(num_samples, options, MAX_AUDIO_SECONDS)
+
     @functools.cached_property
     def _rendered(self) -> tuple[str, str]:
         template = (self.model_dir / "chat_template.jinja").read_text()

@@ -46,6 +46,8 @@ from asrctl.errors import AsrctlError, OptionsError
 if TYPE_CHECKING:
     import torch
 
+    from asrctl.models.vibevoice import EncoderDims
+
 log = logging.getLogger("asrctl")
 
 SYSTEM_PROMPT = (
@@ -385,14 +387,32 @@ class VibeVoiceAsrAdapter(Adapter):
         for name, t in self._tensors(lambda n: n.startswith(prefix) or n == "lm_head.weight"):
             yield ("model." + name[len(prefix) :] if name.startswith(prefix) else name), t
 
+    def encoder_dims(self) -> tuple[EncoderDims, EncoderDims]:
+        """The acoustic and semantic encoders' shapes, from either layout's config."""
+        from asrctl.models.vibevoice import EncoderDims
+
+        if self.hf_layout:
+            return (
+                EncoderDims.from_hf(self.config["acoustic_tokenizer_encoder_config"]),
+                EncoderDims.from_hf(self.config["semantic_tokenizer_encoder_config"]),
+            )
+        return (
+            EncoderDims.from_original(self.config["acoustic_tokenizer_config"]),
+            EncoderDims.from_original(self.config["semantic_tokenizer_config"]),
+        )
+
+    def audio_positions(self, num_samples: int) -> int:
+        from asrctl.models.vibevoice import n_audio_tokens
+
+        return n_audio_tokens(num_samples, self.encoder_dims()[0].hop)
+
     def audio_encoder(self, device: str, dtype: torch.dtype) -> AudioEncoder:
-        from asrctl.models.vibevoice import EncoderDims, VibeVoiceAudio, hf_to_original
+        from asrctl.models.vibevoice import VibeVoiceAudio, hf_to_original
 
         hidden = int(self.text_config["hidden_size"])
+        acoustic, semantic = self.encoder_dims()
         state = {}
         if self.hf_layout:
-            acoustic = EncoderDims.from_hf(self.config["acoustic_tokenizer_encoder_config"])
-            semantic = EncoderDims.from_hf(self.config["semantic_tokenizer_encoder_config"])
             for name, t in self._tensors(
                 lambda n: not n.startswith(("model.language_model.", "lm_head"))
             ):
@@ -400,8 +420,6 @@ class VibeVoiceAsrAdapter(Adapter):
                 if mapped is not None:
                     state[mapped] = t
         else:
-            acoustic = EncoderDims.from_original(self.config["acoustic_tokenizer_config"])
-            semantic = EncoderDims.from_original(self.config["semantic_tokenizer_config"])
             audio = ("model.acoustic_", "model.semantic_")
             for name, t in self._tensors(lambda n: n.startswith(audio) and ".decoder." not in n):
                 state[name.removeprefix("model.")] = t

@@ -44,13 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asrctl.adapters.base import AudioEncoder
-from asrctl.features import Cmvn, FbankOptions, fbank
+from asrctl.features import Cmvn, FbankOptions, fbank, num_frames
 
 __all__ = [
     "ConformerConfig",
     "ConformerEncoder",
     "FireRedAdapter",
     "FireRedAudio",
+    "audio_positions",
     "relative_positions",
     "subsampled_length",
 ]
@@ -113,6 +114,15 @@ def subsampled_length(frames: int | Tensor) -> int | Tensor:
     """Encoder frames for ``frames`` feature frames: ((T + 6 - 3) // 2 + 1 - 3) // 2 + 1."""
     after_first = (frames + RIGHT_CONTEXT - 3) // 2 + 1
     return (after_first - 3) // 2 + 1
+
+
+def audio_positions(
+    num_samples: int, downsample_rate: int, fbank_options: FbankOptions = FBANK_OPTIONS
+) -> int:
+    """Audio embeddings :class:`FireRedAudio` gives for ``num_samples`` samples (80 ms
+    each at rate 2): fbank frames, subsampled by 4, stacked by the adapter's rate."""
+    frames = int(num_frames(num_samples, fbank_options))
+    return max(0, int(subsampled_length(frames)) // downsample_rate)
 
 
 def relative_positions(max_len: int, d_model: int) -> Tensor:

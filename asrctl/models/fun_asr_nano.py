@@ -10,10 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from asrctl.adapters.base import AudioEncoder
-from asrctl.features import FbankOptions, apply_lfr, fbank
+from asrctl.features import FbankOptions, apply_lfr, fbank, lfr_length, num_frames
 from asrctl.models.funasr_adaptor import (
     FunAsrAdaptor,
     FunAsrAdaptorConfig,
+    adaptor_length,
     fun_asr_audio_token_count,
 )
 from asrctl.models.sensevoice import SenseVoiceEncoder, SenseVoiceEncoderConfig
@@ -35,6 +36,27 @@ def frontend_options(conf: Mapping[str, Any]) -> FbankOptions:
     )
 
 
+def lfr_options(conf: Mapping[str, Any]) -> tuple[int, int]:
+    """``(lfr_m, lfr_n)`` of ``frontend_conf``: frames stacked, frames advanced."""
+    return int(conf.get("lfr_m", 7)), int(conf.get("lfr_n", 6))
+
+
+def spliced_count(adaptor_frames: int, low_frame_rate: bool) -> int:
+    """Adaptor frames spliced into the prompt (all, or about a quarter with low frame rate)."""
+    return fun_asr_audio_token_count(adaptor_frames) if low_frame_rate else adaptor_frames
+
+
+def audio_positions(config: Mapping[str, Any], num_samples: int) -> int:
+    """Audio embeddings :class:`FunAsrNanoAudio` gives for ``num_samples`` samples:
+    fbank frames → LFR frames → adaptor frames → the spliced count (no weights needed)."""
+    front = config.get("frontend_conf", {})
+    frames = num_frames(num_samples, frontend_options(front))
+    lfr = lfr_length(frames, lfr_options(front)[1])
+    adaptor = FunAsrAdaptorConfig.from_conf(config["audio_adaptor_conf"])
+    out = adaptor_length(lfr, adaptor.downsample_rate)
+    return max(0, spliced_count(out, adaptor.use_low_frame_rate))
+
+
 def _sub_state(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
 
@@ -46,7 +68,7 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         super().__init__()
         front = config.get("frontend_conf", {})
         self.fbank_options = frontend_options(front)
-        self.lfr_m, self.lfr_n = int(front.get("lfr_m", 7)), int(front.get("lfr_n", 6))
+        self.lfr_m, self.lfr_n = lfr_options(front)
         enc_conf = SenseVoiceEncoderConfig.from_conf(
             config["audio_encoder_conf"], input_size=self.fbank_options.num_mel_bins * self.lfr_m
         )
@@ -94,8 +116,5 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         dtype = next(self.parameters()).dtype
         enc, enc_lens = self.audio_encoder(feats.to(dtype), lengths)
         out, out_lens = self.audio_adaptor(enc, enc_lens)
-        counts = [
-            fun_asr_audio_token_count(int(n)) if self.low_frame_rate else int(n)
-            for n in out_lens.tolist()
-        ]
+        counts = [spliced_count(int(n), self.low_frame_rate) for n in out_lens.tolist()]
         return [out[i, :n] for i, n in enumerate(counts)]

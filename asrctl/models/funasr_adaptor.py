@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from asrctl.models.sensevoice import FeedForward, masked_attention, split_heads, valid_frames
 
-__all__ = ["FunAsrAdaptor", "FunAsrAdaptorConfig", "fun_asr_audio_token_count"]
+__all__ = ["FunAsrAdaptor", "FunAsrAdaptorConfig", "adaptor_length", "fun_asr_audio_token_count"]
 
 LAYER_NORM_EPS = 1e-12  # funasr.models.transformer.layer_norm.LayerNorm
 
@@ -46,6 +46,11 @@ def fun_asr_audio_token_count(lfr_frames: int) -> int:
     olens = 1 + (lfr_frames - 3 + 2) // 2
     olens = 1 + (olens - 3 + 2) // 2
     return (olens - 1) // 2 + 1
+
+
+def adaptor_length(encoder_frames: int | Tensor, downsample_rate: int) -> int | Tensor:
+    """Adaptor output frames for ``encoder_frames``: ``(T - 1) // k + 1`` (k frames stacked)."""
+    return (encoder_frames - 1) // downsample_rate + 1
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ class FunAsrAdaptor(nn.Module):
             (B,) output lengths ``(lengths - 1) // k + 1``.
         """
         lengths = lengths.to(xs.device)
-        out_lengths = (lengths - 1) // self.config.downsample_rate + 1
+        out_lengths = adaptor_length(lengths, self.config.downsample_rate)
         x = self._stack_frames(xs, lengths)
         x = self.linear2(F.relu(self.linear1(x)))
         valid = valid_frames(out_lengths, x.shape[1])

@@ -68,6 +68,14 @@ class WhisperFeatureOptions:
     def window_frames(self) -> int:
         return self.window_samples // self.hop_length
 
+    def max_windows(self, max_audio_seconds: float) -> int:
+        """Windows one utterance may have (``GlmAsrProcessor``: ``max_audio_len // 30``)."""
+        return max(1, int(max_audio_seconds // self.chunk_length))
+
+    def valid_frames(self, num_samples: int) -> int:
+        """Mel frames of a window holding ``num_samples`` samples (its mask's ones)."""
+        return -(-num_samples // self.hop_length)
+
 
 def _hz_to_mel_slaney(hz: np.ndarray) -> np.ndarray:
     """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
@@ -133,6 +141,16 @@ def glm_asr_token_count(frames: int) -> int:
     return max(0, (after_conv2 - MERGE_FACTOR) // MERGE_FACTOR + 1)
 
 
+def audio_positions(
+    num_samples: int, options: WhisperFeatureOptions, max_audio_seconds: float
+) -> int:
+    """Audio embeddings :class:`GlmAsrAudio` gives for ``num_samples`` samples: the tokens
+    of each (possibly truncated) 30 s window's valid frames, summed."""
+    max_windows = options.max_windows(max_audio_seconds)
+    spans = split_windows(num_samples, options.window_samples, max_windows)
+    return sum(glm_asr_token_count(options.valid_frames(end - start)) for start, end in spans)
+
+
 class GlmAsrProjector(nn.Module):
     """``multi_modal_projector``: Linear(4·audio hidden, 2·llm) → GELU → Linear(→ llm)."""
 
@@ -174,7 +192,7 @@ class GlmAsrAudio(nn.Module, AudioEncoder):
     ) -> None:
         super().__init__()
         self.options = features
-        self.max_windows = max(1, int(max_audio_seconds // features.chunk_length))
+        self.max_windows = features.max_windows(max_audio_seconds)
         audio = config["audio_config"]
         self.audio_hidden = int(audio["hidden_size"])
         self.audio_tower = build_encoder(audio)
@@ -254,7 +272,7 @@ class GlmAsrAudio(nn.Module, AudioEncoder):
         for i, c in enumerate(chunks):
             batch[i, : len(c)] = c.to(self.device, torch.float32)
         feats = log_mel(batch, self.options, self.filters())
-        frames = torch.tensor([-(-len(c) // self.options.hop_length) for c in chunks])
+        frames = torch.tensor([self.options.valid_frames(len(c)) for c in chunks])
         mask = torch.arange(self.options.window_frames)[None, :] < frames[:, None]
         return feats, mask.long().to(self.device)
 

@@ -31,7 +31,13 @@ from asrctl.errors import EngineError, OptionsError
 from asrctl.export import export_llm
 from asrctl.guard import truncate_loops
 from asrctl.server.batching import BatcherClosed, EncoderBatcher
-from asrctl.transcribe import DEFAULT_MAX_TOKENS, default_device, encode_sorted
+from asrctl.transcribe import (
+    DEFAULT_MAX_TOKENS,
+    default_device,
+    encode_sorted,
+    prompt_positions,
+    too_long_message,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +47,7 @@ log = logging.getLogger("asrctl.server")
 
 # Prompt texts embedded and kept; clients choose hotwords, so the cache must be bounded.
 MAX_CACHED_PROMPTS = 256
+TOO_LONG_HINT = "restart the server with a larger --max-model-len, or send shorter audio"
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,18 @@ class AsyncModel:
         """Raise OptionsError if the family cannot honour ``options`` (language, hotwords)."""
         self.adapter.prompt(options)
 
+    def check_fits(self, audio: np.ndarray, prompt: PromptOptions) -> None:
+        """Raise OptionsError if the prompt for ``audio`` would leave no room to generate
+        in max_model_len, from lengths alone (before any encoder work)."""
+        positions = prompt_positions(self.adapter, self.embed_text, prompt, len(audio))
+        self._raise_if_too_long(positions, audio)
+
+    def _raise_if_too_long(self, positions: int, audio: np.ndarray) -> None:
+        if positions >= self.max_model_len:
+            seconds = len(audio) / self.sample_rate
+            limit = self.max_model_len
+            raise OptionsError(too_long_message("audio", positions, limit, seconds, TOO_LONG_HINT))
+
     async def stream(
         self,
         audio: np.ndarray,
@@ -203,18 +222,15 @@ class AsyncModel:
         """
         from vllm import SamplingParams
 
+        self.check_fits(audio, prompt)
         try:
             encoded = await self.batcher.submit(_Job(audio, prompt))
         except (BatcherClosed, OptionsError):
             raise
         except Exception as e:  # the encoder's own failure, reported as the engine's
             raise EngineError(f"the audio encoder failed: {type(e).__name__}: {e}") from e
+        self._raise_if_too_long(len(encoded.embeds), audio)  # safety net: checked before
         room = self.max_model_len - len(encoded.embeds)
-        if room < 1:
-            raise OptionsError(
-                f"the prompt takes {len(encoded.embeds)} positions, more than the engine's "
-                f"max_model_len of {self.max_model_len}"
-            )
         limit = decode.max_tokens or self.adapter.max_new_tokens(encoded.audio_tokens)
         limit = min(limit or DEFAULT_MAX_TOKENS, self.max_tokens or DEFAULT_MAX_TOKENS, room)
         penalty = self.adapter.family.repetition_penalty
