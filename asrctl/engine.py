@@ -173,8 +173,9 @@ class TextEmbedder:
         return self._cache[text]
 
     def positions(self, prompt: Prompt, n_audio: int) -> int:
-        """Length of ``splice(prompt, audio)`` for ``n_audio`` audio rows (tokenizes only)."""
-        return len(self.token_ids(prompt.prefix)) + n_audio + len(self.token_ids(prompt.suffix))
+        """Length of ``splice(prompt, audio)`` for ``n_audio`` audio rows. The text rows come
+        from the cache that ``splice`` reads next, so nothing is tokenized twice."""
+        return len(self(prompt.prefix)) + n_audio + len(self(prompt.suffix))
 
     def splice(self, prompt: Prompt, audio: torch.Tensor) -> torch.Tensor:
         """``prefix text ⊕ audio ⊕ suffix text`` as one ``(seq, hidden)`` tensor."""

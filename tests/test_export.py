@@ -6,13 +6,15 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from clirun import run_asrctl
 
 from asrctl.adapters.fun_asr_nano import FunAsrNanoAdapter
 from asrctl.export import prepare
@@ -177,19 +179,8 @@ def test_read_only_model_dir_uses_cache(
     assert prepare(fun_asr_copy, **kwargs).reused is True
 
 
-def _asrctl(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ASRCTL_CACHE", "ASRCTL_DEBUG")}
-    return subprocess.run(
-        [sys.executable, "-m", "asrctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
 def test_cli_setup(fun_asr_copy: Path) -> None:
-    proc = _asrctl("setup", str(fun_asr_copy))
+    proc = run_asrctl("setup", str(fun_asr_copy), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "family\tfun-asr-nano",
@@ -201,7 +192,7 @@ def test_cli_setup(fun_asr_copy: Path) -> None:
 
 def test_cli_setup_broken_dir(fun_asr_copy: Path) -> None:
     (fun_asr_copy / "model.pt").unlink()
-    proc = _asrctl("setup", str(fun_asr_copy))
+    proc = run_asrctl("setup", str(fun_asr_copy), timeout=120)
     assert proc.returncode == 3
     assert proc.stdout == ""
     assert "missing required file: model.pt" in proc.stderr

