@@ -38,12 +38,16 @@ class Transcript:
     segments: tuple[dict, ...] | None = None
     guard_truncated: bool = False  # asrctl.guard cut a repetition loop off the text
     notes: tuple[str, ...] = ()  # e.g. that the model gives no word timestamps
+    # [{word, start, end, score}] in seconds from the input's start (Fun-ASR-Nano's CTC
+    # head); None when the model gives no word timing
+    words: tuple[dict, ...] | None = None
 
     def to_json(self) -> dict:
         row = asdict(self)
         row.pop("token_ids")
         row["num_tokens"] = len(self.token_ids)
-        for name, unset in (("segments", None), ("guard_truncated", False), ("notes", ())):
+        unsets = (("segments", None), ("guard_truncated", False), ("notes", ()), ("words", None))
+        for name, unset in unsets:
             if row[name] == unset:
                 row.pop(name)  # rows of ordinary runs keep their shape
             elif name != "guard_truncated":

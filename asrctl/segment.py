@@ -16,8 +16,9 @@ Which inputs are segmented:
 * ``vad=True``: every input (silence-only or noise-only input gives an empty transcript);
 * ``vad=False``: none (inputs over the limit fail, as without this module).
 
-No family gives word timestamps through asrctl yet (Fun-ASR-Nano's CTC head is absent from
-the official Hugging Face checkpoint), so none are invented: ``notes`` says so.
+Word timestamps exist only where the model gives them (Fun-ASR-Nano with the CTC head of
+its ModelScope checkpoint): each segment's words are moved to the input's clock. Otherwise
+none are invented and ``notes`` says so.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class LongAudio:
         key = parent.item.key
         if parent.failed:
             return Failure(key, f"{key}: a segment failed: {parent.failed}")
-        segments, texts, tokens = [], [], []
+        segments, texts, tokens, words = [], [], [], []
         reasons, guarded = set(), False
         timing: dict[str, float] = {}
         for i, span in enumerate(parent.spans):
@@ -171,12 +172,15 @@ class LongAudio:
                 segments.append({"start": span.start, "end": span.end, "text": r.text})
             texts.append(r.text)
             tokens.extend(r.token_ids)
+            words.extend(_shifted(w, span.start) for w in r.words or ())
             reasons.add(r.finish_reason)
             guarded |= r.guard_truncated
             for name, value in r.timing.items():
                 timing[name] = round(max(timing.get(name, 0.0), value), 4)
-        notes = [NO_WORD_TIMES.format(title=self.title)]
-        if any(parent.texts[i].segments for i in range(len(parent.spans))):
+        parts = [parent.texts[i] for i in range(len(parent.spans))]
+        timed = bool(parts) and all(r.words is not None for r in parts)
+        notes = [] if timed else [NO_WORD_TIMES.format(title=self.title)]
+        if any(r.segments for r in parts):
             notes = [OWN_TIMES.format(title=self.title)]
         if not parent.spans:
             notes.insert(0, NO_SPEECH)
@@ -190,6 +194,7 @@ class LongAudio:
             segments=tuple(segments),
             guard_truncated=guarded,
             notes=tuple(notes),
+            words=tuple(words) if timed else None,
         )
 
 

@@ -1,30 +1,48 @@
 """Batch transcription: audio items in, transcripts out, through one adapter and one engine.
 
-A thread pool loads the next batch of ``batch_size`` items while the current one is
-encoded. Within a batch, utterances are sorted by length and encoded in sub-batches of
-``encoder_batch_size`` (little padding); each prompt (text ⊕ audio ⊕ text embeddings) is
-submitted to vLLM at once, whose engine core decodes in its own process while the next
-batch is loaded and encoded. Finished results are yielded after every batch; at most
-``max_in_flight`` utterances are submitted and unfinished at any time. Inputs that fail to
-load, or whose prompt would not fit the engine's ``max_model_len`` (counted from the audio's
-length by the adapter's ``audio_positions``, before encoding), are returned as ``Failure``
-objects; the rest go on.
+Two threads share the work. A producer thread loads ``batch_size`` items at a time (a pool
+reads the next batch meanwhile), drops those whose prompt cannot fit the engine's
+``max_model_len`` (counted from the audio's length by the adapter's ``audio_positions``,
+before encoding), sorts the rest by length and encodes them in sub-batches of
+``encoder_batch_size``, **longest first**, handing each sub-batch's prompts (text ⊕ audio ⊕
+text embeddings) over as soon as it is encoded. The calling thread submits them to vLLM
+and steps the engine, so decoding starts with the first sub-batch and goes on while the
+encoder works on the next ones (vLLM's engine core runs in its own process; while the
+calling thread waits on it, the producer has the interpreter). At most ``max_in_flight``
+utterances are submitted and unfinished at any time. Results are yielded in completion
+order, in lists of up to ``batch_size`` or every ``FLUSH_SECONDS``. Inputs that fail to
+load or do not fit are returned as ``Failure`` objects; the rest go on.
+
+Word timestamps: when the encoder can time words (``AudioEncoder.word_timing``, e.g.
+Fun-ASR-Nano's CTC head) and ``word_timestamps`` is on, the encoder also returns compact
+alignment data per utterance, kept until its text is decoded; the texts finished in one
+engine step are then aligned in one batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
 from asrctl.adapters.registry import load_adapter
-from asrctl.engine import Decoding, Engine, EngineOptions, TextEmbedder, cuda_available
+from asrctl.engine import (
+    Decoding,
+    Engine,
+    EngineOptions,
+    Generation,
+    TextEmbedder,
+    cuda_available,
+)
 from asrctl.errors import AsrctlError, OptionsError
 from asrctl.export import PreparedModel, export_llm
 from asrctl.guard import truncate_loops
@@ -39,6 +57,8 @@ log = logging.getLogger("asrctl")
 
 DEFAULT_MAX_TOKENS = 512  # the reference implementations' max_new_tokens
 LOADER_THREADS = 4
+FLUSH_SECONDS = 1.0  # most time finished results wait before they are yielded
+HANDOFF_DEPTH = 8  # encoded sub-batches the producer may hold ready ahead of submission
 TOO_LONG_HINT = "raise --max-model-len or use --vad"
 
 
@@ -59,6 +79,8 @@ class TranscribeOptions:
             per utterance, ignoring EOS, so every engine compared does the same work.
         repetition_penalty: penalty on already generated tokens (> 0; 1.0 = none;
             None: the family's default, e.g. 3.0 for FireRedASR-LLM).
+        word_timestamps: time each word where the model can (Fun-ASR-Nano with its CTC
+            head); ignored for models that cannot.
     """
 
     language: str | None = None
@@ -71,6 +93,7 @@ class TranscribeOptions:
     ignore_eos: bool = False
     tokens_per_second: float | None = None
     repetition_penalty: float | None = None
+    word_timestamps: bool = True
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.encoder_batch_size, self.max_in_flight) < 1:
@@ -92,13 +115,37 @@ class _Loaded:
 
 
 @dataclass(frozen=True)
+class _Encoded:
+    """An utterance encoded and its prompt built, ready to submit."""
+
+    item: AudioItem
+    seconds: float
+    prompt: torch.Tensor  # (seq, hidden)
+    n_audio: int
+    encode_s: float  # wall time of its encoder sub-batch
+    timing: object | None = None  # the encoder's word-alignment data
+
+
+@dataclass(frozen=True)
+class _Handoff:
+    """What the producer thread passes on: failures and encoded utterances."""
+
+    failures: list[Failure] = field(default_factory=list)
+    encoded: list[_Encoded] = field(default_factory=list)
+
+
+_END = object()  # the producer has nothing more
+
+
+@dataclass(frozen=True)
 class _Pending:
     """An utterance submitted to the engine."""
 
     key: str
     duration: float
-    encode_s: float  # wall time of its batch's encoder stage
+    encode_s: float  # wall time of its encoder sub-batch
     submitted: float  # perf_counter at submission
+    timing: object | None = None
 
 
 def default_device() -> str:
@@ -148,18 +195,123 @@ class Transcriber:
     def transcribe(
         self, items: Iterable[AudioItem], options: TranscribeOptions | None = None
     ) -> Iterator[list[Transcript | Failure]]:
-        """Yield the results finished after each batch (completion order), then the rest."""
+        """Yield finished results (completion order) as they come; see the module docstring."""
         options = options or TranscribeOptions()
         self.adapter.prompt(options.prompt)  # fail fast on unsupported options
+        handoff: queue.Queue = queue.Queue(HANDOFF_DEPTH)
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=self._produce, args=(items, options, handoff, stop), daemon=True
+        )
+        producer.start()
         in_flight: dict[str, _Pending] = {}
-        with ThreadPoolExecutor(LOADER_THREADS) as pool:
-            for loaded in _prefetched(pool, self._load, _chunks(items, options.batch_size)):
-                results = self._submit(loaded, options, in_flight)
-                results += self._collect(in_flight, wait_below=options.max_in_flight)
-                if results:
-                    yield results
-        while in_flight:
-            yield self._collect(in_flight, wait_below=len(in_flight))
+        ready: list[Transcript | Failure] = []
+        flushed = time.perf_counter()
+        more = True
+        try:
+            while more or in_flight:
+                if more and len(in_flight) < options.max_in_flight:
+                    more = self._take(handoff, options, in_flight, ready, wait=not in_flight)
+                if in_flight:
+                    ready += self._collect(in_flight, wait_below=len(in_flight) + 1)
+                idle = not (more or in_flight)
+                if ready and (
+                    idle
+                    or len(ready) >= options.batch_size
+                    or time.perf_counter() - flushed >= FLUSH_SECONDS
+                ):
+                    yield ready
+                    ready, flushed = [], time.perf_counter()
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting to hand off
+                with contextlib.suppress(queue.Empty):
+                    handoff.get(timeout=0.05)
+            producer.join()
+
+    def _take(
+        self,
+        handoff: queue.Queue,
+        options: TranscribeOptions,
+        in_flight: dict[str, _Pending],
+        ready: list[Transcript | Failure],
+        *,
+        wait: bool,
+    ) -> bool:
+        """Submit what the producer has ready (waiting for it if ``wait``), up to
+        ``max_in_flight``; False once the producer is done."""
+        while len(in_flight) < options.max_in_flight:
+            try:
+                got = handoff.get(block=wait)
+            except queue.Empty:
+                return True
+            wait = False
+            if got is _END:
+                return False
+            if isinstance(got, BaseException):
+                raise got
+            ready += got.failures
+            for e in got.encoded:
+                too_long = self._too_long(e.item, e.seconds, len(e.prompt))  # safety net
+                if too_long is not None:
+                    ready.append(too_long)
+                    continue
+                room = self.engine.max_model_len - len(e.prompt)
+                decoding = self._decoding(options, e.n_audio, e.seconds, room)
+                request_id = self.engine.submit(e.prompt, decoding)
+                in_flight[request_id] = _Pending(
+                    e.item.key, round(e.seconds, 3), e.encode_s, time.perf_counter(), e.timing
+                )
+        return True
+
+    def _produce(
+        self,
+        items: Iterable[AudioItem],
+        options: TranscribeOptions,
+        handoff: queue.Queue,
+        stop: threading.Event,
+    ) -> None:
+        """Producer thread: load, check, encode and hand off (see the module docstring)."""
+        import torch
+
+        def put(obj: object) -> bool:
+            while not stop.is_set():
+                try:
+                    handoff.put(obj, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        timing = options.word_timestamps and self.encoder.word_timing
+        try:
+            with ThreadPoolExecutor(LOADER_THREADS) as pool, torch.inference_mode():
+                for batch in _prefetched(pool, self._load, _chunks(items, options.batch_size)):
+                    loaded, failures = self._fits(batch, options.prompt)
+                    if failures and not put(_Handoff(failures=failures)):
+                        return
+                    for sub in _longest_first(loaded, options.encoder_batch_size):
+                        if not put(_Handoff(encoded=self._encode_sub(sub, options, timing))):
+                            return
+        except BaseException as e:
+            put(e)
+            return
+        put(_END)
+
+    def _encode_sub(
+        self, sub: list[_Loaded], options: TranscribeOptions, timing: bool
+    ) -> list[_Encoded]:
+        """Encode one sub-batch and build its prompts."""
+        t0 = time.perf_counter()
+        embeds, frames = self.encoder.encode([_tensor(x.audio) for x in sub], timing=timing)
+        encode_s = time.perf_counter() - t0
+        out = []
+        for i, (x, emb) in enumerate(zip(sub, embeds, strict=True)):
+            seconds = len(x.audio) / self.sample_rate
+            prompt = self.build_prompt(emb, options.prompt, seconds=seconds)
+            frame = frames[i] if frames is not None else None
+            out.append(_Encoded(x.item, seconds, prompt, len(emb), encode_s, frame))
+        return out
 
     def _load(self, item: AudioItem) -> _Loaded | Failure:
         try:
@@ -177,60 +329,34 @@ class Transcriber:
             )
         return _Loaded(item, audio)
 
-    def _too_long(self, x: _Loaded, positions: int) -> Failure | None:
-        """A failure for ``x`` if a prompt of ``positions`` leaves no room to generate."""
-        if positions < self.engine.max_model_len:
-            return None
-        seconds = len(x.audio) / self.sample_rate
+    def _too_long(self, item: AudioItem, seconds: float, positions: int) -> Failure | None:
+        """A failure for ``item`` if a prompt of ``positions`` leaves no room to generate."""
         limit = self.engine.max_model_len
+        if positions < limit:
+            return None
         return Failure(
-            x.item.key, too_long_message(x.item.key, positions, limit, seconds, TOO_LONG_HINT)
+            item.key, too_long_message(item.key, positions, limit, seconds, TOO_LONG_HINT)
         )
 
     def _fits(
         self, batch: list[_Loaded | Failure], options: PromptOptions
-    ) -> tuple[list[_Loaded], list[Transcript | Failure]]:
+    ) -> tuple[list[_Loaded], list[Failure]]:
         """The batch's items whose prompts fit max_model_len, by length alone, and the
         failures (load failures and items too long): no audio is encoded in vain."""
         loaded: list[_Loaded] = []
-        failures: list[Transcript | Failure] = []
+        failures: list[Failure] = []
         for x in batch:
             if isinstance(x, Failure):
                 failures.append(x)
                 continue
-            too_long = self._too_long(x, self.prompt_positions(len(x.audio), options))
+            seconds = len(x.audio) / self.sample_rate
+            positions = self.prompt_positions(len(x.audio), options)
+            too_long = self._too_long(x.item, seconds, positions)
             if too_long is None:
                 loaded.append(x)
             else:
                 failures.append(too_long)
         return loaded, failures
-
-    def _submit(
-        self,
-        batch: list[_Loaded | Failure],
-        options: TranscribeOptions,
-        in_flight: dict[str, _Pending],
-    ) -> list[Transcript | Failure]:
-        """Encode a loaded batch and submit its prompts; returns the batch's failures."""
-        loaded, failures = self._fits(batch, options.prompt)
-        t0 = time.perf_counter()
-        embeds = self.encode([x.audio for x in loaded], options.encoder_batch_size)
-        encode_s = time.perf_counter() - t0
-        for x, emb in zip(loaded, embeds, strict=True):
-            prompt = self.build_prompt(emb, options.prompt, seconds=len(x.audio) / self.sample_rate)
-            too_long = self._too_long(x, len(prompt))  # safety net: the formula was checked
-            if too_long is not None:
-                failures.append(too_long)
-                continue
-            room = self.engine.max_model_len - len(prompt)
-            seconds = len(x.audio) / self.sample_rate
-            request_id = self.engine.submit(
-                prompt, self._decoding(options, len(emb), seconds, room)
-            )
-            in_flight[request_id] = _Pending(
-                x.item.key, round(seconds, 3), encode_s, time.perf_counter()
-            )
-        return failures
 
     def _decoding(
         self, options: TranscribeOptions, n_audio: int, seconds: float, room: int
@@ -254,28 +380,40 @@ class Transcriber:
         """Poll the engine once, and on until fewer than ``wait_below`` are in flight."""
         done: list[Transcript] = []
         while True:
-            for request_id, gen in self.engine.poll():
-                p = in_flight.pop(request_id)
-                timing = {
-                    "batch_encode_s": round(p.encode_s, 4),
-                    "decode_s": round(time.perf_counter() - p.submitted, 4),
-                }
-                text, segments = self.adapter.parse_output(gen.text)
-                text, truncated = truncate_loops(text)
-                done.append(
-                    Transcript(
-                        key=p.key,
-                        text=text,
-                        duration=p.duration,
-                        token_ids=gen.token_ids,
-                        finish_reason=gen.finish_reason,
-                        timing=timing,
-                        guard_truncated=truncated,
-                        segments=tuple(segments) or None,
-                    )
-                )
+            finished = [(in_flight.pop(rid), gen) for rid, gen in self.engine.poll()]
+            done += self._finish(finished)
             if len(in_flight) < wait_below or not in_flight:
                 return done
+
+    def _finish(self, finished: list[tuple[_Pending, Generation]]) -> list[Transcript]:
+        """Transcripts of the generations of one engine step, their words aligned together."""
+        out: list[Transcript] = []
+        for p, gen in finished:
+            timing = {
+                "batch_encode_s": round(p.encode_s, 4),
+                "decode_s": round(time.perf_counter() - p.submitted, 4),
+            }
+            text, segments = self.adapter.parse_output(gen.text)
+            text, truncated = truncate_loops(text)
+            out.append(
+                Transcript(
+                    key=p.key,
+                    text=text,
+                    duration=p.duration,
+                    token_ids=gen.token_ids,
+                    finish_reason=gen.finish_reason,
+                    timing=timing,
+                    guard_truncated=truncated,
+                    segments=tuple(segments) or None,
+                )
+            )
+        timed = [i for i, (p, _) in enumerate(finished) if p.timing is not None]
+        if timed:
+            texts = [out[i].text for i in timed]
+            words = self.encoder.word_times(texts, [finished[i][0].timing for i in timed])
+            for i, w in zip(timed, words, strict=True):
+                out[i] = replace(out[i], words=tuple(w))
+        return out
 
     def encode(self, waves: Sequence[np.ndarray], batch_size: int) -> list[torch.Tensor]:
         """Audio embeddings per waveform, encoded in length-sorted sub-batches."""
@@ -310,6 +448,20 @@ def too_long_message(
         f"{what}: prompt of {positions} positions ({seconds:.1f} s of audio) exceeds "
         f"--max-model-len {max_model_len} (one position must be left to generate); {hint}"
     )
+
+
+def _tensor(audio: np.ndarray) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(audio)
+
+
+def _longest_first(loaded: list[_Loaded], size: int) -> Iterator[list[_Loaded]]:
+    """Sub-batches of ``size`` similar lengths, the longest first (longest decodes start
+    earliest, and little padding)."""
+    ordered = sorted(loaded, key=lambda x: len(x.audio), reverse=True)
+    for start in range(0, len(ordered), size):
+        yield ordered[start : start + size]
 
 
 def encode_sorted(

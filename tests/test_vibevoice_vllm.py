@@ -150,13 +150,16 @@ def test_too_long_input_fails_before_encoding(transcriber, arrays, monkeypatch) 
     real = transcriber.encoder
     seen: list[int] = []
 
-    def encoder(waves):
-        seen.extend(len(w) for w in waves)
-        if any(len(w) > SR * 10 for w in waves):
-            raise AssertionError("the over-long input reached the encoder")
-        return real(waves)
+    class Spy:
+        word_timing = False
 
-    monkeypatch.setattr(transcriber, "encoder", encoder)
+        def encode(self, waves, *, timing=False):
+            seen.extend(len(w) for w in waves)
+            if any(len(w) > SR * 10 for w in waves):
+                raise AssertionError("the over-long input reached the encoder")
+            return real.encode(waves, timing=timing)
+
+    monkeypatch.setattr(transcriber, "encoder", Spy())
     items = from_arrays({"a": arrays[0], "long": long_wave, "b": arrays[1]}, SR)
     opts = TranscribeOptions(max_tokens=4)
     results = {r.key: r for batch in transcriber.transcribe(items, opts) for r in batch}

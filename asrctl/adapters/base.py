@@ -86,6 +86,24 @@ class AudioEncoder(ABC):
         Returns one ``(n_audio_tokens, llm_hidden)`` tensor per input, in input order.
         """
 
+    @property
+    def word_timing(self) -> bool:
+        """True when this encoder can time words (e.g. Fun-ASR-Nano with its CTC head)."""
+        return False
+
+    def encode(
+        self, waves: Sequence[torch.Tensor], *, timing: bool = False
+    ) -> tuple[list[torch.Tensor], list[object] | None]:
+        """The embeddings, plus per-utterance alignment data (kept on the CPU until the text
+        is known) when ``timing`` is asked and :attr:`word_timing` holds; else None."""
+        return self(waves), None
+
+    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[dict]]:
+        """Word timestamps of each text, aligned to its utterance's ``timing`` data from
+        :meth:`encode`: ``[{word, start, end, score}]`` in seconds from the utterance start,
+        ``[]`` where the text cannot be aligned. Only called when :attr:`word_timing` holds."""
+        raise NotImplementedError(f"{type(self).__name__} gives no word timestamps")
+
 
 class Adapter(ABC):
     """One model family. Subclasses set ``family`` and ``required`` and implement the rest."""

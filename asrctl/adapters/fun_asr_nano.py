@@ -132,7 +132,9 @@ class FunAsrNanoAdapter(Adapter):
         from asrctl.models.fun_asr_nano import FunAsrNanoAudio
 
         state = _load_state(self.model_dir / "model.pt")
-        return FunAsrNanoAudio.from_checkpoint(self.config, state, device=device, dtype=dtype)
+        return FunAsrNanoAudio.from_checkpoint(
+            self.config, state, device=device, dtype=dtype, model_dir=self.model_dir
+        )
 
     def audio_positions(self, num_samples: int) -> int:
         from asrctl.models.fun_asr_nano import audio_positions

@@ -46,6 +46,7 @@ def transcribe_options(
     batch_size: int,
     max_tokens: int | None,
     max_in_flight: int | None = None,
+    word_timestamps: bool = True,
 ) -> TranscribeOptions:
     """The transcription settings from the shared flags (``max_in_flight`` None: default)."""
     from asrctl.transcribe import TranscribeOptions
@@ -56,5 +57,6 @@ def transcribe_options(
         itn=not no_itn,
         batch_size=batch_size,
         max_tokens=max_tokens,
+        word_timestamps=word_timestamps,
     )
     return options if max_in_flight is None else replace(options, max_in_flight=max_in_flight)

@@ -43,6 +43,13 @@ NoItnOpt = Annotated[
     bool,
     typer.Option("--no-itn", help="Ask for raw, unnormalised text where the model supports it."),
 ]
+NoWordTimesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-word-timestamps",
+        help="Skip word timing (only Fun-ASR-Nano checkpoints with the CTC head give it).",
+    ),
+]
 BatchSizeOpt = Annotated[
     int,
     typer.Option(

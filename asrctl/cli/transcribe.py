@@ -28,6 +28,7 @@ from asrctl.cli._options import (
     MaxTokensOpt,
     ModelOpt,
     NoItnOpt,
+    NoWordTimesOpt,
     OutputDirOpt,
     ResumeOpt,
     TensorParallelOpt,
@@ -68,6 +69,7 @@ def transcribe(
     enforce_eager: EnforceEagerOpt = False,
     format_: FormatOpt = None,
     vad: VadOpt = None,
+    no_word_timestamps: NoWordTimesOpt = False,
 ) -> None:
     """Transcribe audio files, folders, Kaldi data dirs or manifests with a model on vLLM."""
     from asrctl.errors import OptionsError
@@ -87,6 +89,7 @@ def transcribe(
         batch_size=batch_size,
         max_tokens=max_tokens,
         max_in_flight=max_in_flight,
+        word_timestamps=not no_word_timestamps,
     )
     engine = engine_options(
         dtype=dtype,

@@ -1,9 +1,17 @@
-"""Fun-ASR-Nano's audio path: fbank → LFR → SenseVoice encoder → adaptor → audio tokens."""
+"""Fun-ASR-Nano's audio path: fbank → LFR → SenseVoice encoder → adaptor → audio tokens.
+
+With the CTC head of the ModelScope checkpoint (``asrctl.models.fun_asr_ctc``), the same
+encoder output also goes through ``ctc_decoder``; its compact frames are returned by
+:meth:`FunAsrNanoAudio.encode` and turned into word times by :meth:`word_times` once the
+LLM's text is known.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +19,9 @@ from torch import Tensor, nn
 
 from asrctl.adapters.base import AudioEncoder
 from asrctl.features import FbankOptions, apply_lfr, fbank, lfr_length, num_frames
+from asrctl.models.ctc_tokenizer import CtcTokenizer
+from asrctl.models.ctc_words import word_times
+from asrctl.models.fun_asr_ctc import CtcFrames, FunAsrCtcHead
 from asrctl.models.funasr_adaptor import (
     FunAsrAdaptor,
     FunAsrAdaptorConfig,
@@ -18,6 +29,8 @@ from asrctl.models.funasr_adaptor import (
     fun_asr_audio_token_count,
 )
 from asrctl.models.sensevoice import SenseVoiceEncoder, SenseVoiceEncoderConfig
+
+log = logging.getLogger("asrctl")
 
 ENCODER_PREFIX = "audio_encoder."
 ADAPTOR_PREFIX = "audio_adaptor."
@@ -81,6 +94,8 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         self.low_frame_rate = adp_conf.use_low_frame_rate
         self.audio_encoder = SenseVoiceEncoder(enc_conf)
         self.audio_adaptor = FunAsrAdaptor(adp_conf)
+        self.ctc_head: FunAsrCtcHead | None = None
+        self.ctc_tokenizer: CtcTokenizer | None = None
 
     @classmethod
     def from_checkpoint(
@@ -90,13 +105,38 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         *,
         device: str,
         dtype: torch.dtype,
+        model_dir: Path | None = None,
     ) -> FunAsrNanoAudio:
-        """Build from config.yaml and model.pt's state dict (strict key match)."""
+        """Build from config.yaml and model.pt's state dict (strict key match); with
+        ``model_dir``, also the CTC head for word timestamps when the checkpoint has one."""
         hidden = state[ADAPTOR_PREFIX + "linear2.weight"].shape[0]
         model = cls(config, llm_hidden=hidden)
         model.audio_encoder.load_state_dict(_sub_state(state, ENCODER_PREFIX), strict=True)
         model.audio_adaptor.load_state_dict(_sub_state(state, ADAPTOR_PREFIX), strict=True)
-        return model.to(device=device, dtype=dtype).eval()
+        model = model.to(device=device, dtype=dtype).eval()
+        if model_dir is not None:
+            model.attach_ctc(config, state, model_dir, device=device, dtype=dtype)
+        return model
+
+    def attach_ctc(
+        self,
+        config: Mapping[str, Any],
+        state: Mapping[str, Tensor],
+        model_dir: Path,
+        *,
+        device: str,
+        dtype: torch.dtype,
+    ) -> None:
+        """Load the CTC head and its tokenizer when the checkpoint has both (word timing)."""
+        encoder_dim = self.audio_adaptor.config.encoder_dim
+        head = FunAsrCtcHead.from_checkpoint(
+            config, state, encoder_dim=encoder_dim, device=device, dtype=dtype
+        )
+        tokenizer = CtcTokenizer.from_model_dir(model_dir, config) if head is not None else None
+        if head is not None and tokenizer is None:
+            log.warning("the CTC head has no multilingual.tiktoken: word timestamps are off")
+        if head is not None and tokenizer is not None:
+            self.ctc_head, self.ctc_tokenizer = head, tokenizer
 
     @property
     def device(self) -> torch.device:
@@ -111,10 +151,38 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         feats, frames = fbank(batch, lengths, self.fbank_options)
         return apply_lfr(feats, frames, self.lfr_m, self.lfr_n)
 
+    @property
+    def word_timing(self) -> bool:
+        return self.ctc_head is not None
+
     def forward(self, waves: Sequence[Tensor]) -> list[Tensor]:
+        return self.encode(waves)[0]
+
+    def encode(
+        self, waves: Sequence[Tensor], *, timing: bool = False
+    ) -> tuple[list[Tensor], list[object] | None]:
         feats, lengths = self.features(waves)
-        dtype = next(self.parameters()).dtype
+        dtype = self.audio_encoder.after_norm.weight.dtype
         enc, enc_lens = self.audio_encoder(feats.to(dtype), lengths)
         out, out_lens = self.audio_adaptor(enc, enc_lens)
         counts = [spliced_count(int(n), self.low_frame_rate) for n in out_lens.tolist()]
-        return [out[i, :n] for i, n in enumerate(counts)]
+        embeds = [out[i, :n] for i, n in enumerate(counts)]
+        if not (timing and self.ctc_head is not None):
+            return embeds, None
+        frames: list[object] = [f.to("cpu") for f in self.ctc_head(enc, enc_lens)]
+        return embeds, frames
+
+    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[dict]]:
+        """Force-align each text's CTC tokens to its frames, in one batch; words in seconds."""
+        head, tokenizer = self.ctc_head, self.ctc_tokenizer
+        if head is None or tokenizer is None:
+            raise RuntimeError("this checkpoint has no CTC head: no word timestamps")
+        frames = [f for f in timing if isinstance(f, CtcFrames)]
+        if len(frames) != len(texts):
+            raise ValueError("word_times needs the CtcFrames of FunAsrNanoAudio.encode")
+        with torch.inference_mode():
+            spans = head.align(frames, [tokenizer.encode(t) for t in texts])
+        return [
+            [{**asdict(w), "score": round(w.score, 3)} for w in word_times(text, tokenizer, s)]
+            for text, s in zip(texts, spans, strict=True)
+        ]
