@@ -265,6 +265,9 @@ class Engine:
             skip_special_tokens=True,
             repetition_penalty=decoding.repetition_penalty,
             output_kind=RequestOutputKind.FINAL_ONLY,
+            # no incremental detokenization in vLLM's output loop (this process, every
+            # sequence, every step): poll decodes each finished request's ids once
+            detokenize=False,
         )
         request_id = str(next(self._ids))
         request = embeds_request(prompt, self.vocab_size, decoding.repetition_penalty != 1.0)
@@ -280,14 +283,15 @@ class Engine:
         """Run one engine step; returns the requests that finished in it."""
         if not self.busy:
             return []
-        done = []
-        for out in self.engine.step():
-            if out.finished:
-                o = out.outputs[0]
-                done.append(
-                    (out.request_id, Generation(tuple(o.token_ids), o.text, o.finish_reason))
-                )
-        return done
+        finished = [out for out in self.engine.step() if out.finished]
+        if not finished:
+            return []
+        ids = [list(out.outputs[0].token_ids) for out in finished]
+        texts = self.embed_text.tokenizer.decode_batch(ids, skip_special_tokens=True)
+        return [
+            (out.request_id, Generation(tuple(t), text, out.outputs[0].finish_reason))
+            for out, t, text in zip(finished, ids, texts, strict=True)
+        ]
 
     def generate(
         self, prompts: Sequence[torch.Tensor], decodings: Sequence[Decoding]

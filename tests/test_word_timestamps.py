@@ -75,7 +75,7 @@ def test_words_equal_an_independent_alignment(transcriber) -> None:
     results = _run(transcriber, audios, encoder_batch_size=2)
     timed = 0
     for i, audio in enumerate(audios):
-        r = results[str(i)]
+        r = results[f"{i:04d}"]
         assert r.words is not None
         assert list(r.words) == _reference_words(transcriber, audio, r.text)
         if r.words:
@@ -89,8 +89,8 @@ def test_words_equal_an_independent_alignment(transcriber) -> None:
 
 def test_word_timestamps_can_be_switched_off(transcriber) -> None:
     results = _run(transcriber, [_noise(3.0, 0)], word_timestamps=False)
-    assert results["0"].words is None
-    assert "words" not in results["0"].to_json()
+    assert results["0000"].words is None
+    assert "words" not in results["0000"].to_json()
 
 
 def test_long_audio_words_are_on_the_input_clock(transcriber) -> None:
