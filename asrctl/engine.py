@@ -289,7 +289,12 @@ class Engine:
         ids = [list(out.outputs[0].token_ids) for out in finished]
         texts = self.embed_text.tokenizer.decode_batch(ids, skip_special_tokens=True)
         return [
-            (out.request_id, Generation(tuple(t), text, out.outputs[0].finish_reason))
+            # a trailing U+FFFD is a character cut by max_tokens: vLLM's detokenizer holds
+            # such bytes back, so they are dropped here too
+            (
+                out.request_id,
+                Generation(tuple(t), text.rstrip("\ufffd"), out.outputs[0].finish_reason),
+            )
             for out, t, text in zip(finished, ids, texts, strict=True)
         ]
 

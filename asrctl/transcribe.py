@@ -417,7 +417,7 @@ class Transcriber:
 
     def encode(self, waves: Sequence[np.ndarray], batch_size: int) -> list[torch.Tensor]:
         """Audio embeddings per waveform, encoded in length-sorted sub-batches."""
-        return encode_sorted(self.encoder, waves, batch_size)
+        return encode_sorted(self.encoder, waves, batch_size)[0]
 
     def prompt_positions(self, num_samples: int, options: PromptOptions) -> int:
         """Positions the prompt of ``num_samples`` samples takes, without encoding them."""
@@ -465,19 +465,27 @@ def _longest_first(loaded: list[_Loaded], size: int) -> Iterator[list[_Loaded]]:
 
 
 def encode_sorted(
-    encoder: AudioEncoder, waves: Sequence[np.ndarray], batch_size: int
-) -> list[torch.Tensor]:
-    """Encode waveforms in length-sorted sub-batches (little padding); input order kept."""
+    encoder: AudioEncoder, waves: Sequence[np.ndarray], batch_size: int, *, timing: bool = False
+) -> tuple[list[torch.Tensor], list[object] | None]:
+    """Encode waveforms in length-sorted sub-batches (little padding); input order kept.
+    Returns the embeddings and, with ``timing`` where the encoder can time words, each
+    utterance's word-alignment data (else None)."""
     import torch
 
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     out: list[torch.Tensor] = [torch.empty(0)] * len(waves)
+    frames: list[object] | None = [None] * len(waves) if timing else None
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            for i, emb in zip(idx, encoder([torch.from_numpy(waves[i]) for i in idx]), strict=True):
-                out[i] = emb
-    return out
+            embeds, timed = encoder.encode([torch.from_numpy(waves[i]) for i in idx], timing=timing)
+            for k, i in enumerate(idx):
+                out[i] = embeds[k]
+                if frames is not None:
+                    frames[i] = timed[k] if timed is not None else None
+    if frames is not None and any(f is None for f in frames):
+        frames = None
+    return out, frames
 
 
 def _prefetched(

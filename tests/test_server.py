@@ -46,6 +46,7 @@ class FakeModel:
         self.sample_rate = SR
         self.batcher = SimpleNamespace(depth=0)
         self.calls: list[tuple[int, object, object]] = []
+        self.word_timing = False
 
     def check_prompt(self, options) -> None:
         self.adapter.prompt(options)

@@ -20,7 +20,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,12 +60,14 @@ class DecodeOptions:
             server's ``--max-tokens`` and by the room left in ``max_model_len``).
         seed: sampling seed (only matters when temperature > 0).
         logprobs: compute the average log-probability of the generated tokens.
+        words: time each word (Fun-ASR-Nano's CTC head); ignored where the model cannot.
     """
 
     temperature: float = 0.0
     max_tokens: int | None = None
     seed: int | None = None
     logprobs: bool = False
+    words: bool = False  # word timestamps (only where the encoder has word_timing)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Result:
     temperature: float
     # long uploads with `serve --vad`: the VAD segments, in order (asrctl.server.formats.Segment)
     segments: tuple | None = None
+    # [{word, start, end, score}] in seconds, when asked for and the model gives them
+    words: tuple[dict, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,14 @@ class Progress:
 class _Job:
     audio: np.ndarray
     prompt: PromptOptions
+    timing: bool = False  # keep the encoder's word-alignment data
 
 
 @dataclass(frozen=True)
 class _Encoded:
     embeds: torch.Tensor  # (seq, hidden): prefix text ⊕ audio ⊕ suffix text
     audio_tokens: int
+    timing: object | None = None  # the encoder's word-alignment data, when asked for
 
 
 class _BoundedEmbedder(TextEmbedder):
@@ -190,6 +196,11 @@ class AsyncModel:
     def sample_rate(self) -> int:
         return self.adapter.family.sample_rate
 
+    @property
+    def word_timing(self) -> bool:
+        """Whether this model can time words (Fun-ASR-Nano with its CTC head)."""
+        return self.encoder.word_timing
+
     def check_prompt(self, options: PromptOptions) -> None:
         """Raise OptionsError if the family cannot honour ``options`` (language, hotwords)."""
         self.adapter.prompt(options)
@@ -224,7 +235,8 @@ class AsyncModel:
 
         self.check_fits(audio, prompt)
         try:
-            encoded = await self.batcher.submit(_Job(audio, prompt))
+            job = _Job(audio, prompt, timing=decode.words and self.word_timing)
+            encoded = await self.batcher.submit(job)
         except (BatcherClosed, OptionsError):
             raise
         except Exception as e:  # the encoder's own failure, reported as the engine's
@@ -257,10 +269,13 @@ class AsyncModel:
             raise EngineError(f"the engine failed to transcribe: {type(e).__name__}: {e}") from e
         if output is None:
             raise EngineError("the engine returned no output")
-        yield Progress(
-            self._clean(output.outputs[0].text),
-            self._result(output.outputs[0], encoded, audio, decode),
-        )
+        result = self._result(output.outputs[0], encoded, audio, decode)
+        if encoded.timing is not None:
+            words = await asyncio.to_thread(
+                self.encoder.word_times, [result.text], [encoded.timing]
+            )
+            result = replace(result, words=tuple(words[0]))
+        yield Progress(result.text, result)
 
     async def transcribe(
         self, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
@@ -304,13 +319,17 @@ class AsyncModel:
 
     def _encode(self, jobs: Sequence[_Job]) -> list[_Encoded | BaseException]:
         """Worker thread: encode the batch's audio, length-sorted, and build the prompts."""
-        audio = encode_sorted(self.encoder, [job.audio for job in jobs], self.encoder_batch_size)
+        timing = any(job.timing for job in jobs)
+        audio, frames = encode_sorted(
+            self.encoder, [job.audio for job in jobs], self.encoder_batch_size, timing=timing
+        )
         out: list[_Encoded | BaseException] = []
-        for job, emb in zip(jobs, audio, strict=True):
+        for i, (job, emb) in enumerate(zip(jobs, audio, strict=True)):
             try:
                 seconds = len(job.audio) / self.sample_rate
                 prompt = self.adapter.prompt_for_audio(job.prompt, seconds)
-                out.append(_Encoded(self.embed_text.splice(prompt, emb), len(emb)))
+                frame = frames[i] if job.timing and frames is not None else None
+                out.append(_Encoded(self.embed_text.splice(prompt, emb), len(emb), frame))
             except Exception as e:  # one request's prompt failing must not fail the others
                 out.append(e)
         return out

@@ -1,8 +1,9 @@
 """Response bodies: OpenAI's json, text, verbose_json, srt, vtt and streaming events.
 
-Families without timestamps (all of them for now) produce one segment spanning the whole
-audio; subtitle files then hold one cue. Every format is built from the same
-:class:`Segment` list, so a family that gains timestamps changes only how segments are made.
+Families without timestamps produce one segment spanning the whole audio; subtitle files
+then hold one cue. Word timestamps (Fun-ASR-Nano with its CTC head, when asked for with
+``timestamp_granularities[]=word``) go into verbose_json's ``words``. Every format is built
+from the same :class:`Segment` list.
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ def segments_of(result: Result) -> list[Segment]:
 
 def notes_of(result: Result, model_title: str) -> list[str]:
     if result.segments is not None:
-        return [VAD_NOTE.format(model=model_title)]
-    return [NO_TIMESTAMPS_NOTE.format(model=model_title)]
+        note = VAD_NOTE.format(model=model_title)
+    else:
+        note = NO_TIMESTAMPS_NOTE.format(model=model_title)
+    if result.words is not None:  # the words are timed; only the segments are not
+        note = note.split("; ")[0] + "; words are timed by CTC forced alignment"
+    return [note]
 
 
 def usage_duration(result: Result) -> dict:
@@ -97,9 +102,15 @@ def verbose_json_body(result: Result, language: str | None, model_title: str) ->
             }
             for s in segments_of(result)
         ],
+        **({"words": [_word(w) for w in result.words]} if result.words is not None else {}),
         "usage": usage_duration(result),
         "notes": notes_of(result, model_title),
     }
+
+
+def _word(w: dict) -> dict:
+    """OpenAI's ``TranscriptionWord`` (word, start, end) plus the alignment's score."""
+    return {"word": w["word"], "start": w["start"], "end": w["end"], "score": w["score"]}
 
 
 def text_body(result: Result) -> str:

@@ -4,8 +4,9 @@ Multipart ``file``, ``language``, ``hotwords`` (comma-separated) and ``timestamp
 reply is FunASR's ``{text, segments: [{text, start, end}], duration, processing_time,
 rtf}``. FunASR runs a VAD first and returns one segment per speech stretch; asrctl
 transcribes the upload in one pass (up to the model's limit), so it returns one segment
-spanning the audio. Word timestamps (``timestamp=true``) and speakers (``spk=true``) are
-not available: the first adds a ``notes`` entry, the second is refused with a 400.
+spanning the audio (``serve --vad``: one per VAD segment). ``timestamp=true`` adds each
+segment's ``words: [{word, start, end}]`` where the model times words (Fun-ASR-Nano with
+its CTC head), else a ``notes`` entry; speakers (``spk=true``) are refused with a 400.
 """
 
 from __future__ import annotations
@@ -54,13 +55,17 @@ async def asr(request: Request) -> JSONResponse:
         )
     finally:
         await form.close()
-    result = await state.transcribe(ENDPOINT, audio, prompt, DecodeOptions())
+    words = timestamp and state.model.word_timing
+    result = await state.transcribe(ENDPOINT, audio, prompt, DecodeOptions(words=words))
     elapsed = time.perf_counter() - start
+    segments = [
+        {"text": s.text, "start": s.start, "end": s.end} for s in formats.segments_of(result)
+    ]
+    if result.words is not None:
+        _attach_words(segments, result.words)
     body = {
         "text": result.text,
-        "segments": [
-            {"text": s.text, "start": s.start, "end": s.end} for s in formats.segments_of(result)
-        ],
+        "segments": segments,
         "duration": result.duration,
         "processing_time": round(elapsed, 3),
         "rtf": round(elapsed / result.duration, 4) if result.duration > 0 else 0,
@@ -68,3 +73,13 @@ async def asr(request: Request) -> JSONResponse:
     if timestamp:
         body["notes"] = formats.notes_of(result, state.title)
     return JSONResponse(body)
+
+
+def _attach_words(segments: list[dict], words: tuple[dict, ...]) -> None:
+    """FunASR's per-segment ``words``: each word goes to the last segment starting at or
+    before it."""
+    for seg in segments:
+        seg["words"] = []
+    for w in words:
+        seg = next((s for s in reversed(segments) if s["start"] <= w["start"]), segments[0])
+        seg["words"].append({"word": w["word"], "start": w["start"], "end": w["end"]})

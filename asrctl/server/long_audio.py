@@ -63,4 +63,16 @@ async def transcribe_segmented(
         avg_logprob=sum(a * k for a, k in logprobs) / n if n else None,
         temperature=decode.temperature,
         segments=segments,
+        words=_words(spans, parts),
+    )
+
+
+def _words(spans, parts: list[Result]) -> tuple[dict, ...] | None:
+    """Every segment's words moved to the upload's clock (None unless all have words)."""
+    if not parts or any(r.words is None for r in parts):
+        return None
+    return tuple(
+        {**w, "start": round(w["start"] + s.start, 3), "end": round(w["end"] + s.start, 3)}
+        for s, r in zip(spans, parts, strict=True)
+        for w in r.words or ()
     )

@@ -2,7 +2,8 @@
 
 Fields are read from the multipart form as the official SDKs send them. What asrctl
 cannot honour is refused with a 400 naming the field, never silently dropped:
-``timestamp_granularities[]=word`` (no model here gives timestamps), ``include[]``,
+``timestamp_granularities[]=word`` (only where the model times words: Fun-ASR-Nano with
+its CTC head; verbose_json then carries ``words``), ``include[]``,
 ``chunking_strategy``, speaker references and ``diarized_json``.
 
 ``prompt`` (and the ``keywords[]`` / ``hotwords`` fields) become the family's hotword
@@ -115,7 +116,7 @@ def parse_request(form: FormData, state: ServerState) -> TranscriptionRequest:
             param="stream",
             code="unsupported_value",
         )
-    _check_granularities(form, state.title)
+    words = _check_granularities(form, state.title, state.model.word_timing)
     language = (form_text(form, "language") or "").strip() or None
     prompt = PromptOptions(
         language=language,
@@ -133,6 +134,7 @@ def parse_request(form: FormData, state: ServerState) -> TranscriptionRequest:
         temperature=temperature,
         seed=_seed(form_text(form, "seed")),
         logprobs=response_format == "verbose_json",
+        words=words and response_format == "verbose_json",
     )
     return TranscriptionRequest(model, response_format, language, prompt, decode, stream)
 
@@ -235,7 +237,8 @@ def _seed(value: str | None) -> int | None:
     return int(value)
 
 
-def _check_granularities(form: FormData, model_title: str) -> None:
+def _check_granularities(form: FormData, model_title: str, word_timing: bool) -> bool:
+    """Validate ``timestamp_granularities[]``; True when word timestamps are asked for."""
     values = form_list(form, ("timestamp_granularities[]", "timestamp_granularities"))
     for value in values:
         if value not in ("segment", "word"):
@@ -245,11 +248,13 @@ def _check_granularities(form: FormData, model_title: str) -> None:
                 param="timestamp_granularities[]",
                 code="unsupported_value",
             )
-        if value == "word":
+        if value == "word" and not word_timing:
             raise ApiError(
                 400,
                 f"word timestamps are not available for {model_title}: the model gives no "
-                "timestamps (segment is: one segment spans the audio)",
+                "timestamps (segment is: one segment spans the audio; Fun-ASR-Nano times "
+                "words only with the CTC head of its ModelScope checkpoint)",
                 param="timestamp_granularities[]",
                 code="unsupported_value",
             )
+    return "word" in values
