@@ -89,8 +89,7 @@ class LongAudio:
         ready: list[Transcript | Failure] = []
         feed = self._feed(items, parents, by_sub, ready)
         for batch in self.transcriber.transcribe(feed, options):
-            out = ready[:]
-            ready.clear()
+            out = _drain(ready)  # the transcriber's producer thread appends to it
             for r in batch:
                 if r.key not in by_sub:
                     out.append(r)
@@ -107,7 +106,7 @@ class LongAudio:
             if out:
                 yield out
         if ready:
-            yield ready[:]
+            yield _drain(ready)
 
     def _feed(self, items, parents, by_sub, ready) -> Iterator[AudioItem]:
         """Items for the transcriber: whole inputs, or the segments of segmented ones."""
@@ -196,6 +195,14 @@ class LongAudio:
             notes=tuple(notes),
             words=tuple(words) if timed else None,
         )
+
+
+def _drain(ready: list) -> list:
+    """Take everything from ``ready`` while another thread may append (pop is atomic)."""
+    out = []
+    while ready:
+        out.append(ready.pop(0))
+    return out
 
 
 def _shifted(segment: dict, offset: float) -> dict:

@@ -211,7 +211,8 @@ class Transcriber:
         try:
             while more or in_flight:
                 if more and len(in_flight) < options.max_in_flight:
-                    more = self._take(handoff, options, in_flight, ready, wait=not in_flight)
+                    wait = not in_flight
+                    more = self._take(handoff, producer, options, in_flight, ready, wait=wait)
                 if in_flight:
                     ready += self._collect(in_flight, wait_below=len(in_flight) + 1)
                 idle = not (more or in_flight)
@@ -232,6 +233,7 @@ class Transcriber:
     def _take(
         self,
         handoff: queue.Queue,
+        producer: threading.Thread,
         options: TranscribeOptions,
         in_flight: dict[str, _Pending],
         ready: list[Transcript | Failure],
@@ -242,8 +244,12 @@ class Transcriber:
         ``max_in_flight``; False once the producer is done."""
         while len(in_flight) < options.max_in_flight:
             try:
-                got = handoff.get(block=wait)
+                got = handoff.get(block=wait, timeout=1.0 if wait else None)
             except queue.Empty:
+                if wait and not producer.is_alive() and handoff.empty():
+                    raise RuntimeError("the audio producer thread stopped unexpectedly") from None
+                if wait:
+                    continue
                 return True
             wait = False
             if got is _END:
@@ -283,8 +289,8 @@ class Transcriber:
                     continue
             return False
 
-        timing = options.word_timestamps and self.encoder.word_timing
         try:
+            timing = options.word_timestamps and self.encoder.word_timing
             with ThreadPoolExecutor(LOADER_THREADS) as pool, torch.inference_mode():
                 for batch in _prefetched(pool, self._load, _chunks(items, options.batch_size)):
                     loaded, failures = self._fits(batch, options.prompt)

@@ -21,6 +21,17 @@ def fun_asr_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def vibevoice_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both VibeVoice-ASR layouts (original and transformers-native), generated once per
+    session; do not mutate."""
+    root = tmp_path_factory.mktemp("vibevoice")
+    return {
+        "original": make_fixture("vibevoice-asr", root / "VibeVoice-ASR"),
+        "hf": make_fixture("vibevoice-asr-hf", root / "VibeVoice-ASR-HF"),
+    }
+
+
 @pytest.fixture
 def fun_asr_copy(tmp_path: Path, fun_asr_tiny: Path) -> Path:
     """A fresh copy of the tiny fixture (without any export cache) for tests that mutate it."""

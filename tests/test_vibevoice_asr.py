@@ -30,7 +30,6 @@ from asrctl.adapters.vibevoice_asr import (
 )
 from asrctl.errors import ModelDirError, OptionsError
 from asrctl.export import export_llm
-from asrctl.fixtures import make_fixture
 from asrctl.fixtures.tokenizer import write_qwen_tokenizer
 from asrctl.results import ResultsDir, Transcript
 
@@ -41,12 +40,8 @@ EMBED_ATOL = 5e-5  # fp32, same weights (measured ≤5.5e-6 on values of magnitu
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("vibevoice")
-    return {
-        "original": make_fixture("vibevoice-asr", root / "VibeVoice-ASR"),
-        "hf": make_fixture("vibevoice-asr-hf", root / "VibeVoice-ASR-HF"),
-    }
+def dirs(vibevoice_dirs: dict[str, Path]) -> dict[str, Path]:
+    return vibevoice_dirs
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ import torch
 
 from asrctl.adapters.base import PromptOptions
 from asrctl.engine import EngineOptions
-from asrctl.fixtures import make_fixture
 from asrctl.inputs import from_arrays
 from asrctl.results import Failure, Transcript
 from asrctl.transcribe import TranscribeOptions, Transcriber
@@ -33,12 +32,8 @@ MAX_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("vv")
-    return {
-        "original": make_fixture("vibevoice-asr", root / "VibeVoice-ASR"),
-        "hf": make_fixture("vibevoice-asr-hf", root / "VibeVoice-ASR-HF"),
-    }
+def dirs(vibevoice_dirs: dict[str, Path]) -> dict[str, Path]:
+    return vibevoice_dirs
 
 
 @pytest.fixture(scope="module")

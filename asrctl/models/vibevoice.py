@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from asrctl.adapters.base import AudioEncoder
+
 SAMPLE_RATE = 24000
 TARGET_DBFS = -25.0
 NORM_EPS = 1e-6
@@ -221,8 +223,8 @@ def n_audio_tokens(n_samples: int, hop: int = 3200) -> int:
     return -(-n_samples // hop)
 
 
-class VibeVoiceAudio(nn.Module):
-    """The audio path of VibeVoice-ASR (an ``AudioEncoder``)."""
+class VibeVoiceAudio(nn.Module, AudioEncoder):
+    """The audio path of VibeVoice-ASR."""
 
     def __init__(
         self,
