@@ -212,6 +212,14 @@ def _load(path: Path) -> torch.Tensor:
     return torch.from_numpy(samples)
 
 
+def test_hugging_face_layout_gives_no_word_timing(encoder, make_wav) -> None:
+    """The default fixture is the HF release: no CTC head, so no alignment data."""
+    assert not encoder.word_timing
+    with torch.no_grad():
+        embeds, timing = encoder.encode([_load(make_wav("a.wav", 1.0))], timing=True)
+    assert timing is None and len(embeds) == 1
+
+
 def test_encoder_loads_checkpoint_strictly(encoder, fun_asr_tiny: Path) -> None:
     state = torch.load(fun_asr_tiny / "model.pt", weights_only=True)["state_dict"]
     audio = {k: v for k, v in state.items() if not k.startswith("llm.")}

@@ -386,3 +386,16 @@ def test_audio_positions_equal_encoder_output(dirs, waves, layout) -> None:
         out = encoder([torch.from_numpy(w) for w in waves])
     assert [adapter.audio_positions(len(w)) for w in waves] == [len(o) for o in out]
     assert adapter.audio_positions(SR * 3600) == 27000
+
+
+@pytest.mark.parametrize("layout", ["original", "hf"])
+def test_encoder_keeps_the_encoder_contract(dirs, waves, layout) -> None:
+    """The pipeline calls ``encode`` and ``word_timing`` (the AudioEncoder defaults here):
+    VibeVoice gives its own timestamps, no word times."""
+    from asrctl.adapters.base import AudioEncoder
+
+    encoder = load_adapter(dirs[layout]).audio_encoder("cpu", torch.float32)
+    assert isinstance(encoder, AudioEncoder) and not encoder.word_timing
+    with torch.no_grad():
+        embeds, timing = encoder.encode([torch.from_numpy(waves[0])], timing=True)
+    assert timing is None and len(embeds) == 1
