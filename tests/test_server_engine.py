@@ -52,9 +52,14 @@ def test_too_long_audio_is_refused_before_encoding(fun_asr_tiny: Path) -> None:
     real = adapter.audio_encoder("cpu", torch.float32)
     encoded: list[int] = []
 
-    def encoder(waves):
-        encoded.extend(len(w) for w in waves)
-        return real(waves)
+    class Spy:
+        word_timing = False
+
+        def encode(self, waves, *, timing=False):
+            encoded.extend(len(w) for w in waves)
+            return real.encode(waves, timing=timing)
+
+    encoder = Spy()
 
     async def scenario() -> tuple[OptionsError, str, int, int]:
         engine = FakeAsyncLLM(max_model_len=1)
