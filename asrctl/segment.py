@@ -166,12 +166,12 @@ class LongAudio:
         for i, span in enumerate(parent.spans):
             r = parent.texts[i]
             if r.segments:  # the model's own timestamps (VibeVoice): moved to the input's clock
-                segments.extend(_shifted(s, span.start) for s in r.segments)
+                segments.extend(shifted(s, span.start) for s in r.segments)
             else:
                 segments.append({"start": span.start, "end": span.end, "text": r.text})
             texts.append(r.text)
             tokens.extend(r.token_ids)
-            words.extend(_shifted(w, span.start) for w in r.words or ())
+            words.extend(shifted(w, span.start) for w in r.words or ())
             reasons.add(r.finish_reason)
             guarded |= r.guard_truncated
             for name, value in r.timing.items():
@@ -205,7 +205,8 @@ def _drain(ready: list) -> list:
     return out
 
 
-def _shifted(segment: dict, offset: float) -> dict:
+def shifted(segment: dict, offset: float) -> dict:
+    """A copy of a segment or word dict with its ``start``/``end`` moved by ``offset`` s."""
     out = dict(segment)
     for name in ("start", "end"):
         if out.get(name) is not None:

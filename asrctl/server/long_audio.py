@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from asrctl.adapters.base import PromptOptions
-from asrctl.segment import join_texts
+from asrctl.segment import join_texts, shifted
 from asrctl.server.engine import DecodeOptions, Result
 from asrctl.server.formats import Segment
 from asrctl.vad import SileroVad, VadOptions, detect_array
@@ -72,7 +72,5 @@ def _words(spans, parts: list[Result]) -> tuple[dict, ...] | None:
     if not parts or any(r.words is None for r in parts):
         return None
     return tuple(
-        {**w, "start": round(w["start"] + s.start, 3), "end": round(w["end"] + s.start, 3)}
-        for s, r in zip(spans, parts, strict=True)
-        for w in r.words or ()
+        shifted(w, s.start) for s, r in zip(spans, parts, strict=True) for w in r.words or ()
     )
