@@ -3,15 +3,17 @@
 Two threads share the work. A producer thread loads ``batch_size`` items at a time (a pool
 reads the next batch meanwhile), drops those whose prompt cannot fit the engine's
 ``max_model_len`` (counted from the audio's length by the adapter's ``audio_positions``,
-before encoding), sorts the rest by length and encodes them in sub-batches of
-``encoder_batch_size``, **longest first**, handing each sub-batch's prompts (text ⊕ audio ⊕
-text embeddings) over as soon as it is encoded. The calling thread submits them to vLLM
-and steps the engine, so decoding starts with the first sub-batch and goes on while the
-encoder works on the next ones (vLLM's engine core runs in its own process; while the
-calling thread waits on it, the producer has the interpreter). At most ``max_in_flight``
-utterances are submitted and unfinished at any time. Results are yielded in completion
-order, in lists of up to ``batch_size`` or every ``FLUSH_SECONDS``. Inputs that fail to
-load or do not fit are returned as ``Failure`` objects; the rest go on.
+before encoding), sorts the rest by length and encodes them **longest first** in
+sub-batches of at most ``encoder_batch_size`` utterances and ``encoder_batch_seconds`` of
+padded audio (short utterances share larger passes at the same memory). Each sub-batch's
+prompts (text ⊕ audio ⊕ text embeddings) are handed over as soon as it is encoded. The
+calling thread submits them to vLLM and steps the engine, so decoding starts with the
+first sub-batch and goes on while the encoder works on the next ones (vLLM's engine core
+runs in its own process; while the calling thread waits on it, the producer has the
+interpreter). At most ``max_in_flight`` utterances are submitted and unfinished at any
+time. Results are yielded in completion order, in lists of up to ``batch_size`` or every
+``FLUSH_SECONDS``. Inputs that fail to load or do not fit are returned as ``Failure``
+objects; the rest go on.
 
 Word timestamps: when the encoder can time words (``AudioEncoder.word_timing``, e.g.
 Fun-ASR-Nano's CTC head) and ``word_timestamps`` is on, the encoder also returns compact
@@ -71,7 +73,10 @@ class TranscribeOptions:
         hotwords: words to bias recognition towards, where the family supports it.
         itn: inverse text normalisation where the family can switch it off.
         batch_size: utterances loaded and encoded together; results are yielded after each.
-        encoder_batch_size: utterances per audio-encoder forward pass.
+        encoder_batch_size: most utterances per audio-encoder forward pass.
+        encoder_batch_seconds: most padded audio per encoder pass (utterances × the
+            longest of them), which bounds the encoder's memory; None: no bound. A longer
+            utterance is encoded alone.
         max_in_flight: most utterances submitted to vLLM and not yet finished.
         max_tokens: cap on generated tokens per utterance (None: 512).
         ignore_eos: generate exactly max_tokens (benchmarks only).
@@ -87,7 +92,8 @@ class TranscribeOptions:
     hotwords: tuple[str, ...] = ()
     itn: bool = True
     batch_size: int = 64
-    encoder_batch_size: int = 16
+    encoder_batch_size: int = 256
+    encoder_batch_seconds: float | None = 960.0
     max_in_flight: int = 1024
     max_tokens: int | None = None
     ignore_eos: bool = False
@@ -98,6 +104,8 @@ class TranscribeOptions:
     def __post_init__(self) -> None:
         if min(self.batch_size, self.encoder_batch_size, self.max_in_flight) < 1:
             raise OptionsError("batch sizes and --max-in-flight must be at least 1")
+        if self.encoder_batch_seconds is not None and not self.encoder_batch_seconds > 0:
+            raise OptionsError("--encoder-batch-seconds must be greater than 0")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
             raise OptionsError("--repetition-penalty must be greater than 0")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -296,7 +304,10 @@ class Transcriber:
                     loaded, failures = self._fits(batch, options.prompt)
                     if failures and not put(_Handoff(failures=failures)):
                         return
-                    for sub in _longest_first(loaded, options.encoder_batch_size):
+                    budget = self._budget(options.encoder_batch_seconds)
+                    lengths = [len(x.audio) for x in loaded]
+                    for idx in length_batches(lengths, options.encoder_batch_size, budget):
+                        sub = [loaded[i] for i in idx]
                         if not put(_Handoff(encoded=self._encode_sub(sub, options, timing))):
                             return
         except BaseException as e:
@@ -310,9 +321,10 @@ class Transcriber:
         """Encode one sub-batch and build its prompts."""
         t0 = time.perf_counter()
         embeds, frames = self.encoder.encode([_tensor(x.audio) for x in sub], timing=timing)
+        host = _to_host(embeds, self.engine.dtype)  # one copy (and wait) per sub-batch
         encode_s = time.perf_counter() - t0
         out = []
-        for i, (x, emb) in enumerate(zip(sub, embeds, strict=True)):
+        for i, (x, emb) in enumerate(zip(sub, host, strict=True)):
             seconds = len(x.audio) / self.sample_rate
             prompt = self.build_prompt(emb, options.prompt, seconds=seconds)
             frame = frames[i] if frames is not None else None
@@ -421,9 +433,16 @@ class Transcriber:
                 out[i] = replace(out[i], words=tuple(w))
         return out
 
-    def encode(self, waves: Sequence[np.ndarray], batch_size: int) -> list[torch.Tensor]:
+    def encode(
+        self, waves: Sequence[np.ndarray], batch_size: int, batch_seconds: float | None = None
+    ) -> list[torch.Tensor]:
         """Audio embeddings per waveform, encoded in length-sorted sub-batches."""
-        return encode_sorted(self.encoder, waves, batch_size)[0]
+        budget = self._budget(batch_seconds)
+        return encode_sorted(self.encoder, waves, batch_size, budget=budget)[0]
+
+    def _budget(self, seconds: float | None) -> int | None:
+        """``encoder_batch_seconds`` in samples."""
+        return None if seconds is None else int(seconds * self.sample_rate)
 
     def prompt_positions(self, num_samples: int, options: PromptOptions) -> int:
         """Positions the prompt of ``num_samples`` samples takes, without encoding them."""
@@ -462,28 +481,56 @@ def _tensor(audio: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(audio)
 
 
-def _longest_first(loaded: list[_Loaded], size: int) -> Iterator[list[_Loaded]]:
-    """Sub-batches of ``size`` similar lengths, the longest first (longest decodes start
-    earliest, and little padding)."""
-    ordered = sorted(loaded, key=lambda x: len(x.audio), reverse=True)
-    for start in range(0, len(ordered), size):
-        yield ordered[start : start + size]
+def _to_host(embeds: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """The sub-batch's embeddings on the CPU in ``dtype``, moved in one copy."""
+    import torch
+
+    lengths = [len(e) for e in embeds]
+    return list(torch.cat(list(embeds)).to("cpu", dtype).split(lengths))
+
+
+def length_batches(
+    lengths: Sequence[int], size: int, budget: int | None = None, *, longest_first: bool = True
+) -> list[list[int]]:
+    """Indices of ``lengths`` sorted by length (longest first, or shortest) and cut into
+    sub-batches of similar lengths, so little is padding: each holds at most ``size``
+    items and, given ``budget``, at most ``budget`` padded samples (items × the longest
+    of them). An item longer than ``budget`` is a sub-batch of its own."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=longest_first)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        widest = max(longest, lengths[i])
+        full = len(current) == size or (budget is not None and (len(current) + 1) * widest > budget)
+        if current and full:
+            batches.append(current)
+            current, widest = [], lengths[i]
+        current.append(i)
+        longest = widest
+    if current:
+        batches.append(current)
+    return batches
 
 
 def encode_sorted(
-    encoder: AudioEncoder, waves: Sequence[np.ndarray], batch_size: int, *, timing: bool = False
+    encoder: AudioEncoder,
+    waves: Sequence[np.ndarray],
+    batch_size: int,
+    *,
+    timing: bool = False,
+    budget: int | None = None,
 ) -> tuple[list[torch.Tensor], list[object] | None]:
-    """Encode waveforms in length-sorted sub-batches (little padding); input order kept.
+    """Encode waveforms in :func:`length_batches` (shortest first); input order kept.
     Returns the embeddings and, with ``timing`` where the encoder can time words, each
     utterance's word-alignment data (else None)."""
     import torch
 
-    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     out: list[torch.Tensor] = [torch.empty(0)] * len(waves)
     frames: list[object] | None = [None] * len(waves) if timing else None
+    lengths = [len(w) for w in waves]
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in length_batches(lengths, batch_size, budget, longest_first=False):
             embeds, timed = encoder.encode([torch.from_numpy(waves[i]) for i in idx], timing=timing)
             for k, i in enumerate(idx):
                 out[i] = embeds[k]

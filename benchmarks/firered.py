@@ -364,6 +364,8 @@ def worker_merged(job: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"model_load_s": round(time.perf_counter() - t0, 1)}
     try:
         result["end_to_end"] = end_to_end(asr, job)
+        result["encoder_only"] = encoder_only(asr, job)
+        result["variants"] = variants(asr, job)
         result["tokens"] = agreement_tokens(asr.engine.engine, job, None)
         result["vllm_alone"] = vllm_alone(asr.engine.engine, job, None)
     finally:
@@ -375,14 +377,8 @@ def end_to_end(asr: Any, job: dict[str, Any]) -> dict[str, Any]:
     """asrctl from wav files to text, timed after a warm-up on the first files."""
     from asrctl.inputs import iter_inputs
     from asrctl.results import Failure
-    from asrctl.transcribe import TranscribeOptions
 
-    options = TranscribeOptions(
-        tokens_per_second=TOKENS_PER_SECOND,
-        batch_size=job["batch_size"],
-        encoder_batch_size=job["encoder_batch_size"],
-        repetition_penalty=job["repetition_penalty"],
-    )
+    options = _options(job)
     items = iter_inputs(Path(job["scp"]))
     for _ in asr.transcribe(items[:WARMUP], options):
         pass
@@ -402,6 +398,41 @@ def end_to_end(asr: Any, job: dict[str, Any]) -> dict[str, Any]:
         "first_failure": failed[0].reason if failed else None,
         "scope": "wav files on disk -> text (read, resample, fbank, encoder "
         f"{job['encoder_dtype']}, LLM, detokenize); load and warm-up excluded",
+    }
+
+
+def _options(job: dict[str, Any]) -> Any:
+    from asrctl.transcribe import TranscribeOptions
+
+    return TranscribeOptions(
+        tokens_per_second=TOKENS_PER_SECOND,
+        batch_size=job["batch_size"],
+        encoder_batch_size=job["encoder_batch_size"],
+        encoder_batch_seconds=job["encoder_batch_seconds"],
+        repetition_penalty=job["repetition_penalty"],
+    )
+
+
+def encoder_only(asr: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """fbank + encoder + adapter alone on the decoded audio (no LLM)."""
+    from asrctl.inputs import iter_inputs
+
+    arrays = [it.load(16000) for it in iter_inputs(Path(job["scp"]))]
+    seconds, _ = throughput.encoder_only(
+        asr, arrays, job["encoder_batch_size"], job["encoder_batch_seconds"]
+    )
+    return {"seconds": round(seconds, 2), "scope": "fbank + CMVN + Conformer + adapter"}
+
+
+def variants(asr: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """end_to_end again with other pipeline settings (``--variant``)."""
+    from asrctl.inputs import iter_inputs
+
+    items = iter_inputs(Path(job["scp"]))
+    audio_s = sum(job["durations"])
+    return {
+        name: throughput.timed_variant(asr, items, _options(job), settings, audio_s)
+        for name, settings in job["variants"].items()
     }
 
 
@@ -512,6 +543,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--enforce-eager", action="store_true", help="CPU smoke runs")
     ap.add_argument("--batch-size", type=int, default=256, help="end to end: files per batch")
     ap.add_argument("--encoder-batch-size", type=int, default=16)
+    ap.add_argument("--encoder-batch-seconds", type=float, default=None, help="None: off")
+    ap.add_argument("--variant", action="append", default=[], help="as throughput.py's")
     ap.add_argument("--encoder-dtype", default="float32")
     ap.add_argument("--repetition-penalty", type=float, default=3.0, help="FireRed's default")
     ap.add_argument("--skip-lora", action="store_true")
@@ -555,6 +588,8 @@ def make_job(args: argparse.Namespace, model: Path, scp: Path, durations: list[f
         "repetition_penalty": args.repetition_penalty,
         "batch_size": args.batch_size,
         "encoder_batch_size": args.encoder_batch_size,
+        "encoder_batch_seconds": args.encoder_batch_seconds,
+        "variants": dict(throughput.parse_variant(v) for v in args.variant),
         "encoder_dtype": args.encoder_dtype,
         "cuda": cuda,
     }

@@ -11,6 +11,12 @@ Timers (each after a warm-up on the first 64 files, which are also in the timed 
   vllm_alone   vLLM generating the same token counts from random prompt embeddings of the
                same lengths: the ceiling the LLM half allows
 
+Variants (``--variant NAME:key=value,...``) time end_to_end again in the same engine with
+other pipeline settings. Keys: batch_size, encoder_batch_size, encoder_batch_seconds
+(``none``: no bound), max_in_flight, switch_interval (Python's thread switch interval, s).
+``--py-spy DIR`` samples every thread of asrctl's process and of vLLM's engine core during
+end_to_end (py-spy on PATH) and writes collapsed stacks and a per-function summary.
+
 Usage: python benchmarks/throughput.py --workdir /tmp/bench --n 2000 --size full --out r.json
 """
 
@@ -82,7 +88,9 @@ def _versions() -> dict:
     }
 
 
-def encoder_only(transcriber, arrays: list[np.ndarray], batch_size: int) -> tuple[float, list]:
+def encoder_only(
+    transcriber, arrays: list[np.ndarray], batch_size: int, batch_seconds: float | None = None
+) -> tuple[float, list]:
     """Seconds for the audio path alone (features, encoder, projector) over all utterances,
     and the number of audio embeddings of each."""
     import torch
@@ -90,7 +98,7 @@ def encoder_only(transcriber, arrays: list[np.ndarray], batch_size: int) -> tupl
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    embeds = transcriber.encode(arrays, batch_size)
+    embeds = transcriber.encode(arrays, batch_size, batch_seconds)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - t0, [len(e) for e in embeds]
@@ -114,6 +122,145 @@ def vllm_alone(transcriber, durations: list[float], n_audio: list[int], options)
     t0 = time.perf_counter()
     transcriber.engine.generate(prompts, decodings)
     return time.perf_counter() - t0
+
+
+VARIANT_KEYS = {
+    "batch_size": int,
+    "encoder_batch_size": int,
+    "encoder_batch_seconds": float,
+    "max_in_flight": int,
+    "switch_interval": float,
+}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME:key=value,...`` -> (NAME, {key: value})."""
+    name, _, body = text.partition(":")
+    settings = {}
+    for pair in filter(None, body.split(",")):
+        key, _, value = pair.partition("=")
+        if key not in VARIANT_KEYS:
+            raise SystemExit(f"--variant {text}: unknown key {key!r} ({', '.join(VARIANT_KEYS)})")
+        settings[key] = None if value == "none" else VARIANT_KEYS[key](value)
+    return name, settings
+
+
+def timed_variant(asr, items, options, settings: dict, audio_s: float) -> dict:
+    """end_to_end again with other pipeline settings (same engine, same files)."""
+    import dataclasses
+
+    import torch
+
+    switch = settings.get("switch_interval")
+    fields = {k: v for k, v in settings.items() if k != "switch_interval"}
+    opts = dataclasses.replace(options, **fields)
+    before = sys.getswitchinterval()
+    if switch is not None:
+        sys.setswitchinterval(switch)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with GpuUtilisation() as util:
+            seconds, n = _timed(asr, items, opts)
+    finally:
+        sys.setswitchinterval(before)
+    return {
+        "settings": settings,
+        "seconds": round(seconds, 2),
+        "rtfx": round(audio_s / seconds, 1),
+        "utterances": n,
+        "gpu_utilisation": util.summary(),
+        "gpu_memory_beside_vllm_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if cuda
+        else 0.0,
+    }
+
+
+class PySpy:
+    """``py-spy record`` of this process and its children (vLLM's engine core) while a
+    timer runs: collapsed stacks per thread, plus the functions most often on top."""
+
+    def __init__(self, out_dir: Path | None, seconds: int) -> None:
+        self.out_dir, self.seconds = out_dir, seconds
+        self.proc: subprocess.Popen | None = None
+        self.error = ""
+
+    def __enter__(self) -> PySpy:
+        if self.out_dir is None:
+            return self
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        cmd = ["py-spy", "record", "--pid", str(os.getpid()), "--subprocesses", "--threads",
+               "--rate", "200", "--format", "raw", "--duration", str(self.seconds),
+               "-o", str(self.out_dir / "e2e.collapsed")]  # fmt: skip
+        try:
+            self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+            time.sleep(2.0)  # let it attach
+        except OSError as e:
+            self.error = str(e)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        _, err = self.proc.communicate()
+        if self.proc.returncode:
+            self.error = err[-2000:]
+
+    def summary(self, top: int = 40) -> dict:
+        """Samples per thread, and the functions most often on top (self) and anywhere on
+        the stack (inclusive), each labelled with its process (asrctl or vLLM's)."""
+        path = (self.out_dir or Path()) / "e2e.collapsed"
+        if self.out_dir is None or not path.exists():
+            return {"error": self.error or "no py-spy output"}
+        threads: dict[str, int] = {}
+        own: dict[str, int] = {}
+        inclusive: dict[str, int] = {}
+        total = 0
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            process, thread, frames = _split_stack(stack.split(";"))
+            n = int(count)
+            total += n
+            _add(threads, f"{process} | {thread}", n)
+            if frames:
+                _add(own, f"{process} | {frames[-1]}", n)
+            for name in {f"{process} | {f}" for f in frames}:
+                _add(inclusive, name, n)
+        return {
+            "samples": total,
+            "rate_hz": 200,
+            "threads": _ranked(threads, top),
+            "top_self": _ranked(own, top),
+            "top_inclusive": _ranked(inclusive, top),
+        }
+
+
+def _split_stack(frames: list[str]) -> tuple[str, str, list[str]]:
+    """A py-spy stack (``process`` frames nest for children, then ``thread``, then
+    functions) -> (innermost process: asrctl or vllm:NAME, thread name, functions)."""
+    process, thread, start = "asrctl", "", 0
+    for i, frame in enumerate(frames):
+        if frame.startswith("process "):
+            process = (
+                "vllm:" + frame.split("VLLM::")[1].strip('"')
+                if "VLLM::" in frame
+                else ("asrctl" if i == 0 else "child")
+            )
+        elif frame.startswith("thread "):
+            thread, start = frame.split(": ", 1)[-1], i + 1
+            break
+    return process, thread, frames[start:]
+
+
+def _add(counts: dict[str, int], key: str, n: int) -> None:
+    counts[key] = counts.get(key, 0) + n
+
+
+def _ranked(counts: dict[str, int], top: int) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:top])
 
 
 def _extra_engine_args(args: argparse.Namespace) -> dict:
@@ -164,6 +311,8 @@ def main() -> int:
     ap.add_argument("--size", choices=("tiny", "full"), default="full")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--encoder-batch-size", type=int, default=32)
+    ap.add_argument("--encoder-batch-seconds", type=float, default=None, help="None: off")
+    ap.add_argument("--max-in-flight", type=int, default=1024)
     ap.add_argument("--encoder-dtype", default="float32")
     ap.add_argument("--also-encoder-dtype", default="", help="e.g. bfloat16: time it too")
     ap.add_argument("--dtype", default="bfloat16")
@@ -176,8 +325,15 @@ def main() -> int:
         help="vLLM's max_cudagraph_capture_size (asrctl's GPU default: max_num_seqs)",
     )
     ap.add_argument("--enforce-eager", action="store_true", help="CPU smoke runs")
+    ap.add_argument("--repeat", type=int, default=1, help="time end_to_end this many times")
+    ap.add_argument(
+        "--warmup-all", action="store_true", help="warm up on every file, not the first 64"
+    )
+    ap.add_argument("--variant", action="append", default=[], help="NAME:key=value,...")
+    ap.add_argument("--py-spy", type=Path, default=None, help="profile end_to_end into DIR")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    variants = dict(parse_variant(v) for v in args.variant)
 
     import torch
 
@@ -205,19 +361,33 @@ def main() -> int:
         tokens_per_second=TOKENS_PER_SECOND,
         batch_size=args.batch_size,
         encoder_batch_size=args.encoder_batch_size,
+        encoder_batch_seconds=args.encoder_batch_seconds,
+        max_in_flight=args.max_in_flight,
     )
     items = iter_inputs(scp)
-    _timed(asr, items[:64], options)  # warm-up: kernels, allocator, page cache
+    _timed(asr, items if args.warmup_all else items[:64], options)  # kernels, allocator, cache
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with GpuUtilisation() as util_e2e:
         e2e_s, n_e2e = _timed(asr, items, options)
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    repeats = [round(e2e_s, 2)] + [
+        round(_timed(asr, items, options)[0], 2) for _ in range(1, args.repeat)
+    ]
+    profile = {}
+    if args.py_spy:
+        with PySpy(args.py_spy, seconds=max(3, math.ceil(e2e_s * 1.5))) as spy:
+            _timed(asr, items, options)
+        profile = spy.summary()
+    timed_variants = {
+        name: timed_variant(asr, items, options, settings, audio_s)
+        for name, settings in variants.items()
+    }
     arrays = [it.load(SR) for it in items]
     mem_items = from_arrays(arrays, SR)
     eng_s, _ = _timed(asr, mem_items, options)
-    enc_s, n_audio = encoder_only(asr, arrays, args.encoder_batch_size)
+    enc_s, n_audio = encoder_only(asr, arrays, args.encoder_batch_size, args.encoder_batch_seconds)
     with GpuUtilisation() as util_alone:
         alone_s = vllm_alone(asr, durations, n_audio, options)
     other = {}
@@ -228,7 +398,9 @@ def main() -> int:
         other[dtype] = {
             "end_to_end_seconds": round(seconds, 2),
             "rtfx": round(audio_s / seconds, 1),
-            "encoder_only_seconds": round(encoder_only(asr, arrays, args.encoder_batch_size)[0], 2),
+            "encoder_only_seconds": round(
+                encoder_only(asr, arrays, args.encoder_batch_size, args.encoder_batch_seconds)[0], 2
+            ),
         }
     result = {
         "command": " ".join(sys.argv),
@@ -247,6 +419,8 @@ def main() -> int:
             "rtfx": round(audio_s / e2e_s, 1),
             "utterances": n_e2e,
             "gpu_utilisation": util_e2e.summary(),
+            "repeats_seconds": repeats,
+            "median_rtfx": round(audio_s / sorted(repeats)[len(repeats) // 2], 1),
             "scope": "wav files on disk -> text (read, resample, fbank, encoder, "
             "LLM, detokenize); model load and warm-up excluded",
         },
@@ -268,6 +442,8 @@ def main() -> int:
             "audio, length-sorted batches; no LLM",
         },
         "other_encoder_dtypes": other,
+        "variants": timed_variants,
+        "profile_end_to_end": profile,
         "gpu_memory_beside_vllm_gib": round(peak_gib, 2),
         "gpu_memory_scope": "peak torch allocation in asrctl's process during end_to_end "
         "(features, encoder, buffers); vLLM runs in its own process",

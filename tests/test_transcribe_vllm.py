@@ -103,7 +103,10 @@ def test_prompt_text_is_embedded_with_the_llm_table(transcriber, hf_llm):
 def test_batch_size_does_not_change_outputs(transcriber, audios):
     one = _run(transcriber, audios, batch_size=1, encoder_batch_size=1)
     many = _run(transcriber, audios, batch_size=9, encoder_batch_size=9)
+    # 3 s of padded audio per encoder pass: several passes, the 4.8-9.7 s ones alone
+    budgeted = _run(transcriber, audios, batch_size=9, encoder_batch_seconds=3.0)
     assert [r.token_ids for r in one] == [r.token_ids for r in many]
+    assert [r.token_ids for r in budgeted] == [r.token_ids for r in many]
 
 
 def test_bad_and_over_long_inputs_fail_alone(transcriber, audios):

@@ -47,8 +47,10 @@ def transcribe_options(
     max_tokens: int | None,
     max_in_flight: int | None = None,
     word_timestamps: bool = True,
+    encoder_batch_seconds: float | None = None,
 ) -> TranscribeOptions:
-    """The transcription settings from the shared flags (``max_in_flight`` None: default)."""
+    """The transcription settings from the shared flags (``max_in_flight`` and
+    ``encoder_batch_seconds`` None: the defaults)."""
     from asrctl.transcribe import TranscribeOptions
 
     options = TranscribeOptions(
@@ -59,4 +61,6 @@ def transcribe_options(
         max_tokens=max_tokens,
         word_timestamps=word_timestamps,
     )
+    if encoder_batch_seconds is not None:
+        options = replace(options, encoder_batch_seconds=encoder_batch_seconds)
     return options if max_in_flight is None else replace(options, max_in_flight=max_in_flight)

@@ -59,6 +59,15 @@ BatchSizeOpt = Annotated[
         help="Utterances loaded and encoded together; finished results are saved after each.",
     ),
 ]
+EncoderBatchSecondsOpt = Annotated[
+    float,
+    typer.Option(
+        "--encoder-batch-seconds",
+        min=1.0,
+        help="Most padded audio per encoder pass (utterances x the longest): bounds its GPU "
+        "memory; short utterances share larger passes.",
+    ),
+]
 MaxInFlightOpt = Annotated[
     int,
     typer.Option(

@@ -16,6 +16,7 @@ from asrctl.cli._options import (
     CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
+    EncoderBatchSecondsOpt,
     EnforceEagerOpt,
     FormatOpt,
     GpuMemOpt,
@@ -56,6 +57,7 @@ def transcribe(
     hotwords: HotwordsOpt = None,
     no_itn: NoItnOpt = False,
     batch_size: BatchSizeOpt = 64,
+    encoder_batch_seconds: EncoderBatchSecondsOpt = 960.0,
     max_in_flight: MaxInFlightOpt = 1024,
     max_tokens: MaxTokensOpt = None,
     resume: ResumeOpt = False,
@@ -90,6 +92,7 @@ def transcribe(
         max_tokens=max_tokens,
         max_in_flight=max_in_flight,
         word_timestamps=not no_word_timestamps,
+        encoder_batch_seconds=encoder_batch_seconds,
     )
     engine = engine_options(
         dtype=dtype,
