@@ -252,10 +252,11 @@ def _finish(samples: np.ndarray, rate: int, sample_rate: int, key: str) -> np.nd
     low, high = float(mono.min()), float(mono.max())
     if not (math.isfinite(low) and math.isfinite(high)):
         raise AudioError(key, "audio contains NaN or Inf samples")
+    clip = low < -1.0 or high > 1.0
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality=RESAMPLE_QUALITY)
-        low, high = -2.0, 2.0  # resampling can overshoot: clip
-    if low < -1.0 or high > 1.0:
+        clip = True  # resampling can overshoot
+    if clip:
         mono = np.clip(mono, -1.0, 1.0)
     return np.ascontiguousarray(mono, dtype=np.float32)
 

@@ -299,12 +299,12 @@ class Transcriber:
 
         try:
             timing = options.word_timestamps and self.encoder.word_timing
+            budget = self._budget(options.encoder_batch_seconds)
             with ThreadPoolExecutor(LOADER_THREADS) as pool, torch.inference_mode():
                 for batch in _prefetched(pool, self._load, _chunks(items, options.batch_size)):
                     loaded, failures = self._fits(batch, options.prompt)
                     if failures and not put(_Handoff(failures=failures)):
                         return
-                    budget = self._budget(options.encoder_batch_seconds)
                     lengths = [len(x.audio) for x in loaded]
                     for idx in length_batches(lengths, options.encoder_batch_size, budget):
                         sub = [loaded[i] for i in idx]
@@ -499,15 +499,14 @@ def length_batches(
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=longest_first)
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
     for i in order:
-        widest = max(longest, lengths[i])
-        full = len(current) == size or (budget is not None and (len(current) + 1) * widest > budget)
-        if current and full:
-            batches.append(current)
-            current, widest = [], lengths[i]
+        if current:
+            # sorted: the widest is the sub-batch's first item or the new one
+            padded = (len(current) + 1) * max(lengths[current[0]], lengths[i])
+            if len(current) == size or (budget is not None and padded > budget):
+                batches.append(current)
+                current = []
         current.append(i)
-        longest = widest
     if current:
         batches.append(current)
     return batches

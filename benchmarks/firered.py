@@ -417,7 +417,7 @@ def encoder_only(asr: Any, job: dict[str, Any]) -> dict[str, Any]:
     """fbank + encoder + adapter alone on the decoded audio (no LLM)."""
     from asrctl.inputs import iter_inputs
 
-    arrays = [it.load(16000) for it in iter_inputs(Path(job["scp"]))]
+    arrays = [it.load(SR) for it in iter_inputs(Path(job["scp"]))]
     seconds, _ = throughput.encoder_only(
         asr, arrays, job["encoder_batch_size"], job["encoder_batch_seconds"]
     )
