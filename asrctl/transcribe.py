@@ -1,7 +1,8 @@
 """Batch transcription: audio items in, transcripts out, through one adapter and one engine.
 
 Two threads share the work. A producer thread loads ``batch_size`` items at a time (a pool
-reads the next batch meanwhile), drops those whose prompt cannot fit the engine's
+reads the next batch meanwhile; the first batches are smaller, 64 items and doubling, so
+work starts while the rest loads), drops those whose prompt cannot fit the engine's
 ``max_model_len`` (counted from the audio's length by the adapter's ``audio_positions``,
 before encoding), sorts the rest by length and encodes them **longest first** in
 sub-batches of at most ``encoder_batch_size`` utterances and ``encoder_batch_seconds`` of
@@ -59,7 +60,10 @@ log = logging.getLogger("asrctl")
 
 DEFAULT_MAX_TOKENS = 512  # the reference implementations' max_new_tokens
 LOADER_THREADS = 4
+ENCODER_DTYPES = ("float32", "bfloat16")  # audio encoder precisions with parity tests
+GPU_BATCH_SIZE = 1024  # the CLI's --batch-size with a GPU (BENCHMARKS.md, round 4)
 FLUSH_SECONDS = 1.0  # most time finished results wait before they are yielded
+FIRST_BATCH = 64  # items in the first loaded batch; each next one doubles up to batch_size
 HANDOFF_DEPTH = 8  # encoded sub-batches the producer may hold ready ahead of submission
 TOO_LONG_HINT = "raise --max-model-len or use --vad"
 
@@ -156,8 +160,25 @@ class _Pending:
     timing: object | None = None
 
 
+def resolve_encoder_dtype(name: str) -> torch.dtype:
+    """The torch dtype of an ``--encoder-dtype`` name: float32 (the references'
+    precision) or bfloat16 (faster on a GPU; every family's embeddings stay within 2 %
+    relative error of float32, tests/precision.py)."""
+    if name not in ENCODER_DTYPES:
+        raise OptionsError(f"unknown --encoder-dtype {name!r}: use {' or '.join(ENCODER_DTYPES)}")
+    import torch
+
+    return getattr(torch, name)
+
+
 def default_device() -> str:
     return "cuda" if cuda_available() else "cpu"
+
+
+def default_batch_size() -> int:
+    """``batch_size`` when none is given: large on a GPU, where length sorting and encoder
+    batching within a batch pay off, small on a CPU."""
+    return GPU_BATCH_SIZE if cuda_available() else TranscribeOptions.batch_size
 
 
 class Transcriber:
@@ -172,8 +193,7 @@ class Transcriber:
         cache_dir: Path | None = None,
         encoder_dtype: str = "float32",
     ) -> None:
-        import torch
-
+        dtype = resolve_encoder_dtype(encoder_dtype)
         self.adapter: Adapter = load_adapter(model_dir)
         self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
         self.device = device or default_device()
@@ -181,7 +201,7 @@ class Transcriber:
         # KV cache, not counted against it (vLLM sizes the cache from free memory).
         self.engine = Engine(self.prepared.llm_dir, engine_options or EngineOptions())
         try:
-            self.encoder = self.adapter.audio_encoder(self.device, getattr(torch, encoder_dtype))
+            self.encoder = self.adapter.audio_encoder(self.device, dtype)
         except BaseException:
             self.engine.close()
             raise
@@ -321,15 +341,17 @@ class Transcriber:
         """Encode one sub-batch and build its prompts."""
         t0 = time.perf_counter()
         embeds, frames = self.encoder.encode([_tensor(x.audio) for x in sub], timing=timing)
-        host = _to_host(embeds, self.engine.dtype)  # one copy (and wait) per sub-batch
+        seconds = [len(x.audio) / self.sample_rate for x in sub]
+        texts = [self.adapter.prompt_for_audio(options.prompt, s) for s in seconds]
+        # one concatenation where the encoder ran, one host copy (and wait) per sub-batch
+        prompts = self.engine.embed_text.splice_many(texts, embeds)
         encode_s = time.perf_counter() - t0
-        out = []
-        for i, (x, emb) in enumerate(zip(sub, host, strict=True)):
-            seconds = len(x.audio) / self.sample_rate
-            prompt = self.build_prompt(emb, options.prompt, seconds=seconds)
-            frame = frames[i] if frames is not None else None
-            out.append(_Encoded(x.item, seconds, prompt, len(emb), encode_s, frame))
-        return out
+        return [
+            _Encoded(
+                x.item, s, prompt, len(emb), encode_s, frames[i] if frames is not None else None
+            )
+            for i, (x, s, prompt, emb) in enumerate(zip(sub, seconds, prompts, embeds, strict=True))
+        ]
 
     def _load(self, item: AudioItem) -> _Loaded | Failure:
         try:
@@ -481,14 +503,6 @@ def _tensor(audio: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(audio)
 
 
-def _to_host(embeds: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    """The sub-batch's embeddings on the CPU in ``dtype``, moved in one copy."""
-    import torch
-
-    lengths = [len(e) for e in embeds]
-    return list(torch.cat(list(embeds)).to("cpu", dtype).split(lengths))
-
-
 def length_batches(
     lengths: Sequence[int], size: int, budget: int | None = None, *, longest_first: bool = True
 ) -> list[list[int]]:
@@ -554,12 +568,17 @@ def _prefetched(
         yield [f.result() for f in pending]
 
 
-def _chunks(items: Iterable[AudioItem], size: int) -> Iterator[list[AudioItem]]:
+def _chunks(
+    items: Iterable[AudioItem], size: int, first: int = FIRST_BATCH
+) -> Iterator[list[AudioItem]]:
+    """Batches of ``size`` items; the first ones smaller (``first``, then doubling), so the
+    encoder and the LLM start on them while the pool loads the rest."""
     batch: list[AudioItem] = []
+    limit = min(first, size)
     for item in items:
         batch.append(item)
-        if len(batch) == size:
+        if len(batch) == limit:
             yield batch
-            batch = []
+            batch, limit = [], min(2 * limit, size)
     if batch:
         yield batch

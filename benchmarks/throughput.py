@@ -13,9 +13,11 @@ Timers (each after a warm-up on the first 64 files, which are also in the timed 
 
 Variants (``--variant NAME:key=value,...``) time end_to_end again in the same engine with
 other pipeline settings. Keys: batch_size, encoder_batch_size, encoder_batch_seconds
-(``none``: no bound), max_in_flight, switch_interval (Python's thread switch interval, s).
+(``none``: no bound), max_in_flight, switch_interval (Python's thread switch interval, s),
+loader_threads.
 ``--py-spy DIR`` samples every thread of asrctl's process and of vLLM's engine core during
-end_to_end (py-spy on PATH) and writes collapsed stacks and a per-function summary.
+end_to_end and vllm_alone (py-spy on PATH) and writes collapsed stacks and a per-function
+summary.
 
 Usage: python benchmarks/throughput.py --workdir /tmp/bench --n 2000 --size full --out r.json
 """
@@ -85,6 +87,10 @@ def _versions() -> dict:
         "cuda": torch.version.cuda,
         "gpu": gpu.strip(),
         "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "engine_core_omp_threads": os.environ.get(
+            "OMP_NUM_THREADS", "asrctl's default (1)" if torch.cuda.is_available() else "vLLM's"
+        ),
     }
 
 
@@ -104,8 +110,20 @@ def encoder_only(
     return time.perf_counter() - t0, [len(e) for e in embeds]
 
 
-def vllm_alone(transcriber, durations: list[float], n_audio: list[int], options) -> float:
-    """vLLM generating the same work from random embeddings of the same prompt lengths."""
+def load_only(items, threads: int) -> float:
+    """Seconds to read and check every file with ``threads`` loader threads (as the
+    pipeline's pool does), nothing else."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(lambda it: it.load(SR), items):
+            pass
+    return time.perf_counter() - t0
+
+
+def alone_work(transcriber, durations: list[float], n_audio: list[int], options) -> tuple:
+    """Random prompt embeddings of the pipeline's prompt lengths and the same token counts."""
     import torch
 
     from asrctl.engine import Decoding
@@ -119,12 +137,18 @@ def vllm_alone(transcriber, durations: list[float], n_audio: list[int], options)
         n_prompt = len(prefix) + n + len(suffix)
         prompts.append(torch.randn(n_prompt, hidden, generator=gen).to(transcriber.engine.dtype))
         decodings.append(Decoding(max_tokens=math.ceil(TOKENS_PER_SECOND * d), ignore_eos=True))
+    return prompts, decodings
+
+
+def vllm_alone(transcriber, work: tuple) -> float:
+    """vLLM generating the same work from random embeddings of the same prompt lengths."""
     t0 = time.perf_counter()
-    transcriber.engine.generate(prompts, decodings)
+    transcriber.engine.generate(*work)
     return time.perf_counter() - t0
 
 
 VARIANT_KEYS = {
+    "loader_threads": int,
     "batch_size": int,
     "encoder_batch_size": int,
     "encoder_batch_seconds": float,
@@ -151,12 +175,17 @@ def timed_variant(asr, items, options, settings: dict, audio_s: float) -> dict:
 
     import torch
 
+    from asrctl import transcribe
+
     switch = settings.get("switch_interval")
-    fields = {k: v for k, v in settings.items() if k != "switch_interval"}
+    loaders = settings.get("loader_threads")
+    fields = {k: v for k, v in settings.items() if k not in ("switch_interval", "loader_threads")}
     opts = dataclasses.replace(options, **fields)
-    before = sys.getswitchinterval()
+    before, loaders_before = sys.getswitchinterval(), transcribe.LOADER_THREADS
     if switch is not None:
         sys.setswitchinterval(switch)
+    if loaders is not None:
+        transcribe.LOADER_THREADS = loaders
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -165,6 +194,7 @@ def timed_variant(asr, items, options, settings: dict, audio_s: float) -> dict:
             seconds, n = _timed(asr, items, opts)
     finally:
         sys.setswitchinterval(before)
+        transcribe.LOADER_THREADS = loaders_before
     return {
         "settings": settings,
         "seconds": round(seconds, 2),
@@ -181,8 +211,8 @@ class PySpy:
     """``py-spy record`` of this process and its children (vLLM's engine core) while a
     timer runs: collapsed stacks per thread, plus the functions most often on top."""
 
-    def __init__(self, out_dir: Path | None, seconds: int) -> None:
-        self.out_dir, self.seconds = out_dir, seconds
+    def __init__(self, out_dir: Path | None, seconds: int, name: str = "e2e") -> None:
+        self.out_dir, self.seconds, self.name = out_dir, seconds, name
         self.proc: subprocess.Popen | None = None
         self.error = ""
 
@@ -192,7 +222,7 @@ class PySpy:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         cmd = ["py-spy", "record", "--pid", str(os.getpid()), "--subprocesses", "--threads",
                "--rate", "200", "--format", "raw", "--duration", str(self.seconds),
-               "-o", str(self.out_dir / "e2e.collapsed")]  # fmt: skip
+               "-o", str(self.out_dir / f"{self.name}.collapsed")]  # fmt: skip
         try:
             self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
             time.sleep(2.0)  # let it attach
@@ -210,7 +240,7 @@ class PySpy:
     def summary(self, top: int = 40) -> dict:
         """Samples per thread, and the functions most often on top (self) and anywhere on
         the stack (inclusive), each labelled with its process (asrctl or vLLM's)."""
-        path = (self.out_dir or Path()) / "e2e.collapsed"
+        path = (self.out_dir or Path()) / f"{self.name}.collapsed"
         if self.out_dir is None or not path.exists():
             return {"error": self.error or "no py-spy output"}
         threads: dict[str, int] = {}
@@ -388,8 +418,17 @@ def main() -> int:
     mem_items = from_arrays(arrays, SR)
     eng_s, _ = _timed(asr, mem_items, options)
     enc_s, n_audio = encoder_only(asr, arrays, args.encoder_batch_size, args.encoder_batch_seconds)
+    work = alone_work(asr, durations, n_audio, options)
     with GpuUtilisation() as util_alone:
-        alone_s = vllm_alone(asr, durations, n_audio, options)
+        alone_s = vllm_alone(asr, work)
+    profile_alone = {}
+    if args.py_spy:
+        with PySpy(args.py_spy, seconds=max(3, math.ceil(alone_s * 1.5)), name="alone") as spy:
+            vllm_alone(asr, work)
+        profile_alone = spy.summary()
+    from asrctl import transcribe
+
+    loads = {n: round(load_only(items, n), 2) for n in sorted({transcribe.LOADER_THREADS, 8})}
     other = {}
     for dtype in filter(None, args.also_encoder_dtype.split(",")):
         asr.encoder = asr.adapter.audio_encoder(asr.device, getattr(torch, dtype))
@@ -441,9 +480,14 @@ def main() -> int:
             "scope": f"fbank + LFR + encoder + adaptor ({args.encoder_dtype}) on decoded "
             "audio, length-sorted batches; no LLM",
         },
+        "load_only": {
+            "seconds_by_threads": loads,
+            "scope": "read + decode + check every wav file in a thread pool; nothing else",
+        },
         "other_encoder_dtypes": other,
         "variants": timed_variants,
         "profile_end_to_end": profile,
+        "profile_vllm_alone": profile_alone,
         "gpu_memory_beside_vllm_gib": round(peak_gib, 2),
         "gpu_memory_scope": "peak torch allocation in asrctl's process during end_to_end "
         "(features, encoder, buffers); vLLM runs in its own process",

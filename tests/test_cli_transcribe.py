@@ -231,3 +231,11 @@ def test_without_output_dir_prints_kaldi_text_to_stdout(fun_asr_tiny, data_dir):
     lines = run.stdout.splitlines()
     assert len(lines) == 1 and lines[0].split(" ", 1)[0] == "a"
     assert lines[0] == f"a {_reference_texts(fun_asr_tiny, {'a': wav})['a']}".rstrip()
+
+
+def test_unknown_encoder_dtype_fails_before_the_model_loads(tmp_path):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, np.float32), 16000)
+    got = asrctl("transcribe", str(wav), "--model", str(tmp_path), "--encoder-dtype", "half")
+    assert got.returncode == 2, got.stderr
+    assert "--encoder-dtype 'half': use float32 or bfloat16" in got.stderr

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from asrctl import engine
-from asrctl.engine import EngineOptions, engine_kwargs
+from asrctl.adapters.base import Prompt
+from asrctl.engine import EngineOptions, TextEmbedder, engine_core_threads, engine_kwargs
+from asrctl.export import prepare
 
 
 @pytest.fixture
@@ -42,3 +44,35 @@ def test_cpu_leaves_vllm_defaults(monkeypatch):
     assert kwargs["max_model_len"] == 512 and kwargs["enable_prompt_embeds"] is True
     assert "max_num_seqs" not in kwargs and "compilation_config" not in kwargs
     assert engine.os.environ["VLLM_CPU_KVCACHE_SPACE"] == engine.CPU_KV_CACHE_GIB
+
+
+def test_engine_core_gets_few_cpu_threads_on_gpu_only(on_gpu, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with engine_core_threads():  # what vLLM's spawned engine core inherits
+        assert engine.os.environ["OMP_NUM_THREADS"] == str(engine.ENGINE_CORE_THREADS)
+    assert "OMP_NUM_THREADS" not in engine.os.environ  # this process's setting is restored
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    with engine_core_threads():
+        assert engine.os.environ["OMP_NUM_THREADS"] == "6"  # the user's choice wins
+
+
+def test_cpu_engine_core_keeps_its_threads(monkeypatch):
+    monkeypatch.setattr(engine, "cuda_available", lambda: False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with engine_core_threads():
+        assert "OMP_NUM_THREADS" not in engine.os.environ
+
+
+def test_splice_many_equals_splice_per_utterance(fun_asr_tiny):
+    import torch
+
+    embed = TextEmbedder(prepare(fun_asr_tiny).llm_dir, torch.bfloat16)
+    hidden = embed("x").shape[1]
+    prompts = [Prompt("<|im_start|>user\n", "<|im_end|>"), Prompt("", "done"), Prompt("a b", "")]
+    audio = [torch.randn(n, hidden) for n in (3, 1, 5)]  # float32, as an encoder gives
+    joined = embed.splice_many(prompts, audio)
+    assert len(joined) == 3
+    for got, prompt, emb in zip(joined, prompts, audio, strict=True):
+        want = embed.splice(prompt, emb)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    assert embed.splice_many([], []) == []

@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from precision import BF16_RTOL, worst_relative_error
 
 from asrctl.adapters.registry import load_adapter
 from asrctl.engine import EngineOptions
@@ -252,6 +253,16 @@ def test_audio_embeddings_match_reference(reference, ours, wavs, arrays) -> None
         ref = _ref_embeddings(reference, wav)
         diff = float((emb - ref).abs().max())
         assert emb.shape == ref.shape and diff < END_TO_END_ATOL, f"{wav.name}: {diff:.3g}"
+
+
+@torch.no_grad()
+def test_bfloat16_encoder_stays_close_to_reference(model_dir, reference, wavs, arrays) -> None:
+    """asrctl's --encoder-dtype bfloat16 against the float32 reference."""
+    half = load_adapter(model_dir).audio_encoder("cpu", torch.bfloat16)
+    embeds = half([torch.from_numpy(a) for a in arrays])
+    rel = worst_relative_error(embeds, [_ref_embeddings(reference, wav) for wav in wavs])
+    print(f"bf16 relative error {rel:.3g}")
+    assert all(e.dtype == torch.bfloat16 for e in embeds) and rel < BF16_RTOL, f"{rel:.3g}"
 
 
 @pytest.mark.vllm

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from precision import BF16_RTOL, worst_relative_error
 
 from asrctl.adapters.registry import load_adapter
 from asrctl.engine import EngineOptions
@@ -120,6 +121,16 @@ def test_audio_embeddings_match_transformers(
         assert diff <= EMBED_ATOL, f"{seconds} s: audio embeddings max abs diff {diff:.3g}"
     frames = [-(-len(a) // 160) for a in arrays]
     assert len(embeds[-1]) == 2 * 375 + glm_asr_token_count(frames[-1] - 2 * 3000)
+
+
+@torch.no_grad()
+def test_bfloat16_encoder_stays_close_to_transformers(model_dir: Path, reference, arrays) -> None:
+    """asrctl's --encoder-dtype bfloat16 against the float32 reference."""
+    half = load_adapter(model_dir).audio_encoder("cpu", torch.bfloat16)
+    embeds = half([torch.from_numpy(a) for a in arrays])
+    rel = worst_relative_error(embeds, [_ref_embeddings(reference, a) for a in arrays])
+    print(f"bf16 relative error {rel:.3g}")
+    assert all(e.dtype == torch.bfloat16 for e in embeds) and rel < BF16_RTOL, f"{rel:.3g}"
 
 
 @pytest.mark.vllm

@@ -335,4 +335,6 @@ def test_subtitles_and_helpers():
         ServerOptions(port=0)
     with pytest.raises(OptionsError):
         ServerOptions(api_keys=("",))
+    with pytest.raises(OptionsError, match="encoder-dtype"):
+        ServerOptions(encoder_dtype="fp8")
     assert RealtimeOptions().first_partial_s < RealtimeOptions().partial_interval_s

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from asrctl.errors import OptionsError
-from asrctl.transcribe import TranscribeOptions, _to_host, length_batches
+from asrctl.transcribe import TranscribeOptions, length_batches
 
 LENGTHS = [5, 30, 2, 30, 8, 12, 3, 7, 30, 1]
 
@@ -60,10 +60,34 @@ def test_non_positive_encoder_budget_is_refused(seconds):
         TranscribeOptions(encoder_batch_seconds=seconds)
 
 
-def test_host_copy_keeps_each_embedding_and_converts_dtype():
-    embeds = [torch.randn(n, 4) for n in (3, 1, 5)]
-    host = _to_host(embeds, torch.bfloat16)
-    assert [h.shape for h in host] == [e.shape for e in embeds]
-    assert all(h.dtype == torch.bfloat16 for h in host)
-    for h, e in zip(host, embeds, strict=True):
-        assert torch.equal(h, e.to(torch.bfloat16))
+def test_first_loaded_batches_ramp_up_to_batch_size():
+    from asrctl.transcribe import _chunks
+
+    sizes = [len(b) for b in _chunks(range(1000), 300, first=64)]
+    assert sizes == [64, 128, 256, 300, 252]
+    assert [len(b) for b in _chunks(range(5), 2, first=64)] == [2, 2, 1]
+    assert [x for b in _chunks(range(1000), 300, first=64) for x in b] == list(range(1000))
+
+
+@pytest.mark.parametrize(("gpu", "size"), [(True, 1024), (False, 64)])
+def test_default_batch_size_is_large_on_a_gpu_only(monkeypatch, gpu, size):
+    from asrctl import transcribe
+    from asrctl.cli._common import transcribe_options
+
+    monkeypatch.setattr(transcribe, "cuda_available", lambda: gpu)
+    options = transcribe_options(language=None, hotwords=None, no_itn=False, batch_size=None,
+                                 max_tokens=None)  # fmt: skip
+    assert options.batch_size == size == transcribe.default_batch_size()
+    given = transcribe_options(language=None, hotwords=None, no_itn=False, batch_size=8,
+                               max_tokens=None)  # fmt: skip
+    assert given.batch_size == 8
+
+
+def test_encoder_dtype_names_the_choices():
+    from asrctl.transcribe import ENCODER_DTYPES, resolve_encoder_dtype
+
+    assert resolve_encoder_dtype("bfloat16") is torch.bfloat16
+    assert resolve_encoder_dtype("float32") is torch.float32
+    with pytest.raises(OptionsError, match="float32 or bfloat16"):
+        resolve_encoder_dtype("float16")  # no parity test covers it
+    assert ENCODER_DTYPES == ("float32", "bfloat16")

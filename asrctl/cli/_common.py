@@ -43,21 +43,21 @@ def transcribe_options(
     language: str | None,
     hotwords: Sequence[str] | None,
     no_itn: bool,
-    batch_size: int,
+    batch_size: int | None,
     max_tokens: int | None,
     max_in_flight: int | None = None,
     word_timestamps: bool = True,
     encoder_batch_seconds: float | None = None,
 ) -> TranscribeOptions:
-    """The transcription settings from the shared flags (``max_in_flight`` and
-    ``encoder_batch_seconds`` None: the defaults)."""
-    from asrctl.transcribe import TranscribeOptions
+    """The transcription settings from the shared flags (``batch_size``, ``max_in_flight``
+    and ``encoder_batch_seconds`` None: the defaults)."""
+    from asrctl.transcribe import TranscribeOptions, default_batch_size
 
     options = TranscribeOptions(
         language=language,
         hotwords=split_hotwords(hotwords),
         itn=not no_itn,
-        batch_size=batch_size,
+        batch_size=batch_size or default_batch_size(),
         max_tokens=max_tokens,
         word_timestamps=word_timestamps,
     )

@@ -51,12 +51,14 @@ NoWordTimesOpt = Annotated[
     ),
 ]
 BatchSizeOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--batch-size",
         "-b",
         min=1,
-        help="Utterances loaded and encoded together; finished results are saved after each.",
+        show_default=False,
+        help="Utterances loaded and encoded together, sorted by length within a batch "
+        "(default: 1024 with a GPU, 64 without).",
     ),
 ]
 EncoderBatchSecondsOpt = Annotated[
@@ -88,6 +90,14 @@ DeviceOpt = Annotated[
     str | None,
     typer.Option(
         "--device", help="Device of the audio encoder (default: cuda if available, else cpu)."
+    ),
+]
+EncoderDtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--encoder-dtype",
+        help="Audio encoder precision: float32 (the reference implementations') or bfloat16 "
+        "(faster on a GPU; embeddings within 2 % of float32).",
     ),
 ]
 CacheDirOpt = Annotated[

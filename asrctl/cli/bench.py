@@ -22,6 +22,7 @@ from asrctl.cli._options import (
     ConcurrencyOpt,
     DeviceOpt,
     DtypeOpt,
+    EncoderDtypeOpt,
     EnforceEagerOpt,
     GpuMemOpt,
     HotwordsOpt,
@@ -74,9 +75,10 @@ def bench(
     time_limit: TimeLimitOpt = 300.0,
     hotwords: HotwordsOpt = None,
     no_itn: NoItnOpt = False,
-    batch_size: BatchSizeOpt = 64,
+    batch_size: BatchSizeOpt = None,
     max_tokens: MaxTokensOpt = None,
     device: DeviceOpt = None,
+    encoder_dtype: EncoderDtypeOpt = "float32",
     cache_dir: CacheDirOpt = None,
     dtype: DtypeOpt = "auto",
     tensor_parallel_size: TensorParallelOpt = 1,
@@ -131,9 +133,13 @@ def bench(
     timing = BenchOptions(warmup=warmup, repeat=repeat)
     refs = _references(ref, inputs, items)
     spec = _spec(refs, language, metric, t2s)
-    failed = _offline(
-        items, refs, spec, model, options, engine, timing, device, cache_dir, worst, output_dir
-    )
+    load = {
+        "engine_options": engine,
+        "device": device,
+        "cache_dir": cache_dir,
+        "encoder_dtype": encoder_dtype,
+    }
+    failed = _offline(items, refs, spec, model, options, load, timing, worst, output_dir)
     if failed:
         raise typer.Exit(1)
 
@@ -177,9 +183,8 @@ def _spec(refs: dict[str, str], language: str | None, metric: str | None, t2s: b
     return make_spec(scoring_language, metric, t2s)
 
 
-def _offline(
-    items, refs, spec, model, options, engine, timing, device, cache_dir, n_worst, output_dir
-) -> int:
+def _offline(items, refs, spec, model, options, load, timing, n_worst, output_dir) -> int:
+    """Transcribe and score offline; ``load``: the Transcriber's keyword arguments."""
     from dataclasses import asdict
 
     from asrctl import benchreport
@@ -189,7 +194,7 @@ def _offline(
 
     with _output.err.status("loading the model…"):
         start = time.perf_counter()
-        transcriber = Transcriber(model, engine_options=engine, device=device, cache_dir=cache_dir)
+        transcriber = Transcriber(model, **load)
         load_s = time.perf_counter() - start
     with transcriber, _output.err.status("benchmarking…") as status:
         from asrctl.segment import LongAudio  # inputs over the model's window: VAD segments
@@ -200,9 +205,10 @@ def _offline(
     scored = score(refs, {t.key: t.text for t in run.transcripts}, spec) if refs else None
     settings = {
         "transcribe": asdict(options),
-        "engine": asdict(engine),
+        "engine": asdict(load["engine_options"]),
         "bench": asdict(timing),
         "device": transcriber.device,
+        "encoder_dtype": load["encoder_dtype"],
     }
     model_info = {
         "dir": str(transcriber.prepared.model_dir),

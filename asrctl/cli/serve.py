@@ -9,6 +9,7 @@ from asrctl.cli._options import (
     DeviceOpt,
     DtypeOpt,
     EncoderBatchSizeOpt,
+    EncoderDtypeOpt,
     EnforceEagerOpt,
     GpuMemOpt,
     HostOpt,
@@ -39,6 +40,7 @@ def serve(
     max_tokens: MaxTokensOpt = None,
     shutdown_timeout: ShutdownTimeoutOpt = 30.0,
     device: DeviceOpt = None,
+    encoder_dtype: EncoderDtypeOpt = "float32",
     cache_dir: CacheDirOpt = None,
     dtype: DtypeOpt = "auto",
     tensor_parallel_size: TensorParallelOpt = 1,
@@ -66,6 +68,7 @@ def serve(
         max_tokens=max_tokens,
         shutdown_timeout_s=shutdown_timeout,
         device=device,
+        encoder_dtype=encoder_dtype,
         cache_dir=cache_dir,
         vad=vad,
     )

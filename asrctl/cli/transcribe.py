@@ -17,6 +17,7 @@ from asrctl.cli._options import (
     DeviceOpt,
     DtypeOpt,
     EncoderBatchSecondsOpt,
+    EncoderDtypeOpt,
     EnforceEagerOpt,
     FormatOpt,
     GpuMemOpt,
@@ -56,12 +57,13 @@ def transcribe(
     language: LanguageOpt = None,
     hotwords: HotwordsOpt = None,
     no_itn: NoItnOpt = False,
-    batch_size: BatchSizeOpt = 64,
+    batch_size: BatchSizeOpt = None,
     encoder_batch_seconds: EncoderBatchSecondsOpt = 960.0,
     max_in_flight: MaxInFlightOpt = 1024,
     max_tokens: MaxTokensOpt = None,
     resume: ResumeOpt = False,
     device: DeviceOpt = None,
+    encoder_dtype: EncoderDtypeOpt = "float32",
     cache_dir: CacheDirOpt = None,
     dtype: DtypeOpt = "auto",
     tensor_parallel_size: TensorParallelOpt = 1,
@@ -78,12 +80,13 @@ def transcribe(
     from asrctl.inputs import iter_inputs
     from asrctl.results import ResultsDir
     from asrctl.segment import LongAudio
-    from asrctl.transcribe import Transcriber
+    from asrctl.transcribe import Transcriber, resolve_encoder_dtype
     from asrctl.writers import parse_formats
 
     if resume and output_dir is None:
         raise OptionsError("--resume needs --output-dir")
     formats = parse_formats(format_)
+    resolve_encoder_dtype(encoder_dtype)  # before the model loads
     options = transcribe_options(
         language=language,
         hotwords=hotwords,
@@ -119,7 +122,11 @@ def transcribe(
             return
         with _output.err.status("loading the model…"):
             transcriber = Transcriber(
-                model, engine_options=engine, device=device, cache_dir=cache_dir
+                model,
+                engine_options=engine,
+                device=device,
+                cache_dir=cache_dir,
+                encoder_dtype=encoder_dtype,
             )
         with transcriber:
             long_audio = LongAudio(transcriber, vad=vad)

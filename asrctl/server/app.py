@@ -178,6 +178,7 @@ async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOp
         model_dir,
         engine,
         device=options.device,
+        encoder_dtype=options.encoder_dtype,
         cache_dir=options.cache_dir,
         batch_window_s=options.batch_window_ms / 1000,
         encoder_batch_size=options.encoder_batch_size,

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
 from asrctl.adapters.registry import load_adapter
-from asrctl.engine import EngineOptions, TextEmbedder, embeds_request, engine_kwargs, resolve_dtype
+from asrctl.engine import (
+    EngineOptions,
+    TextEmbedder,
+    embeds_request,
+    engine_core_threads,
+    engine_kwargs,
+    resolve_dtype,
+)
 from asrctl.errors import EngineError, OptionsError
 from asrctl.export import export_llm
 from asrctl.guard import truncate_loops
@@ -36,6 +43,7 @@ from asrctl.transcribe import (
     default_device,
     encode_sorted,
     prompt_positions,
+    resolve_encoder_dtype,
     too_long_message,
 )
 
@@ -160,6 +168,7 @@ class AsyncModel:
         engine_options: EngineOptions,
         *,
         device: str | None = None,
+        encoder_dtype: str = "float32",
         cache_dir: Path | None = None,
         batch_window_s: float = 0.01,
         encoder_batch_size: int = 16,
@@ -168,10 +177,10 @@ class AsyncModel:
     ) -> AsyncModel:
         """Check and export the model, load its encoder and start vLLM (takes a while)."""
 
-        def load_encoder(adapter: Adapter) -> AudioEncoder:
-            import torch
+        dtype = resolve_encoder_dtype(encoder_dtype)
 
-            return adapter.audio_encoder(device or default_device(), torch.float32)
+        def load_encoder(adapter: Adapter) -> AudioEncoder:
+            return adapter.audio_encoder(device or default_device(), dtype)
 
         adapter = await asyncio.to_thread(load_adapter, model_dir)
         llm_dir = (await asyncio.to_thread(export_llm, adapter, cache_dir=cache_dir)).llm_dir
@@ -345,6 +354,7 @@ def _start_engine(llm_dir: Path, dtype_name: str, options: EngineOptions) -> Any
         ) from e
     kwargs = engine_kwargs(llm_dir, dtype_name, options)
     try:
-        return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
+        with engine_core_threads():
+            return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
     except Exception as e:  # vLLM raises many types; keep the cause for --debug
         raise EngineError(f"vLLM failed to start on {llm_dir}: {e}") from e

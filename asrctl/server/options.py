@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asrctl.errors import OptionsError
+from asrctl.transcribe import resolve_encoder_dtype
 
 MIB = 1 << 20
 
@@ -55,6 +56,7 @@ class ServerOptions:
         max_tokens: cap on generated tokens per request (None: the family's default).
         shutdown_timeout_s: how long a shutdown waits for in-flight requests.
         device: device of the audio encoder (None: cuda if available, else cpu).
+        encoder_dtype: precision of the audio encoder (float32 or bfloat16).
         cache_dir: where LLM exports live (see ``asrctl setup``).
         realtime: settings of ``/ws`` sessions.
         vad: accept uploads longer than the model's per-pass limit, split them at pauses
@@ -72,6 +74,7 @@ class ServerOptions:
     max_tokens: int | None = None
     shutdown_timeout_s: float = 30.0
     device: str | None = None
+    encoder_dtype: str = "float32"
     cache_dir: Path | None = None
     realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
     vad: bool = False
@@ -90,6 +93,7 @@ class ServerOptions:
             raise OptionsError("--batch-window-ms must be between 0 and 1000")
         if self.encoder_batch_size < 1:
             raise OptionsError("--encoder-batch-size must be at least 1")
+        resolve_encoder_dtype(self.encoder_dtype)  # fails fast, naming the choices
         if self.max_tokens is not None and self.max_tokens < 1:
             raise OptionsError("--max-tokens must be at least 1")
         if any(not k for k in self.api_keys):
