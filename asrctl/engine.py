@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("asrctl")
 
 EMBED_KEY = "model.embed_tokens.weight"
+MAX_CACHED_TEXTS = 256  # prompt texts whose embeddings TextEmbedder keeps (per device)
 CPU_KV_CACHE_GIB = "2"  # default VLLM_CPU_KVCACHE_SPACE when running without a GPU
 GPU_MAX_NUM_SEQS = 1024  # sequences decoded at once on a GPU unless --max-num-seqs says
 GPU_MAX_BATCHED_TOKENS = 16384  # tokens per engine step on a GPU
@@ -157,6 +158,8 @@ class TextEmbedder:
         self.tokenizer = Tokenizer.from_file(str(llm_dir / "tokenizer.json"))
         self.weights = llm_dir / "model.safetensors"
         self.dtype = dtype
+        # bounded: prompt texts vary (serve's clients choose hotwords; VibeVoice's prompt
+        # states each utterance's duration)
         self._cache: dict[str, torch.Tensor] = {}
         self._on_device: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -177,7 +180,7 @@ class TextEmbedder:
                 import torch
 
                 rows = torch.empty(0, hidden)
-            self._cache[text] = rows.to(self.dtype)
+            _put(self._cache, text, rows.to(self.dtype))
         return self._cache[text]
 
     def positions(self, prompt: Prompt, n_audio: int) -> int:
@@ -213,8 +216,15 @@ class TextEmbedder:
         """``self(text)`` on ``device`` (cached there too)."""
         key = (text, str(device))
         if key not in self._on_device:
-            self._on_device[key] = self(text).to(device)
+            _put(self._on_device, key, self(text).to(device))
         return self._on_device[key]
+
+
+def _put(cache: dict, key: object, value: torch.Tensor) -> None:
+    """Add to a cache, dropping the oldest entries beyond :data:`MAX_CACHED_TEXTS`."""
+    cache[key] = value
+    while len(cache) > MAX_CACHED_TEXTS:
+        cache.pop(next(iter(cache)))
 
 
 def cuda_available() -> bool:

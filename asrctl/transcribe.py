@@ -346,11 +346,10 @@ class Transcriber:
         # one concatenation where the encoder ran, one host copy (and wait) per sub-batch
         prompts = self.engine.embed_text.splice_many(texts, embeds)
         encode_s = time.perf_counter() - t0
+        timed = frames if frames is not None else [None] * len(sub)
         return [
-            _Encoded(
-                x.item, s, prompt, len(emb), encode_s, frames[i] if frames is not None else None
-            )
-            for i, (x, s, prompt, emb) in enumerate(zip(sub, seconds, prompts, embeds, strict=True))
+            _Encoded(x.item, s, prompt, len(emb), encode_s, frame)
+            for x, s, prompt, emb, frame in zip(sub, seconds, prompts, embeds, timed, strict=True)
         ]
 
     def _load(self, item: AudioItem) -> _Loaded | Failure:

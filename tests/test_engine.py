@@ -76,3 +76,16 @@ def test_splice_many_equals_splice_per_utterance(fun_asr_tiny):
         want = embed.splice(prompt, emb)
         assert got.dtype == torch.bfloat16 and torch.equal(got, want)
     assert embed.splice_many([], []) == []
+
+
+def test_text_embeddings_cache_is_bounded(fun_asr_tiny, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(engine, "MAX_CACHED_TEXTS", 2)
+    embed = TextEmbedder(prepare(fun_asr_tiny).llm_dir, torch.float32)
+    first = embed("a")
+    for text in ("b", "c", "d"):
+        embed(text)
+        embed.splice_many([Prompt(text, "")], [torch.zeros(1, first.shape[1])])
+    assert len(embed._cache) == 2 and len(embed._on_device) == 2
+    assert torch.equal(embed("a"), first)  # evicted, embedded again the same

@@ -53,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asrctl.server")
 
-# Prompt texts embedded and kept; clients choose hotwords, so the cache must be bounded.
-MAX_CACHED_PROMPTS = 256
 TOO_LONG_HINT = "restart the server with a larger --max-model-len, or send shorter audio"
 
 
@@ -118,16 +116,6 @@ class _Encoded:
     timing: object | None = None  # the encoder's word-alignment data, when asked for
 
 
-class _BoundedEmbedder(TextEmbedder):
-    """A :class:`TextEmbedder` whose cache keeps the last ``MAX_CACHED_PROMPTS`` texts."""
-
-    def __call__(self, text: str) -> torch.Tensor:
-        rows = super().__call__(text)
-        while len(self._cache) > MAX_CACHED_PROMPTS:
-            self._cache.pop(next(iter(self._cache)))
-        return rows
-
-
 class AsyncModel:
     """A model directory served through vLLM's async engine; create with :meth:`start`."""
 
@@ -151,7 +139,7 @@ class AsyncModel:
         self.encoder = encoder
         self.engine = engine
         self.dtype: torch.dtype = getattr(torch, dtype_name)
-        self.embed_text = _BoundedEmbedder(llm_dir, self.dtype)
+        self.embed_text = TextEmbedder(llm_dir, self.dtype)
         self.max_tokens = max_tokens
         self.encoder_batch_size = encoder_batch_size
         self.max_model_len = int(engine.model_config.max_model_len)
