@@ -189,17 +189,15 @@ class TextEmbedder:
         return len(self(prompt.prefix)) + n_audio + len(self(prompt.suffix))
 
     def splice(self, prompt: Prompt, audio: torch.Tensor) -> torch.Tensor:
-        """``prefix text ⊕ audio ⊕ suffix text`` as one ``(seq, hidden)`` tensor."""
-        import torch
-
-        return torch.cat([self(prompt.prefix), audio.to("cpu", self.dtype), self(prompt.suffix)])
+        """``prefix text ⊕ audio ⊕ suffix text`` as one ``(seq, hidden)`` CPU tensor."""
+        return self.splice_many([prompt], [audio])[0]
 
     def splice_many(
         self, prompts: Sequence[Prompt], audio: Sequence[torch.Tensor]
     ) -> list[torch.Tensor]:
         """:meth:`splice` for many utterances at once: joined where the audio is (one
-        concatenation on the GPU) and moved to the CPU in one copy; each result is a view
-        of that copy."""
+        concatenation, on the GPU for a GPU encoder) and moved to the CPU in one copy;
+        each result is a view of that copy."""
         import torch
 
         if not prompts:

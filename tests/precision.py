@@ -21,3 +21,12 @@ def worst_relative_error(got: Sequence[torch.Tensor], refs: Sequence[torch.Tenso
     """The largest :func:`relative_error` over utterances (shapes must agree)."""
     assert [g.shape for g in got] == [r.shape for r in refs]
     return max(relative_error(g, r) for g, r in zip(got, refs, strict=True))
+
+
+def assert_bf16_close(got: Sequence[torch.Tensor], refs: Sequence[torch.Tensor]) -> None:
+    """A bfloat16 encoder's embeddings are bfloat16 and within :data:`BF16_RTOL` of the
+    float32 reference (the worst error is printed, for ``pytest -s``)."""
+    rel = worst_relative_error(got, refs)
+    print(f"bf16 relative error {rel:.3g}")
+    assert all(g.dtype == torch.bfloat16 for g in got), [g.dtype for g in got]
+    assert rel < BF16_RTOL, f"bf16 relative error {rel:.3g} vs the float32 reference"

@@ -63,7 +63,7 @@ def test_cpu_engine_core_keeps_its_threads(monkeypatch):
         assert "OMP_NUM_THREADS" not in engine.os.environ
 
 
-def test_splice_many_equals_splice_per_utterance(fun_asr_tiny):
+def test_splice_many_joins_text_rows_and_audio_per_utterance(fun_asr_tiny):
     import torch
 
     embed = TextEmbedder(prepare(fun_asr_tiny).llm_dir, torch.bfloat16)
@@ -73,8 +73,9 @@ def test_splice_many_equals_splice_per_utterance(fun_asr_tiny):
     joined = embed.splice_many(prompts, audio)
     assert len(joined) == 3
     for got, prompt, emb in zip(joined, prompts, audio, strict=True):
-        want = embed.splice(prompt, emb)
+        want = torch.cat([embed(prompt.prefix), emb.to(torch.bfloat16), embed(prompt.suffix)])
         assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+        assert torch.equal(embed.splice(prompt, emb), want)  # the one-utterance form
     assert embed.splice_many([], []) == []
 
 

@@ -1,4 +1,4 @@
-"""The transcription pipeline's pure parts: encoder sub-batching, options, host copies."""
+"""The transcription pipeline's pure parts: encoder sub-batching, loaded-batch sizes, options."""
 
 from __future__ import annotations
 

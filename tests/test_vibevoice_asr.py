@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from precision import BF16_RTOL, worst_relative_error
+from precision import assert_bf16_close
 
 from asrctl.adapters.base import PromptOptions
 from asrctl.adapters.registry import detect, load_adapter
@@ -329,9 +329,7 @@ def test_bfloat16_encoder_stays_close_to_transformers(dirs, reference, waves) ->
     half = load_adapter(dirs["original"]).audio_encoder("cpu", torch.bfloat16)
     with torch.no_grad():
         embeds = half([torch.from_numpy(w) for w in waves])
-    rel = worst_relative_error(embeds, [ref_embeddings(reference, w) for w in waves])
-    print(f"bf16 relative error {rel:.3g}")
-    assert all(e.dtype == torch.bfloat16 for e in embeds) and rel < BF16_RTOL, f"{rel:.3g}"
+    assert_bf16_close(embeds, [ref_embeddings(reference, w) for w in waves])
 
 
 def test_streamed_pieces_match_transformers_streaming(dirs, reference, waves) -> None:
