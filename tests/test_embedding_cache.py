@@ -73,7 +73,7 @@ def test_cached_encoder_encodes_each_audio_once_in_input_order():
     assert torch.equal(again[0], first[1]) and torch.equal(again[2], first[0])
     assert torch.equal(again[1], c[:4].repeat(2, 1))
     # an entry made without timing data does not serve a timed request; then it does
-    embeds, frames = enc.encode([a, c], timing=True)
+    _, frames = enc.encode([a, c], timing=True)
     assert inner.batches == [2, 1, 2] and frames == ["frames1600", "frames1602"]
     _, frames = enc.encode([c], timing=True)
     assert inner.batches == [2, 1, 2] and frames == ["frames1602"]
