@@ -24,6 +24,8 @@ from asrctl.cli._options import (
     ServeVadOpt,
     ShutdownTimeoutOpt,
     TensorParallelOpt,
+    WsIdleTimeoutOpt,
+    WsMaxSessionsOpt,
 )
 
 
@@ -49,12 +51,14 @@ def serve(
     max_num_seqs: MaxNumSeqsOpt = None,
     enforce_eager: EnforceEagerOpt = False,
     vad: ServeVadOpt = False,
+    ws_max_sessions: WsMaxSessionsOpt = 100,
+    ws_idle_timeout: WsIdleTimeoutOpt = 60.0,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
     from asrctl.cli._common import engine_options
     from asrctl.server.app import serve as run_server
-    from asrctl.server.options import ServerOptions
+    from asrctl.server.options import RealtimeOptions, ServerOptions
 
     options = ServerOptions(
         host=host,
@@ -71,6 +75,7 @@ def serve(
         encoder_dtype=encoder_dtype,
         cache_dir=cache_dir,
         vad=vad,
+        realtime=RealtimeOptions(max_sessions=ws_max_sessions, idle_timeout_s=ws_idle_timeout),
     )
     engine = engine_options(
         dtype=dtype,

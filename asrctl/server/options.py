@@ -26,6 +26,10 @@ class RealtimeOptions:
         speech_pad_s: audio kept before an utterance's first speech frame.
         max_utterance_s: an utterance is cut here even without silence (None: the
             model's own per-pass limit, else 20 s).
+        max_sessions: most ``/ws`` sessions open at once; more are refused (503) before
+            the upgrade (None: no cap).
+        idle_timeout_s: a session that sends nothing (no audio, no command) for this long
+            gets an error event and is closed.
     """
 
     first_partial_s: float = 0.48
@@ -36,6 +40,14 @@ class RealtimeOptions:
     min_silence_s: float = 0.5
     speech_pad_s: float = 0.2
     max_utterance_s: float | None = None
+    max_sessions: int | None = 100
+    idle_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_sessions is not None and self.max_sessions < 1:
+            raise OptionsError("--ws-max-sessions must be at least 1")
+        if not self.idle_timeout_s > 0:
+            raise OptionsError("--ws-idle-timeout must be greater than 0")
 
 
 @dataclass(frozen=True)
