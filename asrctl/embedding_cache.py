@@ -140,14 +140,23 @@ class CachedEncoder:
         for key in keys:
             hit = self.cache.get(key)
             found.append(hit if hit is not None and (not timing or hit[1] is not None) else None)
-        missing = [i for i, hit in enumerate(found) if hit is None]
+        missing: dict[bytes, int] = {}  # key -> first index: a batch's repeats encoded once
+        for i, hit in enumerate(found):
+            if hit is None:
+                missing.setdefault(keys[i], i)
         if missing:
             self.calls += 1
-            embeds, frames = self.encoder.encode([waves[i] for i in missing], timing=timing)
-            for k, i in enumerate(missing):
-                value = (embeds[k], frames[k] if frames is not None else None)
-                found[i] = value
-                self.cache.put(keys[i], value)
+            firsts = list(missing.values())
+            embeds, frames = self.encoder.encode([waves[i] for i in firsts], timing=timing)
+            made = {
+                keys[i]: (embeds[k], frames[k] if frames is not None else None)
+                for k, i in enumerate(firsts)
+            }
+            for key, value in made.items():
+                self.cache.put(key, value)
+            found = [
+                made[key] if hit is None else hit for key, hit in zip(keys, found, strict=True)
+            ]
         out = [hit[0] for hit in found if hit is not None]
         if not timing:
             return out, None

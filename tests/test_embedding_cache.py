@@ -80,3 +80,6 @@ def test_cached_encoder_encodes_each_audio_once_in_input_order():
     # the wrapped encoder's other members pass through
     assert enc.word_timing and enc.word_times(["x"], [None]) == [[{"word": "x"}]]
     assert len(enc([a])) == 1 and inner.batches == [2, 1, 2]
+    d = torch.from_numpy(wave(9))
+    out, _ = enc.encode([d, a, d.clone()])  # a batch's repeats are encoded once
+    assert inner.batches == [2, 1, 2, 1] and torch.equal(out[0], out[2])
