@@ -54,3 +54,17 @@ def make_wav(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+# engine settings that keep the tiny fixture fast on a CPU
+TINY_ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024, "max_tokens": 8}
+
+
+@pytest.fixture(scope="session")
+def asr_tiny(fun_asr_tiny: Path):
+    """``asrctl.load`` of the tiny fixture (real vLLM), shared by test_api and test_examples
+    so the session starts one engine for both; do not close it."""
+    import asrctl
+
+    with asrctl.load(fun_asr_tiny, **TINY_ENGINE) as asr:
+        yield asr

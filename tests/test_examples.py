@@ -1,0 +1,209 @@
+"""Every script in examples/ and the README's Library block runs, so none can rot.
+
+The scripts run in this process (``runpy``, as ``__main__``, with their command lines) on
+the tiny fixture; ``asrctl.load`` hands them the session's one loaded model (``asr_tiny``,
+real vLLM) instead of starting an engine per script. ``openai_client.py`` talks to a real
+``asrctl`` server app (uvicorn, in a thread) over a fake model: no engine.
+"""
+
+from __future__ import annotations
+
+import re
+import runpy
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import asrctl
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SR = 16000
+
+
+class Shared:
+    """The session's model, which the scripts may 'close' without closing it."""
+
+    def __init__(self, asr: asrctl.ASR) -> None:
+        self._asr = asr
+        self.loaded: list[str] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._asr, name)
+
+    def __enter__(self) -> Shared:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def shared(asr_tiny, monkeypatch) -> Shared:
+    model = Shared(asr_tiny)
+
+    def load(model_dir, **options):
+        model.loaded.append(str(model_dir))
+        return model
+
+    monkeypatch.setattr(asrctl, "load", load)
+    return model
+
+
+def run(script: Path, *args: object, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [str(script), *map(str, args)])
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def speech(seed: int, seconds: float = 1.0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(round(seconds * SR))).astype(
+        np.float32
+    )
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = tmp_path / "audio"
+    (root / "sub").mkdir(parents=True)
+    for i, name in enumerate(("a.wav", "b.flac", "sub/c.wav")):
+        sf.write(root / name, speech(i, 0.6 + 0.2 * i), SR)
+    return root
+
+
+def test_every_example_is_tested():
+    names = {p.name for p in EXAMPLES.glob("*.py")}
+    tested = set(re.findall(r'EXAMPLES / "(\w+\.py)"', Path(__file__).read_text()))
+    assert names == tested
+
+
+@pytest.mark.vllm
+def test_folder_to_srt(shared, folder, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "subs"
+    run(EXAMPLES / "folder_to_srt.py", "MODEL", folder, out, monkeypatch=monkeypatch)
+    assert shared.loaded == ["MODEL"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["a.srt", "b.srt", "sub__c.srt"]
+    cue = (out / "b.srt").read_text()
+    assert cue.startswith("1\n00:00:00,000 --> 00:00:00,800\n") and len(cue.splitlines()) == 3
+    assert str(out / "a.srt") in capsys.readouterr().out
+
+
+@pytest.mark.vllm
+def test_numpy_arrays(shared, folder, monkeypatch, capsys):
+    paths = [folder / "a.wav", folder / "b.flac"]
+    run(EXAMPLES / "numpy_arrays.py", "MODEL", *paths, monkeypatch=monkeypatch)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{paths[0]}: ") and lines[0].endswith("(0.60 s)")
+    singles = [line.split(": ", 1)[1].rsplit(" (", 1)[0] for line in lines[:2]]
+    assert lines[2] == str([eval(s) for s in singles])  # the batch: same texts, same order
+
+
+@pytest.mark.vllm
+def test_async_concurrency(shared, folder, monkeypatch, capsys):
+    run(
+        EXAMPLES / "async_concurrency.py",
+        "MODEL",
+        folder,
+        "--concurrency",
+        2,
+        monkeypatch=monkeypatch,
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in out[:3]] == ["a", "b", "sub__c"]
+    assert out[3].startswith("3 files, 2.4 s of audio in ")
+
+
+@pytest.mark.vllm
+def test_stream_file(shared, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "talk.wav"
+    audio = np.concatenate([speech(5, 1.0), np.zeros(SR, np.float32), speech(6, 0.8)])
+    sf.write(path, audio, SR)
+    run(EXAMPLES / "stream_file.py", "MODEL", path, monkeypatch=monkeypatch)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("final   2.80s  [0.00-") and lines[-1].count("[") == 2
+    assert any(line.startswith("partial") for line in lines[:-1])
+
+
+@pytest.mark.vllm
+def test_bench_folder(shared, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = []
+    for i in range(3):
+        sf.write(data / f"u{i}.wav", speech(10 + i, 0.5), SR)
+        lines.append(f"u{i} {data / f'u{i}.wav'}")
+    (data / "wav.scp").write_text("\n".join(lines) + "\n")
+    (data / "text").write_text("u0 你好\nu1 世界\nu2 再见\n")
+    run(EXAMPLES / "bench_folder.py", "MODEL", data, "--language", "zh", monkeypatch=monkeypatch)
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"CER \d+\.\d\d % over 6 tokens", out[0])
+    assert out[1].startswith("3 utterances, 1.5 s of audio, RTF ")
+
+
+@pytest.fixture
+def fake_server():
+    """The real server app over test_server's fake model, served by uvicorn in a thread."""
+    import uvicorn
+    from test_server import FakeModel
+
+    from asrctl.server.app import create_app
+    from asrctl.server.metrics import Metrics
+    from asrctl.server.options import ServerOptions
+    from asrctl.server.state import ServerState
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = ServerOptions(served_model_names=("tiny",), api_keys=("sk-x",), port=port)
+    state = ServerState.create(FakeModel(), options, Path("/m"), Metrics())
+    server = uvicorn.Server(uvicorn.Config(create_app(state), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_openai_client(fake_server, folder, monkeypatch, capsys):
+    path = folder / "a.wav"
+    args = (fake_server, path, "--model", "tiny", "--api-key", "sk-x")
+    run(EXAMPLES / "openai_client.py", *args, monkeypatch=monkeypatch)
+    out = capsys.readouterr().out
+    assert f"{path}: heard 9600 samples\n" in out
+    assert f"heard 9600 samples\n{path} (streamed): heard 9600 samples\n" in out
+
+
+def readme_library_block() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Library\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.vllm
+def test_readme_library_block_runs_as_a_script(shared, folder, tmp_path, monkeypatch, capsys):
+    code = readme_library_block()
+    assert 'if __name__ == "__main__":' in code
+    audio = [str(folder / "a.wav"), str(folder / "b.flac")]
+    code, n = re.subn(r"(?m)^AUDIO = .*$", f"AUDIO = {audio!r}", code)
+    assert n == 1
+    script = tmp_path / "demo.py"
+    script.write_text(code, encoding="utf-8")
+    run(script, monkeypatch=monkeypatch)
+    assert shared.loaded == ["~/models/Fun-ASR-Nano-2512"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("a 0.6s ") and out[1].startswith("b 0.8s ")
+    assert out[-1].startswith("True ")  # the stream's final update
