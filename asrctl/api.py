@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import gc
 import os
 import queue
 import threading
@@ -176,6 +177,10 @@ class ASR:
             self._run(self.model.close())
         finally:
             self._stop_loop()
+        # drop vLLM's engine now: its __del__ shuts down again, which fails once the
+        # interpreter is tearing its modules down
+        self.model.engine = None
+        gc.collect()
 
     def __enter__(self) -> ASR:
         return self

@@ -76,7 +76,9 @@ def test_paths_folder_bytes_arrays_in_input_order(asr_tiny, tmp_path, count_enco
 @pytest.mark.vllm
 def test_failures_raise_naming_the_input_or_come_back(asr_tiny, tmp_path):
     good = noise(0.5, 5)
-    with pytest.raises(TranscriptionError, match=r"1 of 2 inputs could not be transcribed:\n  - 0001: ") as caught:
+    with pytest.raises(
+        TranscriptionError, match=r"1 of 2 inputs could not be transcribed:\n  - 0001: "
+    ) as caught:
         asr_tiny.transcribe([good, b"not audio at all"], sample_rate=SR)
     assert [f.key for f in caught.value.failures] == ["0001"]
     assert isinstance(caught.value.results[0], asrctl.Transcript)

@@ -351,6 +351,16 @@ ServeVadOpt = Annotated[
         rich_help_panel=SERVER,
     ),
 ]
+EmbeddingCacheMbOpt = Annotated[
+    float,
+    typer.Option(
+        "--embedding-cache-mb",
+        min=0,
+        help="Memory (MiB) for recent audio embeddings: the same audio sent again is not "
+        "encoded again (0: off).",
+        rich_help_panel=SERVER,
+    ),
+]
 WsMaxSessionsOpt = Annotated[
     int,
     typer.Option(

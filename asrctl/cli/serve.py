@@ -8,6 +8,7 @@ from asrctl.cli._options import (
     CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
+    EmbeddingCacheMbOpt,
     EncoderBatchSizeOpt,
     EncoderDtypeOpt,
     EnforceEagerOpt,
@@ -53,6 +54,7 @@ def serve(
     vad: ServeVadOpt = False,
     ws_max_sessions: WsMaxSessionsOpt = 100,
     ws_idle_timeout: WsIdleTimeoutOpt = 60.0,
+    embedding_cache_mb: EmbeddingCacheMbOpt = 256.0,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
@@ -75,6 +77,7 @@ def serve(
         encoder_dtype=encoder_dtype,
         cache_dir=cache_dir,
         vad=vad,
+        embedding_cache_mb=embedding_cache_mb,
         realtime=RealtimeOptions(max_sessions=ws_max_sessions, idle_timeout_s=ws_idle_timeout),
     )
     engine = engine_options(

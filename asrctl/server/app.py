@@ -22,6 +22,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from asrctl.embedding_cache import CachedEncoder, EmbeddingCache
 from asrctl.engine import EngineOptions
 from asrctl.server import funasr_api, openai_api, realtime
 from asrctl.server.engine import AsyncModel
@@ -185,6 +186,9 @@ async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOp
         max_tokens=options.max_tokens,
         on_batch=metrics.on_encoder_batch,
     )
+    if options.embedding_cache_mb > 0:  # the same audio sent again is not encoded again
+        cache = EmbeddingCache(int(options.embedding_cache_mb * (1 << 20)))
+        model.encoder = CachedEncoder(model.encoder, model.sample_rate, cache)
     state = ServerState.create(model, options, Path(model_dir), metrics)
     config = uvicorn.Config(
         create_app(state),

@@ -73,6 +73,8 @@ class ServerOptions:
         realtime: settings of ``/ws`` sessions.
         vad: accept uploads longer than the model's per-pass limit, split them at pauses
             (Silero VAD) and stitch the texts back (segments with their times).
+        embedding_cache_mb: memory for the audio embeddings of recent requests, so the
+            same audio sent again is not encoded again (0: no cache).
     """
 
     host: str = "127.0.0.1"
@@ -90,6 +92,7 @@ class ServerOptions:
     cache_dir: Path | None = None
     realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
     vad: bool = False
+    embedding_cache_mb: float = 256.0
 
     def __post_init__(self) -> None:
         self._verify()
@@ -103,6 +106,8 @@ class ServerOptions:
             raise OptionsError("--max-audio-seconds must be positive")
         if not 0 <= self.batch_window_ms <= 1000:
             raise OptionsError("--batch-window-ms must be between 0 and 1000")
+        if self.embedding_cache_mb < 0:
+            raise OptionsError("--embedding-cache-mb must be 0 or more")
         if self.encoder_batch_size < 1:
             raise OptionsError("--encoder-batch-size must be at least 1")
         resolve_encoder_dtype(self.encoder_dtype)  # fails fast, naming the choices
