@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import gc
 import os
@@ -177,9 +178,12 @@ class ASR:
             self._run(self.model.close())
         finally:
             self._stop_loop()
-        # drop vLLM's engine now: its __del__ shuts down again, which fails once the
-        # interpreter is tearing its modules down
-        self.model.engine = None
+        # vLLM's AsyncLLM shuts down again in __del__, which fails (TypeError) when that
+        # runs while the interpreter tears its modules down; it is shut down already
+        engine, self.model.engine = self.model.engine, None
+        with contextlib.suppress(AttributeError):
+            engine.shutdown = _shut_down_already
+        del engine
         gc.collect()
 
     def __enter__(self) -> ASR:
@@ -189,6 +193,10 @@ class ASR:
         self.close()
 
     def _stop_loop(self) -> None:
+        """Cancel what still runs in the loop (vLLM's output handler), as asyncio.run
+        does, then stop it."""
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_tasks(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
@@ -417,6 +425,17 @@ class ASR:
             audio = load_audio(audio, sample_rate=self.sample_rate, key="stream", source_rate=rate)
         result = await self.model.transcribe(audio, prompt, DecodeOptions(max_tokens=max_tokens))
         return result.text
+
+
+def _shut_down_already(*args: object, **kwargs: object) -> None:
+    pass
+
+
+async def _cancel_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Front:

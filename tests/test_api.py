@@ -91,6 +91,24 @@ def test_failures_raise_naming_the_input_or_come_back(asr_tiny, tmp_path):
 
 
 @pytest.mark.vllm
+def test_long_input_goes_through_long_audio(asr_tiny, tmp_path):
+    """Over Fun-ASR-Nano's 30 s per pass: split at pauses and stitched, as the CLI does."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from speechlike import recording
+
+    audio, _ = recording([("speech", 14.0), ("silence", 2.0), ("speech", 16.0)], seed=3)
+    path = tmp_path / "long.wav"
+    sf.write(path, audio, SR)
+    short = noise(0.5, 30)
+    long, brief = asr_tiny.transcribe([path, short], sample_rate=SR)
+    assert long.key == "long" and long.duration == 32.0 and len(long.segments) >= 2
+    assert long.segments[0]["start"] < 0.5 and long.segments[-1]["end"] > 31.0
+    assert long.notes and brief.segments is None and brief.key == "0001"
+    (whole,) = asr_tiny.transcribe(audio, sample_rate=SR, vad=False, errors="return")
+    assert isinstance(whole, asrctl.Failure) and "at most 30 s per pass" in whole.error
+
+
+@pytest.mark.vllm
 def test_transcribe_async_inside_an_event_loop(asr_tiny):
     clips = [noise(0.5 + 0.1 * i, 10 + i) for i in range(6)]
     expected = [r.text for r in asr_tiny.transcribe(clips, sample_rate=SR)]
