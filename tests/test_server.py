@@ -23,11 +23,12 @@ from starlette.testclient import WebSocketDenialResponse
 
 from asrctl.adapters.fun_asr_nano import FunAsrNanoAdapter
 from asrctl.errors import OptionsError
+from asrctl.results import Segment, Transcript
 from asrctl.server import formats
 from asrctl.server.app import create_app
 from asrctl.server.batching import BatcherClosed, EncoderBatcher
 from asrctl.server.endpointing import EnergyEndpointer
-from asrctl.server.engine import Progress, Result
+from asrctl.server.engine import Progress
 from asrctl.server.metrics import Metrics
 from asrctl.server.options import RealtimeOptions, ServerOptions
 from asrctl.server.state import ServerState
@@ -61,7 +62,9 @@ class FakeModel:
             yield Progress(text[:end])
         avg = -0.5 if decode.logprobs else None
         duration = round(len(audio) / SR, 3)
-        result = Result(text, (1, 2, 3), "stop", duration, 30, 4, avg, decode.temperature)
+        result = Transcript(
+            "", text, duration, (1, 2, 3), "stop", prompt_tokens=30, audio_tokens=4, avg_logprob=avg
+        )
         yield Progress(text, result)
 
     async def check_health(self) -> None:
@@ -322,8 +325,8 @@ def test_batcher_groups_concurrent_jobs_and_isolates_failures():
 
 def test_subtitles_and_helpers():
     segments = [
-        formats.Segment(0, 0.0, 3723.5, "a --> b\n\nc", ()),
-        formats.Segment(1, 3723.5, 3724.0, "  ", ()),
+        Segment(0.0, 3723.5, "a --> b\n\nc"),
+        Segment(3723.5, 3724.0, "  "),
     ]
     assert formats.srt(segments) == "1\n00:00:00,000 --> 01:02:03,500\na -> b\nc\n"
     assert formats.vtt(segments) == "WEBVTT\n\n00:00:00.000 --> 01:02:03.500\na -> b\nc\n"
