@@ -123,6 +123,71 @@ def _decode_problem(o: DecodeOptions) -> str | None:
     return next((message for failed, message in checks if failed), None)
 
 
+SAMPLING_FIELDS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+)
+
+
+@dataclass(frozen=True)
+class SamplingOverride:
+    """Decoding settings pinned by the operator (``serve --sampling-override``): each one
+    set beats whatever a request or caller asks for; None leaves a field to them."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+
+    def __post_init__(self) -> None:
+        self.apply(DecodeOptions())  # validates the values (OptionsError naming the field)
+
+    @classmethod
+    def parse(cls, text: str) -> SamplingOverride:
+        """From a JSON object, or the path of a file holding one."""
+        import json
+
+        source = text
+        if not text.lstrip().startswith("{"):
+            try:
+                source = Path(text).expanduser().read_text(encoding="utf-8")
+            except OSError as e:
+                raise OptionsError(
+                    f"--sampling-override {text!r} is neither a JSON object nor a readable "
+                    f"file: {e.strerror or e}"
+                ) from None
+        try:
+            values = json.loads(source)
+        except ValueError as e:
+            raise OptionsError(f"--sampling-override is not valid JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise OptionsError("--sampling-override must be a JSON object")
+        unknown = sorted(set(values) - set(SAMPLING_FIELDS))
+        if unknown:
+            raise OptionsError(
+                f"--sampling-override: unknown field(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(SAMPLING_FIELDS)}"
+            )
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise OptionsError(f"--sampling-override: {e}") from None
+
+    def apply(self, options: DecodeOptions) -> DecodeOptions:
+        pinned = {name: getattr(self, name) for name in SAMPLING_FIELDS}
+        return replace(options, **{k: v for k, v in pinned.items() if v is not None})
+
+
 @dataclass(frozen=True)
 class Encoded:
     """One utterance encoded and its prompt built, ready for the engine."""
@@ -161,6 +226,8 @@ class Pipeline:
         cache_dir: where the LLM export goes when the model folder is read-only.
         encoder_dtype: ``float32`` or ``bfloat16``.
         max_tokens_cap: the operator's cap on generated tokens (``serve --max-tokens``).
+        sampling_override: decoding settings that beat every caller's (``serve
+            --sampling-override``).
     """
 
     def __init__(
@@ -173,8 +240,10 @@ class Pipeline:
         cache_dir: Path | None = None,
         encoder_dtype: str = "float32",
         max_tokens_cap: int | None = None,
+        sampling_override: SamplingOverride | None = None,
     ) -> None:
         dtype = resolve_encoder_dtype(encoder_dtype)
+        self.sampling_override = sampling_override or SamplingOverride()
         self.adapter: Adapter = load_adapter(model_dir)
         self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
         self.device = device or default_device()
@@ -280,6 +349,7 @@ class Pipeline:
 
     def decoding(self, options: DecodeOptions, encoded: Encoded) -> Decoding:
         """The resolved settings for one request (the rules in the module docstring)."""
+        options = self.sampling_override.apply(options)
         room = self.max_model_len - len(encoded.prompt)
         if room < 1:  # checked before encoding; a safety net
             raise OptionsError(

@@ -131,6 +131,22 @@ def test_fields_reach_the_model(app_client):
     assert app_client.model.calls[-1][1].hotwords == ("b", "c", "a")
 
 
+def test_every_sampling_field_is_honoured(app_client):
+    """No sampling field is silently dropped (OpenAI SDK and vLLM clients send them)."""
+    fields = {
+        "max_completion_tokens": "4", "top_p": "0.5", "top_k": "7", "repetition_penalty": "1.2",
+        "frequency_penalty": "0.3", "presence_penalty": "-0.4",
+    }  # fmt: skip
+    assert post(app_client, **fields).status_code == 200
+    decode = app_client.model.calls[-1][2]
+    assert (decode.max_tokens, decode.top_p, decode.top_k) == (4, 0.5, 7)
+    assert (decode.repetition_penalty, decode.frequency_penalty, decode.presence_penalty) == (
+        1.2, 0.3, -0.4
+    )  # fmt: skip
+    post(app_client, max_tokens="9")
+    assert app_client.model.calls[-1][2].max_tokens == 9
+
+
 def test_stream_sends_deltas_then_done(app_client):
     response = post(app_client, stream="true")
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -157,6 +173,11 @@ def test_stream_failure_is_an_error_event(app_client):
         ({"timestamp_granularities[]": "word"}, AUTH, 400, "timestamp_granularities[]"),
         ({"language": "xx"}, AUTH, 400, "language"),
         ({"temperature": "3"}, AUTH, 400, "temperature"),
+        ({"top_p": "2"}, AUTH, 400, "top_p"),
+        ({"max_completion_tokens": "0"}, AUTH, 400, "max_tokens"),
+        ({"max_tokens": "many"}, AUTH, 400, "max_tokens"),
+        ({"repetition_penalty": "nan"}, AUTH, 400, "repetition_penalty"),
+        ({"seed": "²"}, AUTH, 400, "seed"),
         ({"stream": "maybe"}, AUTH, 400, "stream"),
         ({"stream": "true", "response_format": "srt"}, AUTH, 400, "stream"),
         ({"include[]": "logprobs"}, AUTH, 400, "include[]"),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
 from asrctl.engine import AsyncEngine, EngineOptions, Generation
 from asrctl.errors import EngineError, OptionsError
-from asrctl.pipeline import DecodeOptions, Encoded, Pipeline, engine_failure
+from asrctl.pipeline import DecodeOptions, Encoded, Pipeline, SamplingOverride, engine_failure
 from asrctl.results import Transcript
 from asrctl.server.batching import BatcherClosed, EncoderBatcher
 from asrctl.transcribe import length_batches
@@ -87,6 +87,7 @@ class AsyncModel:
         batch_window_s: float = 0.01,
         encoder_batch_size: int = 16,
         max_tokens: int | None = None,
+        sampling_override: SamplingOverride | None = None,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> AsyncModel:
         """Check and export the model, start vLLM and load the encoder (takes a while;
@@ -99,6 +100,7 @@ class AsyncModel:
             cache_dir=cache_dir,
             encoder_dtype=encoder_dtype,
             max_tokens_cap=max_tokens,
+            sampling_override=sampling_override,
         )
         return cls(
             pipeline,
