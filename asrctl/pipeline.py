@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
+from asrctl.adapters.base import Adapter, PromptOptions
 from asrctl.adapters.registry import load_adapter
 from asrctl.engine import AsyncEngine, Decoding, Engine, EngineOptions, Generation, cuda_available
 from asrctl.errors import EngineError, OptionsError
