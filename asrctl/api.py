@@ -55,7 +55,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Input = str | os.PathLike[str] | bytes | np.ndarray | tuple[np.ndarray, int] | AudioItem
 Inputs = Input | Sequence[Input]
+TOO_LONG_HINT = "pass vad=None or vad=True to split long audio, or raise max_model_len"
 MAX_IN_FLIGHT = 256  # inputs loaded and submitted at once per call
+DECODING_OPTIONS = frozenset(
+    {
+        *("itn", "max_tokens", "temperature", "top_p", "top_k", "seed"),
+        *("repetition_penalty", "frequency_penalty", "presence_penalty"),
+        *("word_timestamps", "raw_text"),
+    }
+)
 ASR_OPTIONS = ("device", "encoder_dtype", "cache_dir", "encoder_batch_size", "max_tokens")
 
 
@@ -159,7 +167,8 @@ class ASR:
             raise
         if embedding_cache_bytes > 0:
             cache = EmbeddingCache(embedding_cache_bytes)
-            self.model.encoder = CachedEncoder(self.model.encoder, self.sample_rate, cache)
+            encoder = CachedEncoder(self.model.encoder, self.sample_rate, cache)
+            self.model.pipeline.encoder = encoder
         self.adapter = self.model.adapter  # LongAudio reads the family from here
 
     # -- life cycle ---------------------------------------------------------------------
@@ -180,10 +189,10 @@ class ASR:
             self._stop_loop()
         # vLLM's AsyncLLM shuts down again in __del__, which fails (TypeError) when that
         # runs while the interpreter tears its modules down; it is shut down already
-        engine, self.model.engine = self.model.engine, None
-        with contextlib.suppress(AttributeError):
-            engine.shutdown = _shut_down_already
-        del engine
+        llm = getattr(self.model.engine, "engine", None)
+        with contextlib.suppress(AttributeError, TypeError):
+            llm.shutdown = _shut_down_already  # type: ignore[union-attr]
+        del llm
         gc.collect()
 
     def __enter__(self) -> ASR:
@@ -222,11 +231,9 @@ class ASR:
         sample_rate: int | None = None,
         language: str | None = None,
         hotwords: Sequence[str] = (),
-        itn: bool = True,
-        max_tokens: int | None = None,
-        word_timestamps: bool = True,
         vad: bool | None = None,
         errors: Literal["raise", "return"] = "raise",
+        **decoding: Any,
     ) -> list[Transcript]:
         """Transcribe inputs and return one :class:`~asrctl.results.Transcript` per audio
         item, in input order.
@@ -239,21 +246,23 @@ class ASR:
                 :class:`~asrctl.inputs.AudioItem`. Keys: file names as ``asrctl transcribe``
                 makes them; arrays and bytes get their position in the list (``0000``, ...).
             sample_rate: the rate of bare numpy arrays, in Hz.
-            language, hotwords, itn: prompt options, where the family supports them.
-            max_tokens: cap on generated tokens per utterance (None: the family's default).
-            word_timestamps: time each word where the model can (Fun-ASR-Nano's CTC head).
+            language, hotwords: prompt options, where the family supports them.
             vad: split long inputs at pauses: None = only those longer than the model's
                 per-pass limit; True = every input; False = none (long ones fail).
             errors: ``"raise"``: if any input fails, raise :class:`TranscriptionError`
                 (naming each failed input; its ``results`` keeps the others) once all are
                 done. ``"return"``: put a :class:`~asrctl.results.Failure` in its place.
+            decoding: ``itn``, ``max_tokens``, ``temperature``, ``top_p``, ``top_k``,
+                ``seed``, ``repetition_penalty``, ``frequency_penalty``,
+                ``presence_penalty``, ``word_timestamps`` (on: where the model can time
+                words), ``raw_text``: as in :class:`~asrctl.transcribe.TranscribeOptions`.
 
         Raises:
             TranscriptionError: some inputs failed (with ``errors="raise"``).
             InputError: an input is missing or malformed (before anything is transcribed).
             OptionsError: the family does not support the options (e.g. the language).
         """
-        job = self._job(inputs, sample_rate, language, hotwords, itn, max_tokens, word_timestamps)
+        job = self._job(inputs, sample_rate, language, hotwords, decoding)
         return self._run(self._transcribe_items(*job, vad, errors))
 
     async def transcribe_async(
@@ -263,15 +272,13 @@ class ASR:
         sample_rate: int | None = None,
         language: str | None = None,
         hotwords: Sequence[str] = (),
-        itn: bool = True,
-        max_tokens: int | None = None,
-        word_timestamps: bool = True,
         vad: bool | None = None,
         errors: Literal["raise", "return"] = "raise",
+        **decoding: Any,
     ) -> list[Transcript]:
         """:meth:`transcribe`, awaitable from any event loop (the engine runs in the
         model's own loop; yours only waits). Concurrent calls share the engine."""
-        job = self._job(inputs, sample_rate, language, hotwords, itn, max_tokens, word_timestamps)
+        job = self._job(inputs, sample_rate, language, hotwords, decoding)
         return await asyncio.wrap_future(self._submit(self._transcribe_items(*job, vad, errors)))
 
     def _job(
@@ -280,21 +287,16 @@ class ASR:
         sample_rate: int | None,
         language: str | None,
         hotwords: Sequence[str],
-        itn: bool,
-        max_tokens: int | None,
-        word_timestamps: bool,
+        decoding: dict[str, Any],
     ) -> tuple[list[AudioItem], TranscribeOptions]:
         from asrctl.transcribe import TranscribeOptions
 
         if isinstance(hotwords, str):
             hotwords = [hotwords]
-        options = TranscribeOptions(
-            language=language,
-            hotwords=tuple(hotwords),
-            itn=itn,
-            max_tokens=max_tokens,
-            word_timestamps=word_timestamps,
-        )
+        unknown = set(decoding) - DECODING_OPTIONS
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        options = TranscribeOptions(language=language, hotwords=tuple(hotwords), **decoding)
         self.model.check_prompt(options.prompt)  # fail fast on unsupported options
         return to_items(inputs, sample_rate), options
 
@@ -325,35 +327,23 @@ class ASR:
 
     async def _one(self, item: AudioItem, options: TranscribeOptions) -> Transcript | Failure:
         """One input through the async engine, in one pass."""
-        from asrctl.server.engine import DecodeOptions
-
         try:
             audio = await asyncio.to_thread(item.load, self.sample_rate)
         except AudioError as e:
             return Failure(item.key, str(e))
-        seconds = len(audio) / self.sample_rate
-        family = self.model.adapter.family
-        if family.max_audio_seconds is not None and seconds > family.max_audio_seconds:
-            return Failure(
-                item.key,
-                f"{item.key}: audio is {seconds:.1f} s; {family.title} accepts at most "
-                f"{family.max_audio_seconds:.0f} s per pass (pass vad=True or vad=None)",
-            )
-        decode = DecodeOptions(max_tokens=options.max_tokens, words=options.word_timestamps)
+        prompt = options.prompt
+        why = self.model.pipeline.unfit(
+            item.key, len(audio), prompt, hint=TOO_LONG_HINT, window=True
+        )
+        if why is not None:
+            return Failure(item.key, why)
         began = time.perf_counter()
         try:
-            result = await self.model.transcribe(audio, options.prompt, decode)
+            result = await self.model.transcribe(audio, prompt, options.decode)
         except OptionsError as e:
             return Failure(item.key, f"{item.key}: {e}")
-        return Transcript(
-            key=item.key,
-            text=result.text,
-            duration=result.duration,
-            token_ids=result.token_ids,
-            finish_reason=result.finish_reason,
-            timing={"decode_s": round(time.perf_counter() - began, 4)},
-            words=result.words,
-        )
+        timing = {"decode_s": round(time.perf_counter() - began, 4)}
+        return dataclasses.replace(result, key=item.key, timing=result.timing | timing)
 
     # -- live audio ---------------------------------------------------------------------
 
@@ -419,7 +409,7 @@ class ASR:
         self, audio: np.ndarray, rate: int, prompt: Any, max_tokens: int | None
     ) -> str:
         from asrctl.audio import load_audio
-        from asrctl.server.engine import DecodeOptions
+        from asrctl.pipeline import DecodeOptions
 
         if rate != self.sample_rate:
             audio = load_audio(audio, sample_rate=self.sample_rate, key="stream", source_rate=rate)

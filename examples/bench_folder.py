@@ -13,7 +13,7 @@ import argparse
 import time
 
 import asrctl
-from asrctl import scoring
+from asrctl.bench import scoring
 from asrctl.inputs import iter_inputs
 
 

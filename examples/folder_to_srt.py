@@ -31,7 +31,7 @@ def main() -> None:
                 print(f"skipped {result.error}")
                 continue
             path = out / f"{result.key}.srt"
-            path.write_text(writers.srt(writers.transcript_cues(result)), encoding="utf-8")
+            path.write_text(writers.srt(result), encoding="utf-8")
             print(f"{path}  {result.text[:60]}")
 
 

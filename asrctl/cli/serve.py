@@ -21,6 +21,7 @@ from asrctl.cli._options import (
     MaxUploadMbOpt,
     ModelOpt,
     PortOpt,
+    SamplingOverrideOpt,
     ServedModelNameOpt,
     ServeVadOpt,
     ShutdownTimeoutOpt,
@@ -52,6 +53,7 @@ def serve(
     max_num_seqs: MaxNumSeqsOpt = None,
     enforce_eager: EnforceEagerOpt = False,
     vad: ServeVadOpt = False,
+    sampling_override: SamplingOverrideOpt = None,
     ws_max_sessions: WsMaxSessionsOpt = 100,
     ws_idle_timeout: WsIdleTimeoutOpt = 60.0,
     embedding_cache_mb: EmbeddingCacheMbOpt = 256.0,
@@ -59,6 +61,7 @@ def serve(
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
     from asrctl.cli._common import engine_options
+    from asrctl.pipeline import SamplingOverride
     from asrctl.server.app import serve as run_server
     from asrctl.server.options import RealtimeOptions, ServerOptions
 
@@ -77,6 +80,9 @@ def serve(
         encoder_dtype=encoder_dtype,
         cache_dir=cache_dir,
         vad=vad,
+        sampling_override=(
+            SamplingOverride.parse(sampling_override) if sampling_override else SamplingOverride()
+        ),
         embedding_cache_mb=embedding_cache_mb,
         realtime=RealtimeOptions(max_sessions=ws_max_sessions, idle_timeout_s=ws_idle_timeout),
     )

@@ -184,11 +184,12 @@ async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOp
         batch_window_s=options.batch_window_ms / 1000,
         encoder_batch_size=options.encoder_batch_size,
         max_tokens=options.max_tokens,
+        sampling_override=options.sampling_override,
         on_batch=metrics.on_encoder_batch,
     )
     if options.embedding_cache_mb > 0:  # the same audio sent again is not encoded again
         cache = EmbeddingCache(int(options.embedding_cache_mb * (1 << 20)))
-        model.encoder = CachedEncoder(model.encoder, model.sample_rate, cache)
+        model.pipeline.encoder = CachedEncoder(model.encoder, model.sample_rate, cache)
     state = ServerState.create(model, options, Path(model_dir), metrics)
     config = uvicorn.Config(
         create_app(state),

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asrctl.errors import OptionsError
-from asrctl.transcribe import resolve_encoder_dtype
+from asrctl.pipeline import SamplingOverride, resolve_encoder_dtype
 
 MIB = 1 << 20
 
@@ -73,6 +73,8 @@ class ServerOptions:
         realtime: settings of ``/ws`` sessions.
         vad: accept uploads longer than the model's per-pass limit, split them at pauses
             (Silero VAD) and stitch the texts back (segments with their times).
+        sampling_override: decoding settings pinned by the operator; they beat what
+            clients send, on every endpoint.
         embedding_cache_mb: memory for the audio embeddings of recent requests, so the
             same audio sent again is not encoded again (0: no cache).
     """
@@ -92,6 +94,7 @@ class ServerOptions:
     cache_dir: Path | None = None
     realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
     vad: bool = False
+    sampling_override: SamplingOverride = field(default_factory=SamplingOverride)
     embedding_cache_mb: float = 256.0
 
     def __post_init__(self) -> None:
