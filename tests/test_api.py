@@ -102,7 +102,7 @@ def test_long_input_goes_through_long_audio(asr_tiny, tmp_path):
     short = noise(0.5, 30)
     long, brief = asr_tiny.transcribe([path, short], sample_rate=SR)
     assert long.key == "long" and long.duration == 32.0 and len(long.segments) >= 2
-    assert long.segments[0]["start"] < 0.5 and long.segments[-1]["end"] > 31.0
+    assert long.segments[0].start < 0.5 and long.segments[-1].end > 31.0
     assert long.notes and brief.segments is None and brief.key == "0001"
     (whole,) = asr_tiny.transcribe(audio, sample_rate=SR, vad=False, errors="return")
     assert isinstance(whole, asrctl.Failure) and "at most 30 s per pass" in whole.error
