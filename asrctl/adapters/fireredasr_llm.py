@@ -129,6 +129,7 @@ class FireRedAsrLlmAdapter(Adapter):
         sample_rate=16000,
         max_audio_seconds=30.0,
         repetition_penalty=REPETITION_PENALTY,
+        chat_text="none",
     )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from asrctl.cli._options import (
+    AllowedMediaOpt,
     ApiKeyOpt,
     BatchWindowMsOpt,
     CacheDirOpt,
@@ -54,6 +55,7 @@ def serve(
     enforce_eager: EnforceEagerOpt = False,
     vad: ServeVadOpt = False,
     sampling_override: SamplingOverrideOpt = None,
+    allowed_local_media_path: AllowedMediaOpt = None,
     ws_max_sessions: WsMaxSessionsOpt = 100,
     ws_idle_timeout: WsIdleTimeoutOpt = 60.0,
     embedding_cache_mb: EmbeddingCacheMbOpt = 256.0,
@@ -80,6 +82,7 @@ def serve(
         encoder_dtype=encoder_dtype,
         cache_dir=cache_dir,
         vad=vad,
+        allowed_local_media_path=allowed_local_media_path,
         sampling_override=(
             SamplingOverride.parse(sampling_override) if sampling_override else SamplingOverride()
         ),
