@@ -10,8 +10,8 @@ background thread that the :class:`ASR` object owns. Every call goes through tha
   with each other and with whatever else is in flight, so calls from many threads or tasks
   share the engine. Inputs longer than the model takes in one pass (or all, with
   ``vad=True``) go through :class:`~asrctl.segment.LongAudio`, as in ``asrctl transcribe``.
-* :meth:`ASR.stream` decodes live audio with :class:`~asrctl.streaming.StreamingSession`,
-  the machinery of the server's ``/ws``.
+* :meth:`ASR.stream` (and :meth:`ASR.stream_async`) decodes live audio with
+  :class:`~asrctl.streaming.StreamingSession`, the machinery of the server's ``/ws``.
 
 The same audio submitted twice is encoded once (:mod:`asrctl.embedding_cache`, bounded by
 ``embedding_cache_mb``).
@@ -35,7 +35,15 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -49,7 +57,7 @@ if TYPE_CHECKING:
     from asrctl.engine import EngineOptions
     from asrctl.server.engine import AsyncModel
     from asrctl.server.options import RealtimeOptions
-    from asrctl.streaming import StreamUpdate
+    from asrctl.streaming import StreamingSession, StreamUpdate
     from asrctl.transcribe import TranscribeOptions
 
 T = TypeVar("T")
@@ -366,32 +374,8 @@ class ASR:
         more at the end. The same machinery as the server's ``/ws`` (``options``: its
         endpointing and partial settings).
         """
-        from asrctl.adapters.base import PromptOptions
-        from asrctl.streaming import StreamingSession
-
-        if isinstance(hotwords, str):
-            hotwords = [hotwords]
-        prompt = PromptOptions(language=language, hotwords=tuple(hotwords))
-        self.model.check_prompt(prompt)
         updates: queue.SimpleQueue[StreamUpdate] = queue.SimpleQueue()
-
-        async def decode(audio: np.ndarray, max_tokens: int | None) -> str:
-            return await self._decode_live(audio, sample_rate, prompt, max_tokens)
-
-        async def on_update(update: StreamUpdate) -> None:
-            updates.put(update)
-
-        async def make() -> StreamingSession:
-            family = self.model.adapter.family
-            return StreamingSession(
-                decode,
-                sample_rate,
-                options,
-                model_max_s=family.max_audio_seconds,
-                on_update=on_update,
-            )
-
-        session = self._run(make())
+        session = self._session(sample_rate, language, hotwords, options, updates.put)
         try:
             for chunk in chunks:
                 self._run(session.feed(_samples(chunk)))
@@ -404,6 +388,79 @@ class ASR:
         finally:
             if not self._closed:
                 self._run(session.cancel_partial())
+
+    async def stream_async(
+        self,
+        chunks: AsyncIterable[np.ndarray] | Iterable[np.ndarray],
+        *,
+        sample_rate: int,
+        language: str | None = None,
+        hotwords: Sequence[str] = (),
+        options: RealtimeOptions | None = None,
+    ) -> AsyncIterator[StreamUpdate]:
+        """:meth:`stream` for asyncio code: ``chunks`` may be an async iterable (a
+        WebSocket, a queue); updates are yielded as they come, also while the next chunk
+        is awaited."""
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[StreamUpdate] = asyncio.Queue()
+
+        def put(update: StreamUpdate) -> None:
+            loop.call_soon_threadsafe(updates.put_nowait, update)
+
+        session = self._session(sample_rate, language, hotwords, options, put)
+
+        async def run(coro: Coroutine[Any, Any, T]) -> T:
+            return await asyncio.wrap_future(self._submit(coro))
+
+        try:
+            async for chunk in _aiter(chunks):
+                await run(session.feed(_samples(chunk)))
+                while not updates.empty():
+                    yield updates.get_nowait()
+            final = await run(session.finish())
+            await asyncio.sleep(0)  # updates posted before the final one arrive first
+            while not updates.empty():
+                yield updates.get_nowait()
+            yield final
+        finally:
+            if not self._closed:
+                await run(session.cancel_partial())
+
+    def _session(
+        self,
+        sample_rate: int,
+        language: str | None,
+        hotwords: Sequence[str],
+        options: RealtimeOptions | None,
+        put: Callable[[StreamUpdate], None],
+    ) -> StreamingSession:
+        """A streaming session in the engine's loop, decoding through the engine and
+        handing its updates to ``put`` (called in the engine's loop)."""
+        from asrctl.adapters.base import PromptOptions
+        from asrctl.streaming import StreamingSession
+
+        if isinstance(hotwords, str):
+            hotwords = [hotwords]
+        prompt = PromptOptions(language=language, hotwords=tuple(hotwords))
+        self.model.check_prompt(prompt)
+
+        async def decode(audio: np.ndarray, max_tokens: int | None) -> str:
+            return await self._decode_live(audio, sample_rate, prompt, max_tokens)
+
+        async def on_update(update: StreamUpdate) -> None:
+            put(update)
+
+        async def make() -> StreamingSession:
+            family = self.model.adapter.family
+            return StreamingSession(
+                decode,
+                sample_rate,
+                options,
+                model_max_s=family.max_audio_seconds,
+                on_update=on_update,
+            )
+
+        return self._run(make())
 
     async def _decode_live(
         self, audio: np.ndarray, rate: int, prompt: Any, max_tokens: int | None
@@ -510,6 +567,15 @@ def _is_pair(value: object) -> bool:
         and isinstance(value[0], np.ndarray)
         and isinstance(value[1], int | np.integer)
     )
+
+
+async def _aiter(chunks: AsyncIterable[T] | Iterable[T]) -> AsyncIterator[T]:
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        for chunk in chunks:
+            yield chunk
 
 
 def _samples(chunk: np.ndarray | Sequence[float]) -> np.ndarray:

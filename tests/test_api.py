@@ -109,7 +109,15 @@ def test_long_input_goes_through_long_audio(asr_tiny, tmp_path):
 
 
 @pytest.mark.vllm
-def test_transcribe_async_inside_an_event_loop(asr_tiny):
+def test_transcribe_async_inside_an_event_loop(asr_tiny, monkeypatch):
+    """Sync and async calls share the one engine ``load`` started: none starts another."""
+    import asrctl.engine
+
+    def second_engine(*args, **kwargs):
+        raise AssertionError("a second engine was started")
+
+    monkeypatch.setattr(asrctl.engine, "start_vllm", second_engine)
+    engine = asr_tiny.model.engine
     clips = [noise(0.5 + 0.1 * i, 10 + i) for i in range(6)]
     expected = [r.text for r in asr_tiny.transcribe(clips, sample_rate=SR)]
 
@@ -131,6 +139,7 @@ def test_transcribe_async_inside_an_event_loop(asr_tiny):
         return [r[0].text for r in results]
 
     assert asyncio.run(main()) == expected
+    assert asr_tiny.model.engine is engine
 
 
 @pytest.mark.vllm
@@ -142,14 +151,26 @@ def test_stream_yields_partials_then_the_final_transcript(asr_tiny):
             time.sleep(0.1)
             yield speech[i : i + SR // 10]
 
+    async def paced_async():  # the same, from asyncio code (a WebSocket, a queue)
+        for i in range(0, len(speech), SR // 10):
+            await asyncio.sleep(0.1)
+            yield speech[i : i + SR // 10]
+
+    async def collect() -> list:
+        stream = asr_tiny.stream_async(paced_async(), sample_rate=SR, options=options)
+        return [u async for u in stream]
+
     options = RealtimeOptions(partial_max_tokens=4)
-    updates = list(asr_tiny.stream(paced(), sample_rate=SR, options=options))
-    assert any(u.partial and not u.is_final for u in updates[:-1])
-    final = updates[-1]
-    assert final.is_final and final.duration == 3.5 and len(final.sentences) == 2
-    first, second = final.sentences
-    assert first.start < 0.1 and 1.5 < first.end < 2.0 and 2.2 < second.start < 2.6
-    assert final.text and final.partial == ""
+    for updates in (
+        list(asr_tiny.stream(paced(), sample_rate=SR, options=options)),
+        asyncio.run(collect()),
+    ):
+        assert any(u.partial and not u.is_final for u in updates[:-1])
+        final = updates[-1]
+        assert final.is_final and final.duration == 3.5 and len(final.sentences) == 2
+        first, second = final.sentences
+        assert first.start < 0.1 and 1.5 < first.end < 2.0 and 2.2 < second.start < 2.6
+        assert final.text and final.partial == ""
 
 
 def run_script(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
