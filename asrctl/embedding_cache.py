@@ -24,8 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from asrctl.models.encoder import AudioEncoder
+
 if TYPE_CHECKING:
     import torch
+
+    from asrctl.results import Word
 
 DEFAULT_MAX_BYTES = 256 << 20  # 256 MiB: about 30 minutes of Fun-ASR-Nano embeddings (fp32)
 
@@ -110,15 +114,18 @@ class EmbeddingCache:
             self._bytes = 0
 
 
-class CachedEncoder:
+class CachedEncoder(AudioEncoder):
     """An audio encoder with an :class:`EmbeddingCache` in front (see the module docstring).
 
     Everything but :meth:`encode` and ``__call__`` is the wrapped encoder's own
-    (``word_timing``, ``word_times``, ...). An entry made without word-timing data does not
-    serve a request that asks for it (it is encoded again and replaced).
+    (``word_timing``, ``word_times``, any other attribute). An entry made without
+    word-timing data does not serve a request that asks for it (it is encoded again and
+    replaced).
     """
 
-    def __init__(self, encoder: Any, sample_rate: int, cache: EmbeddingCache | None = None):
+    def __init__(
+        self, encoder: AudioEncoder, sample_rate: int, cache: EmbeddingCache | None = None
+    ) -> None:
         self.encoder = encoder
         self.sample_rate = sample_rate
         self.cache = cache if cache is not None else EmbeddingCache()
@@ -126,6 +133,13 @@ class CachedEncoder:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.encoder, name)
+
+    @property
+    def word_timing(self) -> bool:
+        return self.encoder.word_timing
+
+    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[Word]]:
+        return self.encoder.word_times(texts, timing)
 
     def __call__(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return self.encode(waves)[0]

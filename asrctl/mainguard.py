@@ -52,7 +52,7 @@ def check(what: str = "asrctl.load") -> None:
     if not _guarded(str(Path(path).resolve()), frame.f_lineno):
         script = Path(path).name
         raise MainGuardError(
-            f'{what}() is called at the top level of {script} (line {frame.f_lineno}) without '
+            f"{what}() is called at the top level of {script} (line {frame.f_lineno}) without "
             'an `if __name__ == "__main__":` guard',
             hint=HINT,
         )
@@ -60,7 +60,7 @@ def check(what: str = "asrctl.load") -> None:
 
 def _top_level_frame(main: types.ModuleType) -> types.FrameType | None:
     """The frame running the main script's module-level code, if it is on the stack."""
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>":
             return frame
