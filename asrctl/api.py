@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Input = str | os.PathLike[str] | bytes | np.ndarray | tuple[np.ndarray, int] | AudioItem
-Inputs = Input | Sequence[Input]
+Inputs = Input | Iterable[Input]
 TOO_LONG_HINT = "pass vad=None or vad=True to split long audio, or raise max_model_len"
 MAX_IN_FLIGHT = 256  # inputs loaded and submitted at once per call
 DECODING_OPTIONS = frozenset(
@@ -523,13 +523,16 @@ def to_items(inputs: Inputs, sample_rate: int | None = None) -> list[AudioItem]:
             is of an unknown type, or two items share a key.
     """
     single = isinstance(inputs, str | os.PathLike | bytes | bytearray | np.ndarray | AudioItem)
+    listed: list[Any]
     if single or _is_pair(inputs):
-        inputs = [inputs]  # type: ignore[list-item]
-    if not isinstance(inputs, Sequence):
+        listed = [inputs]
+    elif isinstance(inputs, Iterable):
+        listed = list(inputs)  # a generator too
+    else:
         raise InputError(f"expected a path, audio data or a list of them, got {type(inputs)}")
-    width = max(4, len(str(len(inputs) - 1)))
+    width = max(4, len(str(len(listed) - 1)))
     items: list[AudioItem] = []
-    for i, one in enumerate(inputs):
+    for i, one in enumerate(listed):
         key = f"{i:0{width}d}"
         if isinstance(one, AudioItem):
             items.append(one)

@@ -232,6 +232,7 @@ def test_inputs_become_items_in_order(tmp_path):
         ("0003", "array", SR),
     ]  # fmt: skip
     assert [i.key for i in to_items((noise(0.1, 1), 8000))] == ["0000"]
+    assert [i.key for i in to_items(x for x in [wav, b"RIFF"])] == ["x", "0001"]
     with pytest.raises(InputError, match="sample rate"):
         to_items(noise(0.1, 0))
     with pytest.raises(InputError, match="got int"):
