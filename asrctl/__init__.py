@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load": "asrctl.api",
     "ASR": "asrctl.api",
-    "TranscriptionError": "asrctl.api",
+    "TranscriptionError": "asrctl.errors",
     "Transcript": "asrctl.results",
     "Failure": "asrctl.results",
     "StreamUpdate": "asrctl.streaming",
@@ -38,7 +38,7 @@ _EXPORTS = {
     "LongAudio": "asrctl.segment",
     "EngineOptions": "asrctl.engine",
     "AsrctlError": "asrctl.errors",
-    "MainGuardError": "asrctl.mainguard",
+    "MainGuardError": "asrctl.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

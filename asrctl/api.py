@@ -21,7 +21,7 @@ vLLM's synchronous engine, no event loop) remains available.
 
 vLLM starts its engine core in a new process that re-imports the main script, so a script
 must call :func:`load` under ``if __name__ == "__main__":``; :func:`load` raises
-:class:`~asrctl.mainguard.MainGuardError` when it is not.
+:class:`~asrctl.errors.MainGuardError` when it is not.
 """
 
 from __future__ import annotations
@@ -49,7 +49,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from asrctl.errors import AsrctlError, AudioError, InputError, OptionsError
+from asrctl.errors import (
+    AsrctlError,
+    AudioError,
+    InputError,
+    OptionsError,
+    TranscriptionError,
+)
 from asrctl.inputs import AudioItem, iter_inputs
 from asrctl.results import Failure, Transcript
 
@@ -73,21 +79,6 @@ DECODING_OPTIONS = frozenset(
     }
 )
 ASR_OPTIONS = ("device", "encoder_dtype", "cache_dir", "encoder_batch_size", "max_tokens")
-
-
-class TranscriptionError(AsrctlError):
-    """Some inputs could not be transcribed. ``failures`` names each one and why;
-    ``results`` holds every result in input order (a ``Failure`` where one failed)."""
-
-    def __init__(self, failures: list[Failure], results: list[Transcript | Failure]) -> None:
-        shown = "\n".join(f"  - {f.error}" for f in failures[:10])
-        more = f"\n  … and {len(failures) - 10} more" if len(failures) > 10 else ""
-        super().__init__(
-            f"{len(failures)} of {len(results)} inputs could not be transcribed:\n{shown}{more}",
-            hint='pass errors="return" to get Failure objects in the list instead',
-        )
-        self.failures = failures
-        self.results = results
 
 
 def load(

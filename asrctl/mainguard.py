@@ -23,16 +23,12 @@ import sys
 import types
 from pathlib import Path
 
-from asrctl.errors import AsrctlError
+from asrctl.errors import MainGuardError
 
 HINT = (
     'put the code that loads and uses the model under `if __name__ == "__main__":` '
     "(vLLM starts its engine in a new process that re-imports your script)"
 )
-
-
-class MainGuardError(AsrctlError):
-    """A script started a model without the ``if __name__ == "__main__":`` guard."""
 
 
 def check(what: str = "asrctl.load") -> None:

@@ -17,9 +17,9 @@ import pytest
 import soundfile as sf
 
 import asrctl
-from asrctl.api import TranscriptionError, to_items
-from asrctl.errors import InputError
-from asrctl.mainguard import MainGuardError, check
+from asrctl.api import to_items
+from asrctl.errors import InputError, MainGuardError, TranscriptionError
+from asrctl.mainguard import check
 from asrctl.server.options import RealtimeOptions
 
 SR = 16000
