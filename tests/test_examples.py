@@ -12,11 +12,8 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -152,33 +149,6 @@ def test_bench_folder(shared, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     assert re.fullmatch(r"CER \d+\.\d\d % over 6 tokens", out[0])
     assert out[1].startswith("3 utterances, 1.5 s of audio, RTF ")
-
-
-@pytest.fixture
-def fake_server():
-    """The real server app over test_server's fake model, served by uvicorn in a thread."""
-    import uvicorn
-    from test_server import FakeModel
-
-    from asrctl.server.app import create_app
-    from asrctl.server.metrics import Metrics
-    from asrctl.server.options import ServerOptions
-    from asrctl.server.state import ServerState
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    options = ServerOptions(served_model_names=("tiny",), api_keys=("sk-x",), port=port)
-    state = ServerState.create(FakeModel(), options, Path("/m"), Metrics())
-    server = uvicorn.Server(uvicorn.Config(create_app(state), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(10)
 
 
 def test_openai_client(fake_server, folder, monkeypatch, capsys):

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from asrctl.embedding_cache import CachedEncoder, EmbeddingCache
 from asrctl.engine import EngineOptions
-from asrctl.server import chat_api, funasr_api, openai_api, realtime
+from asrctl.server import chat_api, funasr_api, openai_api, openai_realtime, realtime
 from asrctl.server.engine import AsyncModel
 from asrctl.server.errors import ApiError, install_handlers
 from asrctl.server.metrics import Metrics, endpoint_label
@@ -60,6 +60,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(chat_api.router)
     app.include_router(funasr_api.router)
     app.include_router(realtime.router)
+    app.include_router(openai_realtime.router)
 
     @app.get("/health")
     async def health() -> Response:

@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi import APIRouter, WebSocket
@@ -59,28 +60,41 @@ router = APIRouter()
 @router.websocket(ENDPOINT)
 async def realtime(websocket: WebSocket) -> None:
     state: ServerState = websocket.app.state.asr
+    async with live_session(websocket, state, ENDPOINT) as admitted:
+        if admitted:
+            await _run_session(state, websocket)
+
+
+@contextlib.asynccontextmanager
+async def live_session(
+    websocket: WebSocket, state: ServerState, endpoint: str
+) -> AsyncIterator[bool]:
+    """Admit a WebSocket session (its key, the server's session cap) and count it while it
+    lives; yields False when it was refused (the refusal already sent)."""
     metrics = state.metrics
     if not state.authorized(websocket.headers, websocket.query_params):
-        metrics.requests.labels(ENDPOINT, "401").inc()
+        metrics.requests.labels(endpoint, "401").inc()
         body = error_body(401, "missing or invalid API key", code="invalid_api_key")
         await websocket.send_denial_response(JSONResponse(body, status_code=401))
+        yield False
         return
     app_state = websocket.app.state
     open_sessions = getattr(app_state, "ws_open", 0)
     cap = state.options.realtime.max_sessions
     if cap is not None and open_sessions >= cap:
-        metrics.requests.labels(ENDPOINT, "503").inc()
+        metrics.requests.labels(endpoint, "503").inc()
         message = f"too many live sessions (at most {cap}); try again later"
         body = error_body(503, message, code="too_many_sessions")
         await websocket.send_denial_response(JSONResponse(body, status_code=503))
+        yield False
         return
     app_state.ws_open = open_sessions + 1  # no await since the read: no race
     try:
         await websocket.accept()
-        metrics.requests.labels(ENDPOINT, "101").inc()
+        metrics.requests.labels(endpoint, "101").inc()
         metrics.ws_sessions.inc()
         try:
-            await _run_session(state, websocket)
+            yield True
         finally:
             metrics.ws_sessions.dec()
     finally:
