@@ -24,7 +24,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from asrctl.embedding_cache import CachedEncoder, EmbeddingCache
 from asrctl.engine import EngineOptions
-from asrctl.server import chat_api, funasr_api, openai_api, openai_realtime, realtime
+from asrctl.server import (
+    chat_api,
+    funasr_api,
+    openai_api,
+    openai_realtime,
+    realtime,
+    ui_routes,
+)
 from asrctl.server.engine import AsyncModel
 from asrctl.server.errors import ApiError, install_handlers
 from asrctl.server.metrics import Metrics, endpoint_label
@@ -61,6 +68,8 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(funasr_api.router)
     app.include_router(realtime.router)
     app.include_router(openai_realtime.router)
+    if state.options.ui:
+        app.include_router(ui_routes.router)
 
     @app.get("/health")
     async def health() -> Response:
