@@ -9,8 +9,11 @@ Without selenium, chromium or chromedriver the browser tests are skipped, saying
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +24,9 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from test_server import AUTH, KEY, FakeModel, wav_bytes
 
+from asrctl.results import Segment, Transcript, Word
 from asrctl.server.app import create_app
+from asrctl.server.engine import Progress
 from asrctl.server.metrics import Metrics
 from asrctl.server.options import ServerOptions
 from asrctl.server.state import ServerState
@@ -30,9 +35,46 @@ FAKE_KEY = "sk-x"  # the fake_server fixture's key
 WAIT_S = 30
 
 
-def client_for(**options) -> TestClient:
+def client_for(model: FakeModel | None = None, **options) -> TestClient:
     opts = ServerOptions(served_model_names=("tiny",), api_keys=(KEY,), **options)
-    return TestClient(create_app(ServerState.create(FakeModel(), opts, Path("/m"), Metrics())))
+    state = ServerState.create(model or FakeModel(), opts, Path("/m"), Metrics())
+    return TestClient(create_app(state))
+
+
+HOSTILE = '<img src=x onerror="document.title=1">'  # text that must stay text
+
+
+class DiarizedModel(FakeModel):
+    """Answers with two speakers' segments and timed words (as VibeVoice-ASR and
+    Fun-ASR-Nano's CTC head give them), one segment's text being markup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.word_timing = True
+
+    async def stream(self, audio, prompt, decode, request_id=None):
+        segments = (
+            Segment(0.0, 1.2, "hello there", speaker=0),
+            Segment(1.3, 2.0, HOSTILE, speaker=1),
+        )
+        words = (Word("hello", 0.1, 0.5, 0.9), Word("there", 0.6, 1.1, 0.8))
+        words = words if decode.word_timestamps else None
+        text = f"hello there {HOSTILE}"
+        yield Progress(
+            text, Transcript("", text, 2.0, (1,), "stop", segments=segments, words=words)
+        )
+
+
+def test_verbose_json_carries_speakers_and_words():
+    with client_for(DiarizedModel()) as client:
+        form = {"response_format": "verbose_json", "timestamp_granularities[]": ["segment", "word"]}
+        files = {"file": ("a.wav", wav_bytes(2.0), "audio/wav")}
+        body = client.post("/v1/audio/transcriptions", files=files, data=form, headers=AUTH).json()
+    assert [(s["speaker"], s["text"]) for s in body["segments"]] == [
+        (0, "hello there"),
+        (1, HOSTILE),
+    ]
+    assert [w["word"] for w in body["words"]] == ["hello", "there"]
 
 
 # ---- routes ----------------------------------------------------------------------------
@@ -200,6 +242,13 @@ def open_page(driver, base_url: str) -> None:
     assert not driver.find_element(By.ID, "key-panel").is_displayed()
 
 
+def shown_limits(driver) -> dict[str, str]:
+    return driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#limits div')]"
+        ".map(d => [d.children[0].textContent, d.children[1].textContent]))"
+    )
+
+
 def screenshot(driver, tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     driver.save_screenshot(str(path))
@@ -216,8 +265,11 @@ def test_browser_uploads_a_file_and_downloads_srt(browser, fake_server, tmp_path
         "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
     )
     open_page(browser, fake_server)
-    limits = text_of(browser, "limits")
-    assert "tiny (Fun-ASR-Nano)" in limits and "up to 30 s a file" in limits
+    assert text_of(browser, "model") == "tiny · Fun-ASR-Nano"
+    limits = shown_limits(browser)
+    assert limits["audio"] == "up to 30 s a file" and limits["upload"] == "up to 25 MiB"
+    assert limits["live"] == "/ws, 16 kHz PCM16, up to 100 sessions"
+    assert limits["word times"] == "no" and limits["languages"] == "en, ja, ko, zh"
     audio = tmp_path / "talk <i>two.wav"  # markup in the name stays text
     audio.write_bytes(wav_bytes(2.0))
     browser.find_element(By.ID, "file").send_keys(str(audio))
@@ -241,9 +293,56 @@ def test_browser_uploads_a_file_and_downloads_srt(browser, fake_server, tmp_path
     assert vtt.read_text(encoding="utf-8").startswith("WEBVTT\n\n00:00:00.000 --> 00:00:02.000")
 
 
-def test_browser_rejects_a_file_over_the_limit_without_sending_it(
-    browser, fake_server, tmp_path
-):
+@contextlib.contextmanager
+def serving(model: FakeModel) -> Iterator[str]:
+    """The app over ``model`` served by uvicorn in a thread (as conftest's fake_server)."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = ServerOptions(served_model_names=("tiny",), api_keys=(FAKE_KEY,), port=port)
+    app = create_app(ServerState.create(model, options, Path("/m"), Metrics()))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, "the server to start")
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_browser_shows_speakers_and_word_times_as_text(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    with serving(DiarizedModel()) as url:
+        open_page(browser, url)
+        assert shown_limits(browser)["word times"] == "yes"
+        audio = tmp_path / "dialogue.wav"
+        audio.write_bytes(wav_bytes(2.0))
+        browser.find_element(By.ID, "file").send_keys(str(audio))
+        wait_for(lambda: HOSTILE in text_of(browser, "segments"), "the transcript")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#segments li")
+        assert [r.text.split("\n") for r in rows] == [
+            ["0:00.0–0:01.2", "S0", "hello there"],
+            ["0:01.3–0:02.0", "S1", HOSTILE],
+        ]
+        speakers = browser.find_elements(By.CSS_SELECTOR, "#segments .speaker")
+        assert [s.get_attribute("class") for s in speakers] == ["speaker s0", "speaker s1"]
+        assert browser.find_elements(By.CSS_SELECTOR, "#result img") == []
+        assert browser.title == "asrctl"  # the markup's handler never ran
+        browser.find_element(By.CSS_SELECTOR, "#words-box summary").click()
+        words = browser.find_elements(By.CSS_SELECTOR, "#words .word")
+        assert [w.text.split("\n") for w in words] == [
+            ["hello", "0.10–0.50"],
+            ["there", "0.60–1.10"],
+        ]
+        screenshot(browser, tmp_path, "ui-speakers.png")
+
+
+def test_browser_rejects_a_file_over_the_limit_without_sending_it(browser, fake_server, tmp_path):
     from selenium.webdriver.common.by import By
 
     open_page(browser, fake_server)
@@ -277,9 +376,7 @@ def test_browser_microphone_shows_partial_then_locked_text(browser, fake_server,
     browser.execute_script(OBSERVE)
     browser.find_element(By.ID, "mic").click()
     wait_for(lambda: text_of(browser, "mic") == "Stop", "the live session to start")
-    wait_for(
-        lambda: browser.find_elements(By.CSS_SELECTOR, "#segments li"), "a locked sentence"
-    )
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#segments li"), "a locked sentence")
     screenshot(browser, tmp_path, "ui-live.png")
     seen = browser.execute_script("return window.seen")
     partials = [s for s in seen if s["partial"]]

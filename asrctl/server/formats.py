@@ -75,7 +75,7 @@ def verbose_json_body(
     """OpenAI's ``verbose_json`` (``TranscriptionVerbose``), segments included.
 
     ``no_speech_prob`` is null: the model does not estimate it. ``notes`` says how the
-    segments were made.
+    segments were made. A segment the model gave a speaker (VibeVoice-ASR) has ``speaker``.
     """
     return {
         "task": "transcribe",
@@ -94,6 +94,7 @@ def verbose_json_body(
                 "avg_logprob": result.avg_logprob,
                 "compression_ratio": compression_ratio(s.text),
                 "no_speech_prob": None,
+                **({"speaker": s.speaker} if s.speaker is not None else {}),
             }
             for i, s in enumerate(segments_of(result))
         ],

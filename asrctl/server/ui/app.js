@@ -55,10 +55,9 @@ ui.keyForm.addEventListener("submit", (event) => {
 });
 
 function showInfo() {
-  ui.model.textContent = `${info.models[0]} · ${info.title}`;
+  ui.model.textContent = `${info.models.join(", ")} · ${info.title}`;
   ui.model.title = `family ${info.family}, ${info.sample_rate} Hz`;
   const rows = [
-    ["model", `${info.models.join(", ")} (${info.title})`],
     ["upload", `up to ${info.max_upload_mb} MiB`],
     ["audio", (info.max_audio_seconds ? `up to ${info.max_audio_seconds} s a file` : "any length")
       + (info.vad ? ", split at pauses" : "")],
@@ -70,11 +69,13 @@ function showInfo() {
   ];
   ui.limits.replaceChildren();
   for (const [name, value] of rows) {
+    const pair = document.createElement("div");
     const dt = document.createElement("dt");
     dt.textContent = name;
     const dd = document.createElement("dd");
     dd.textContent = value;
-    ui.limits.append(dt, dd);
+    pair.append(dt, dd);
+    ui.limits.append(pair);
   }
   ui.info.hidden = false;
   ui.language.replaceChildren(option("", "auto"));
@@ -212,7 +213,9 @@ function segmentRow(segment) {
   if (segment.speaker !== null && segment.speaker !== undefined) {
     const speaker = document.createElement("span");
     speaker.className = `speaker s${speakerIndex(segment.speaker) % 6}`;
-    speaker.textContent = `${segment.speaker}`;
+    const label = `${segment.speaker}`;
+    speaker.textContent = /^\d+$/.test(label) ? `S${label}` : label;
+    speaker.title = `speaker ${label}`;
     li.append(speaker);
   }
   const text = document.createElement("span");
