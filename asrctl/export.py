@@ -22,7 +22,8 @@ from pathlib import Path
 
 from asrctl.adapters.base import Adapter
 from asrctl.adapters.registry import load_adapter
-from asrctl.errors import AsrctlError
+from asrctl.errors import AsrctlError, ModelDirError
+from asrctl.llm_check import check_llm
 
 log = logging.getLogger("asrctl")
 
@@ -128,6 +129,13 @@ def _write_llm(adapter: Adapter, dest: Path) -> None:
             t = t.clone()  # tied weights saved shared (lm_head = embed_tokens): safetensors refuses
         storages.add(t.untyped_storage().data_ptr())
         tensors[name] = t
+    problems = check_llm(
+        export.config,
+        {n: tuple(t.shape) for n, t in tensors.items()},
+        config_name=export.config_source,
+    )
+    if problems:
+        raise ModelDirError(str(adapter.model_dir), problems)
     save_file(tensors, str(dest / WEIGHTS_FILE), metadata={"format": "pt"})
 
 

@@ -313,7 +313,12 @@ class FireRedAsrLlmAdapter(Adapter):
         sources += [index] if index.is_file() else []
         sources += llm_weight_files(self.llm_dir)
         sources += [self.llm_dir / n for n in TOKENIZER_FILES if (self.llm_dir / n).is_file()]
-        return LlmExport(config=config, tokenizer_dir=self.llm_dir, sources=tuple(sources))
+        return LlmExport(
+            config=config,
+            tokenizer_dir=self.llm_dir,
+            sources=tuple(sources),
+            config_source=f"{LLM_DIR}/config.json",
+        )
 
     def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Base weights with model.pth.tar's LLM tensors applied: overrides, then LoRA merged."""

@@ -121,7 +121,12 @@ class FunAsrNanoAdapter(Adapter):
 
         sources = [self.model_dir / "model.pt", llm_dir / "config.json"]
         sources += [llm_dir / n for n in TOKENIZER_FILES if (llm_dir / n).is_file()]
-        return LlmExport(config=config, tokenizer_dir=llm_dir, sources=tuple(sources))
+        return LlmExport(
+            config=config,
+            tokenizer_dir=llm_dir,
+            sources=tuple(sources),
+            config_source=f"{LLM_DIR}/config.json",
+        )
 
     def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in _load_state(self.model_dir / "model.pt").items():

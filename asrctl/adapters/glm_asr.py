@@ -2,8 +2,11 @@
 
 Faithful to transformers' ``GlmAsrProcessor`` + ``GlmAsrForConditionalGeneration``:
 
-* Files: ``config.json`` (``model_type: glmasr``), ``model.safetensors`` with the legacy
-  prefixes ``audio_tower.*``, ``multi_modal_projector.*`` and ``language_model.*``, the
+* Files: ``config.json`` (``model_type: glmasr``), ``model.safetensors`` (or shards with
+  an index) with the release prefixes ``audio_tower.*``, ``multi_modal_projector.*`` and
+  ``language_model.*`` — or any other naming transformers' ``from_pretrained`` loads
+  (``language_model.model.model.*`` from ``save_pretrained``, the in-memory
+  ``model.audio_tower.*``/``model.language_model.*``; see :mod:`asrctl.adapters._hf`), the
   tokenizer, ``chat_template.jinja`` and ``preprocessor_config.json`` (WhisperFeatureExtractor,
   128 mel bins).
 * Audio (``asrctl.models.glm_asr``): Whisper log-mel in 30 s windows with a mask, the
@@ -33,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from asrctl.adapters._hf import Checkpoint, KeyLayout, config_dtype, set_dtype, weight_files
 from asrctl.adapters.base import (
     Adapter,
     AudioEncoder,
@@ -52,7 +56,7 @@ WEIGHTS = "model.safetensors"
 AUDIO_TOKEN = "<|pad|>"  # GlmAsrProcessor's audio_token default
 TRANSCRIBE_PROMPT = "Please transcribe this audio into text"  # its default_transcription_prompt
 MAX_AUDIO_SECONDS = 655.0  # GlmAsrProcessor's max_audio_len (≈ 8192 LLM positions)
-LLM_PREFIX = "language_model."
+KEYS = KeyLayout(audio=("audio_tower", "multi_modal_projector"))
 CONVERT_HINT = (
     "this is the older remote-code GLM-ASR-Nano layout (AutoModelForCausalLM with "
     "trust_remote_code, config.merge_factor); asrctl needs the transformers-native layout "
@@ -110,7 +114,6 @@ class GlmAsrAdapter(Adapter):
     )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile("config.json", "GlmAsrConfig (model_type glmasr)"),
-        RequiredFile(WEIGHTS, "weights: audio_tower.*, multi_modal_projector.*, language_model.*"),
         RequiredFile("tokenizer.json", "the GLM tokenizer"),
         RequiredFile("tokenizer_config.json", "the tokenizer's settings"),
         RequiredFile("chat_template.jinja", "the chat template that places the audio"),
@@ -202,25 +205,49 @@ class GlmAsrAdapter(Adapter):
             return [str(e)]
         return []
 
-    def _check_keys(self) -> list[str]:
-        from safetensors import safe_open
+    @functools.cached_property
+    def checkpoint(self) -> Checkpoint:
+        """The weights under release names, whichever layout transformers wrote."""
+        return Checkpoint.open(self.model_dir, KEYS)
 
+    @property
+    def layout(self) -> str:
+        """The on-disk layout recognised (for ``asrctl verify``)."""
+        return f"transformers glmasr, {self.checkpoint.layout}"
+
+    def tensor_groups(self) -> dict[str, int]:
+        """Tensor count per module, under release names (for ``asrctl verify``)."""
+        return self.checkpoint.groups()
+
+    def _check_keys(self) -> list[str]:
         try:
-            with safe_open(str(self.model_dir / WEIGHTS), framework="pt") as f:
-                keys = set(f.keys())
-        except Exception as e:  # safetensors raises its own error types
-            return [f"{WEIGHTS}: cannot be read ({e})"]
+            files = weight_files(self.model_dir)
+        except (ValueError, KeyError) as e:
+            return [f"model.safetensors.index.json: unreadable ({e})"]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            return [
+                f"missing weights file {n} — {WEIGHTS} or the shards of "
+                "model.safetensors.index.json (audio_tower.*, multi_modal_projector.*, "
+                "language_model.*)"
+                for n in absent
+            ]
+        try:
+            checkpoint = self.checkpoint
+        except ValueError as e:
+            return [str(e)]
         needed = (
             "audio_tower.conv1.weight",
             "multi_modal_projector.linear_1.weight",
             "multi_modal_projector.linear_2.weight",
             "language_model.model.embed_tokens.weight",
         )
-        missing = [k for k in needed if k not in keys]
+        missing = [k for k in needed if k not in checkpoint.names]
         if missing:
-            if any(k.startswith("audio_encoder.") for k in keys):
+            legacy = ("audio_encoder.", "model.audio_encoder.")
+            if any(k.startswith(legacy) for k in checkpoint.unknown):
                 return [f"{WEIGHTS}: {CONVERT_HINT}"]
-            return [f"{WEIGHTS}: missing {', '.join(missing)}"]
+            return [f"weights: missing {', '.join(missing)} (under any name transformers loads)"]
         return []
 
     # --- the LLM ----------------------------------------------------------------------
@@ -244,38 +271,28 @@ class GlmAsrAdapter(Adapter):
             "model_type": "llama",
             "tie_word_embeddings": self.tied,
         }
-        dtype = self.config.get("dtype") or self.config.get("torch_dtype")
-        if dtype and "dtype" not in config and "torch_dtype" not in config:
-            config["dtype"] = dtype
-        sources = [self.model_dir / WEIGHTS, self.model_dir / "config.json"]
+        # the checkpoint's dtype: the top-level one (what from_pretrained(dtype="auto") uses)
+        set_dtype(config, config_dtype(self.config, self.text_config) or "bfloat16")
+        index = self.model_dir / "model.safetensors.index.json"
+        sources = [*weight_files(self.model_dir), self.model_dir / "config.json"]
+        sources += [index] if index.is_file() else []
         sources += [self.model_dir / n for n in TOKENIZER_FILES if (self.model_dir / n).is_file()]
-        return LlmExport(config=config, tokenizer_dir=self.model_dir, sources=tuple(sources))
+        return LlmExport(
+            config=config,
+            tokenizer_dir=self.model_dir,
+            sources=tuple(sources),
+            config_source="config.json (text_config)",
+        )
 
     def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        from safetensors import safe_open
-
-        with safe_open(str(self.model_dir / WEIGHTS), framework="pt") as f:
-            for name in f.keys():
-                if not name.startswith(LLM_PREFIX):
-                    continue
-                key = name[len(LLM_PREFIX) :]
-                if key == "lm_head.weight" and self.tied:
-                    continue  # tied to model.embed_tokens.weight
-                yield key, f.get_tensor(name)
+        yield from self.checkpoint.llm_tensors(tied=self.tied)
 
     # --- audio and prompt ---------------------------------------------------------------
 
     def audio_encoder(self, device: str, dtype: torch.dtype) -> AudioEncoder:
-        from safetensors import safe_open
-
         from asrctl.models.glm_asr import GlmAsrAudio, WhisperFeatureOptions
 
-        with safe_open(str(self.model_dir / WEIGHTS), framework="pt") as f:
-            state = {
-                k: f.get_tensor(k)
-                for k in f.keys()
-                if k.startswith(("audio_tower.", "multi_modal_projector."))
-            }
+        state = dict(self.checkpoint.tensors(lambda n: n.startswith(KEYS.audio)))
         return GlmAsrAudio.from_checkpoint(
             self.config,
             WhisperFeatureOptions.from_config(self.preprocessor),
