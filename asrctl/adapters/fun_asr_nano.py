@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,14 @@ _SPACES = re.compile(r"\s+")
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if path.stat().st_size == 0:
+        raise EOFError("the file is empty")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     return obj.get("state_dict", obj) if isinstance(obj, dict) else {}
 
 
@@ -81,9 +89,11 @@ class FunAsrNanoAdapter(Adapter):
         conf = model_dir / "config.yaml"
         if conf.is_file() and conf.stat().st_size < (1 << 20):
             try:
-                data = yaml.safe_load(conf.read_text())
+                text = conf.read_text()
+                data = yaml.safe_load(text)
             except (yaml.YAMLError, UnicodeDecodeError):
-                return False
+                # a broken config.yaml beside the checkpoint: claim it, so check() names the error
+                return (model_dir / "model.pt").exists() or (model_dir / LLM_DIR).exists()
             return isinstance(data, dict) and data.get("model") == "FunASRNano"
         return (model_dir / "model.pt").exists() and (model_dir / LLM_DIR).exists()
 
@@ -92,7 +102,14 @@ class FunAsrNanoAdapter(Adapter):
         return yaml.safe_load((self.model_dir / "config.yaml").read_text()) or {}
 
     def check_contents(self) -> list[str]:
-        problems = []
+        try:
+            config = yaml.safe_load((self.model_dir / "config.yaml").read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            detail = " ".join(str(e).split())
+            return [f"config.yaml: not valid YAML ({detail})"]
+        if not isinstance(config, dict):
+            return [f"config.yaml: expected a mapping of settings, found {type(config).__name__}"]
+        problems = self._check_checkpoint()
         for block in ("audio_encoder_conf", "audio_adaptor_conf", "frontend_conf"):
             if not isinstance(self.config.get(block), dict):
                 problems.append(f"config.yaml: missing the {block} block")
@@ -106,6 +123,36 @@ class FunAsrNanoAdapter(Adapter):
         except ValueError as e:
             problems.append(f"{LLM_DIR}/config.json: not valid JSON ({e})")
         return problems
+
+    def _check_checkpoint(self) -> list[str]:
+        """model.pt loads as a torch checkpoint holding the three modules."""
+        try:
+            state = _load_state(self.model_dir / "model.pt")
+        except Exception as e:  # torch.load raises many types on a truncated or foreign file
+            if isinstance(e, pickle.UnpicklingError):
+                first = "it does not unpickle to tensors"
+            else:
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+            return [
+                "model.pt: not a loadable torch checkpoint (truncated, empty or another kind "
+                f"of file; {type(e).__name__}: {first}); re-download it"
+            ]
+        prefixes = ("audio_encoder.", "audio_adaptor.", "llm.")
+        missing = [p for p in prefixes if not any(k.startswith(p) for k in state)]
+        return [f"model.pt: no {p}* tensors" for p in missing]
+
+    def tensor_groups(self) -> dict[str, int]:
+        """Tensor count per module of model.pt (for ``asrctl verify``)."""
+        groups: dict[str, int] = {}
+        for key in _load_state(self.model_dir / "model.pt"):
+            group = key.split(".")[0]
+            groups[group] = groups.get(group, 0) + 1
+        return groups
+
+    @property
+    def layout(self) -> str:
+        """The on-disk layout recognised (for ``asrctl verify``)."""
+        return "FunASR release (model.pt + config.yaml + Qwen3-0.6B/)"
 
     def verify(self) -> list[str]:
         """Tensor shapes of model.pt against config.yaml and the Qwen3 config (asrctl verify)."""
