@@ -173,6 +173,12 @@ def test_vibevoice_release_layout_is_not_an_empty_export(fixtures, tmp_path: Pat
     _rewrite(model_dir, _release("vibevoice-asr-hf", _read_all(model_dir)))
     exported = load_file(export_llm(load_adapter(model_dir)).llm_dir / "model.safetensors")
     assert "lm_head.weight" in exported and "model.layers.1.mlp.down_proj.weight" in exported
+    from asrctl import verify
+
+    [check] = [c for c in verify.model_checks(model_dir) if c.name == "layout"]
+    assert check.status == "ok" and "release (transformers conversion)" in check.detail
+    assert "language_model.model.layers (" in check.detail
+    assert "acoustic_tokenizer_encoder (" in check.detail
 
 
 @pytest.mark.parametrize("family", list(AUDIO))

@@ -230,6 +230,35 @@ class FireRedAsrLlmAdapter(Adapter):
                 full[name] = tensor
         return full, lora
 
+    @property
+    def layout(self) -> str:
+        """The release recognised (for ``asrctl verify``)."""
+        has_encoder = bool(self.encoder_package.get("model_state_dict"))
+        kind = (
+            "FireRedASR-LLM v1 layout (asr_encoder.pth.tar holds the AED weights)"
+            if has_encoder
+            else "FireRedASR2-LLM layout (asr_encoder.pth.tar holds only args; the encoder "
+            "comes from model.pth.tar)"
+        )
+        where = "a symlink" if self.llm_dir.is_symlink() else "a folder inside the repo"
+        return f"{kind}; {LLM_DIR}/ is {where}"
+
+    def tensor_groups(self) -> dict[str, int]:
+        """Tensor count per module of model.pth.tar, plus the LLM's own (``asrctl verify``)."""
+        from safetensors import safe_open
+
+        groups: dict[str, int] = {}
+        for key in self.package.get("model_state_dict") or {}:
+            group = "llm (LoRA)" if ".lora_" in key else key.split(".")[0]
+            groups[f"model.pth.tar: {group}"] = groups.get(f"model.pth.tar: {group}", 0) + 1
+        for key in self.encoder_package.get("model_state_dict") or {}:
+            group = f"asr_encoder.pth.tar: {key.split('.')[0]}"
+            groups[group] = groups.get(group, 0) + 1
+        for path in llm_weight_files(self.llm_dir):
+            with safe_open(str(path), framework="pt") as f:
+                groups[f"{LLM_DIR}"] = groups.get(LLM_DIR, 0) + len(list(f.keys()))
+        return groups
+
     # -- the contract --------------------------------------------------------------------
 
     def check_contents(self) -> list[str]:
