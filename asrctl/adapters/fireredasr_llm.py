@@ -13,6 +13,9 @@ Faithful to the ``fireredasr`` package (FireRedASR v1; FireRedASR2-LLM uses the 
   (``W + alpha/r * B @ A``, alpha 16 and r 64 hard-coded by FireRedASR), exported as a stock
   ``Qwen2ForCausalLM``. The LoRA is applied only when ``args.use_lora`` and not
   ``args.freeze_llm``, as in the reference.
+* FireRedASR2-LLM (2026) ships the same files, but ``asr_encoder.pth.tar`` holds only the
+  args and ``Qwen2-7B-Instruct/`` is a folder inside the repo; its pipeline lower-cases the
+  text, and so does :meth:`postprocess` when the encoder file has no weights.
 * Decoding: greedy with ``repetition_penalty`` 3.0 by default (the reference's recommended
   setting, which it pairs with beam 3; beam search has no prompt-embeddings path in vLLM),
   on generated tokens only, like transformers' ``generate(inputs_embeds=...)``; at most as
@@ -138,7 +141,8 @@ class FireRedAsrLlmAdapter(Adapter):
         RequiredFile("cmvn.ark", "Kaldi CMVN statistics"),
         RequiredFile(
             LLM_DIR,
-            "the Qwen2-7B-Instruct folder; link it: ln -s ../Qwen2-7B-Instruct",
+            "the Qwen2-7B-Instruct folder (FireRedASR2-LLM ships it; for FireRedASR-LLM-L "
+            "link it: ln -s ../Qwen2-7B-Instruct)",
             is_dir=True,
         ),
         RequiredFile(f"{LLM_DIR}/config.json", "Qwen2 LLM config"),
@@ -231,12 +235,16 @@ class FireRedAsrLlmAdapter(Adapter):
         return full, lora
 
     @property
+    def version(self) -> int:
+        """2 for FireRedASR2-LLM, whose asr_encoder.pth.tar holds only the args, else 1."""
+        return 1 if self.encoder_package.get("model_state_dict") else 2
+
+    @property
     def layout(self) -> str:
         """The release recognised (for ``asrctl verify``)."""
-        has_encoder = bool(self.encoder_package.get("model_state_dict"))
         kind = (
             "FireRedASR-LLM v1 layout (asr_encoder.pth.tar holds the AED weights)"
-            if has_encoder
+            if self.version == 1
             else "FireRedASR2-LLM layout (asr_encoder.pth.tar holds only args; the encoder "
             "comes from model.pth.tar)"
         )
@@ -404,6 +412,11 @@ class FireRedAsrLlmAdapter(Adapter):
                 hint="drop --language or pass auto",
             )
         return Prompt(prefix=PREFIX, suffix=SUFFIX)
+
+    def postprocess(self, text: str) -> str:
+        """Stripped; lower-cased for FireRedASR2-LLM, as its ``FireRedAsr2.transcribe`` does."""
+        text = text.strip()
+        return text.lower() if self.version == 2 else text
 
     def max_new_tokens(self, n_audio_tokens: int) -> int | None:
         """The reference decodes at most as many tokens as there are audio tokens."""
