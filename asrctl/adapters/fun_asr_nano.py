@@ -13,6 +13,7 @@ import json
 import pickle
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -36,10 +37,11 @@ LLM_DIR = "Qwen3-0.6B"
 
 # The prompt, as FunASR builds it (funasr/models/fun_asr_nano): system turn, then the user
 # instruction followed by the audio, then the assistant turn opens.
-PREFIX = (
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{instruction}"
-)
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+USER = "<|im_start|>user\n{instruction}"
+PREFIX = SYSTEM + USER
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+NO_THINK = "<think>\n\n</think>\n\n"
 INSTRUCTION = "语音转写"
 INSTRUCTION_WITH_LANGUAGE = "语音转写成{language}"
 NO_ITN = "，不进行文本规整"
@@ -52,6 +54,43 @@ LANGUAGES = {"zh": "中文", "en": "英文", "ja": "日文", "ko": "韩文"}
 # Output clean-up of FunASR's vLLM path: special-token remnants and silence marks.
 _JUNK = re.compile(r"<\|[^|>]*\|>|/sil")
 _SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """What ``config.yaml`` sets that FunASR's ``FunASRNano.inference`` reads into the prompt.
+
+    AutoModel passes the config's keys to ``inference`` as keyword defaults:
+    ``dataset_conf.sys_prompt`` (False: no system turn), ``dataset_conf.do_think`` (False:
+    an empty ``<think>`` block opens the answer), ``infer_with_assistant_input`` (True: the
+    user turn is left open, no assistant turn), ``prev_text`` (the answer's start, also
+    prepended to the output), ``language``/``hotwords`` (defaults for the instruction) and
+    ``max_length`` (new tokens, 512 by default).
+    """
+
+    sys_prompt: bool = True
+    do_think: bool = True
+    assistant_input: bool = False
+    prev_text: str = ""
+    language: str | None = None
+    hotwords: tuple[str, ...] = ()
+    max_length: int | None = None
+
+    @classmethod
+    def from_config(cls, config: dict) -> PromptSettings:
+        dataset = config.get("dataset_conf") or {}
+        dataset = dataset if isinstance(dataset, dict) else {}
+        hotwords = config.get("hotwords") or ()
+        max_length = config.get("max_length")
+        return cls(
+            sys_prompt=bool(dataset.get("sys_prompt", True)),
+            do_think=bool(dataset.get("do_think", True)),
+            assistant_input=bool(config.get("infer_with_assistant_input", False)),
+            prev_text=str(config.get("prev_text") or ""),
+            language=None if config.get("language") is None else str(config["language"]),
+            hotwords=tuple(str(h) for h in hotwords) if isinstance(hotwords, list) else (),
+            max_length=int(max_length) if isinstance(max_length, int) else None,
+        )
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -193,23 +232,43 @@ class FunAsrNanoAdapter(Adapter):
 
         return audio_positions(self.config, num_samples)
 
+    @functools.cached_property
+    def settings(self) -> PromptSettings:
+        return PromptSettings.from_config(self.config)
+
     def prompt(self, options: PromptOptions) -> Prompt:
+        settings = self.settings
         instruction = ""
-        if options.hotwords:
-            instruction += HOTWORDS.format(hotwords=", ".join(options.hotwords))
-        language = self._language_name(options.language)
+        hotwords = options.hotwords or settings.hotwords
+        if hotwords:
+            instruction += HOTWORDS.format(hotwords=", ".join(hotwords))
+        if options.language is None and settings.language is not None:
+            language = self._language_name(settings.language, verbatim=True)
+        else:
+            language = self._language_name(options.language)
         instruction += (
             INSTRUCTION_WITH_LANGUAGE.format(language=language) if language else INSTRUCTION
         )
         if not options.itn:
             instruction += NO_ITN
-        return Prompt(prefix=PREFIX.format(instruction=instruction + "："), suffix=SUFFIX)
+        user = USER.format(instruction=instruction + "：")
+        prefix = (SYSTEM if settings.sys_prompt else "") + user
+        suffix = "" if settings.assistant_input else SUFFIX
+        if not settings.do_think:
+            suffix += NO_THINK
+        return Prompt(prefix=prefix, suffix=suffix + settings.prev_text)
 
-    def _language_name(self, language: str | None) -> str | None:
+    def max_new_tokens(self, n_audio_tokens: int) -> int | None:
+        """config.yaml's ``max_length`` (FunASR's max_new_tokens), if it sets one."""
+        return self.settings.max_length
+
+    def _language_name(self, language: str | None, *, verbatim: bool = False) -> str | None:
         if language is None or language.lower() == "auto":
             return None
         if language in LANGUAGES.values():
             return language
+        if verbatim and language.lower() not in LANGUAGES:
+            return language  # config.yaml's language goes into the prompt as written
         try:
             return LANGUAGES[language.lower()]
         except KeyError:
@@ -219,4 +278,5 @@ class FunAsrNanoAdapter(Adapter):
             ) from None
 
     def postprocess(self, text: str) -> str:
-        return _SPACES.sub(" ", _JUNK.sub(" ", text)).strip()
+        # FunASR prepends prev_text to the decoded answer
+        return _SPACES.sub(" ", _JUNK.sub(" ", self.settings.prev_text + text)).strip()
