@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     import torch
 
+    from asrctl.results import Segment, Word
+
 
 @dataclass(frozen=True)
 class RequiredFile:
@@ -100,9 +102,9 @@ class AudioEncoder(ABC):
         is known) when ``timing`` is asked and :attr:`word_timing` holds; else None."""
         return self(waves), None
 
-    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[dict]]:
+    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[Word]]:
         """Word timestamps of each text, aligned to its utterance's ``timing`` data from
-        :meth:`encode`: ``[{word, start, end, score}]`` in seconds from the utterance start,
+        :meth:`encode`: words in seconds from the utterance start,
         ``[]`` where the text cannot be aligned. Only called when :attr:`word_timing` holds."""
         raise NotImplementedError(f"{type(self).__name__} gives no word timestamps")
 
@@ -175,7 +177,7 @@ class Adapter(ABC):
         """Clean the decoded text (default: strip)."""
         return text.strip()
 
-    def parse_output(self, text: str) -> tuple[str, list[dict]]:
+    def parse_output(self, text: str) -> tuple[str, list[Segment]]:
         """The transcript and its segments (speaker, timestamps) from the decoded text.
 
         Default: ``(postprocess(text), [])``; families with structured output override it.
