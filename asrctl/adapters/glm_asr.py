@@ -7,7 +7,9 @@ Faithful to transformers' ``GlmAsrProcessor`` + ``GlmAsrForConditionalGeneration
   ``language_model.*`` — or any other naming transformers' ``from_pretrained`` loads
   (``language_model.model.model.*`` from ``save_pretrained``, the in-memory
   ``model.audio_tower.*``/``model.language_model.*``; see :mod:`asrctl.adapters._hf`), the
-  tokenizer, ``chat_template.jinja`` and ``preprocessor_config.json`` (WhisperFeatureExtractor,
+  tokenizer, ``chat_template.jinja`` and ``preprocessor_config.json`` (or transformers 5's
+  ``processor_config.json``, whose ``audio_token`` and ``default_transcription_prompt`` are
+  honoured too) (WhisperFeatureExtractor,
   128 mel bins).
 * Audio (``asrctl.models.glm_asr``): Whisper log-mel in 30 s windows with a mask, the
   encoder with partial rotary embeddings (transformers' ``GlmAsrEncoder``, which loads the
@@ -117,7 +119,6 @@ class GlmAsrAdapter(Adapter):
         RequiredFile("tokenizer.json", "the GLM tokenizer"),
         RequiredFile("tokenizer_config.json", "the tokenizer's settings"),
         RequiredFile("chat_template.jinja", "the chat template that places the audio"),
-        RequiredFile("preprocessor_config.json", "WhisperFeatureExtractor settings (128 mels)"),
     )
 
     @classmethod
@@ -137,8 +138,27 @@ class GlmAsrAdapter(Adapter):
         return _read_json(self.model_dir / "config.json") or {}
 
     @functools.cached_property
+    def processor(self) -> dict:
+        """``processor_config.json`` (transformers 5 ``GlmAsrProcessor.save_pretrained``)."""
+        return _read_json(self.model_dir / "processor_config.json") or {}
+
+    @functools.cached_property
     def preprocessor(self) -> dict:
-        return _read_json(self.model_dir / "preprocessor_config.json") or {}
+        """The feature extractor's settings: ``preprocessor_config.json``, or the
+        ``feature_extractor`` block of ``processor_config.json`` (transformers 5 writes that)."""
+        own = _read_json(self.model_dir / "preprocessor_config.json")
+        if own is not None:
+            return own
+        block = self.processor.get("feature_extractor")
+        return block if isinstance(block, dict) else {}
+
+    @property
+    def audio_token(self) -> str:
+        return str(self.processor.get("audio_token") or AUDIO_TOKEN)
+
+    @property
+    def transcribe_prompt(self) -> str:
+        return str(self.processor.get("default_transcription_prompt") or TRANSCRIBE_PROMPT)
 
     @property
     def text_config(self) -> dict:
@@ -163,7 +183,12 @@ class GlmAsrAdapter(Adapter):
         if text_type != "llama":
             problems.append(f"config.json: text_config.model_type should be llama, not {text_type}")
         pre = self.preprocessor
-        if (
+        if not pre:
+            problems.append(
+                "missing preprocessor_config.json (or processor_config.json with a "
+                "feature_extractor block) — WhisperFeatureExtractor settings (128 mels)"
+            )
+        elif (
             pre.get("feature_extractor_type", "WhisperFeatureExtractor")
             != "WhisperFeatureExtractor"
         ):
@@ -172,7 +197,7 @@ class GlmAsrAdapter(Adapter):
                 f"WhisperFeatureExtractor, not {pre.get('feature_extractor_type')!r}"
             )
         mels = (self.config.get("audio_config") or {}).get("num_mel_bins", 128)
-        if int(pre.get("feature_size", 80)) != int(mels):
+        if pre and int(pre.get("feature_size", 80)) != int(mels):
             problems.append(
                 f"preprocessor_config.json: feature_size {pre.get('feature_size')} differs "
                 f"from audio_config.num_mel_bins {mels}"
@@ -190,13 +215,14 @@ class GlmAsrAdapter(Adapter):
             tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         except Exception as e:  # tokenizers raises a bare Exception on bad files
             return [f"tokenizer.json: cannot be loaded ({e})"]
-        audio_id = tok.token_to_id(AUDIO_TOKEN)
+        token = self.audio_token
+        audio_id = tok.token_to_id(token)
         if audio_id is None:
-            return [f"tokenizer.json: no {AUDIO_TOKEN} token (the audio placeholder)"]
+            return [f"tokenizer.json: no {token} token (the audio placeholder)"]
         expected = self.config.get("audio_token_id", audio_id)
         if expected != audio_id:
             return [
-                f"config.json: audio_token_id {expected} is not {AUDIO_TOKEN} "
+                f"config.json: audio_token_id {expected} is not {token} "
                 f"(id {audio_id} in tokenizer.json)"
             ]
         try:
@@ -314,16 +340,17 @@ class GlmAsrAdapter(Adapter):
         messages = [
             {
                 "role": "user",
-                "content": [{"type": "audio"}, {"type": "text", "text": TRANSCRIBE_PROMPT}],
+                "content": [{"type": "audio"}, {"type": "text", "text": self.transcribe_prompt}],
             }
         ]
         text = render_chat_template(template, messages, add_generation_prompt=True)
-        if text.count(AUDIO_TOKEN) != 1:
+        token = self.audio_token
+        if text.count(token) != 1:
             raise OptionsError(
-                f"chat_template.jinja: rendering one audio item gave {text.count(AUDIO_TOKEN)} "
-                f"{AUDIO_TOKEN} placeholders, expected 1"
+                f"chat_template.jinja: rendering one audio item gave {text.count(token)} "
+                f"{token} placeholders, expected 1"
             )
-        prefix, _, suffix = text.partition(AUDIO_TOKEN)
+        prefix, _, suffix = text.partition(token)
         return prefix, suffix
 
     def prompt(self, options: PromptOptions) -> Prompt:
