@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from asrctl.adapters._hf import config_dtype, set_dtype
 from asrctl.adapters.base import Adapter
 from asrctl.adapters.registry import load_adapter
 from asrctl.errors import AsrctlError, ModelDirError
@@ -123,7 +124,11 @@ def _write_llm(adapter: Adapter, dest: Path) -> None:
 
     export = adapter.llm_export()
     dest.mkdir(parents=True)
-    (dest / "config.json").write_text(json.dumps(export.config, indent=2))
+    config = dict(export.config)
+    dtype = config_dtype(config)  # transformers 5's "dtype" first, then "torch_dtype"
+    if dtype is not None:
+        set_dtype(config, dtype)  # both spellings agree, whichever a reader looks at
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
     for name in TOKENIZER_FILES:
         src = export.tokenizer_dir / name
         if src.is_file():

@@ -230,3 +230,23 @@ def test_check_llm_messages() -> None:
     assert "model.layers.2.mlp.up_proj.weight" in check_llm(config, extra, config_name="c")[0]
     tied = dict(config, tie_word_embeddings=True)
     assert check_llm(tied, full, config_name="c") == []  # a saved tied lm_head is allowed
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        ({"dtype": "float32"}, "float32"),
+        ({"torch_dtype": "float16"}, "float16"),
+        ({"dtype": "float32", "torch_dtype": "bfloat16"}, "float32"),  # transformers 5 wins
+    ],
+)
+def test_llm_config_dtype_spellings_agree_after_export(
+    fun_asr_copy: Path, keys: dict, expected: str
+) -> None:
+    conf = fun_asr_copy / "Qwen3-0.6B" / "config.json"
+    data = {k: v for k, v in json.loads(conf.read_text()).items() if "dtype" not in k}
+    conf.write_text(json.dumps(data | keys))
+    exported = json.loads(
+        (export_llm(load_adapter(fun_asr_copy)).llm_dir / "config.json").read_text()
+    )
+    assert exported["dtype"] == exported["torch_dtype"] == expected
