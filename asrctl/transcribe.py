@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asrctl.adapters.base import AudioEncoder, PromptOptions
+from asrctl.adapters.base import PromptOptions
 from asrctl.engine import Engine, EngineOptions, Generation, cuda_available
 from asrctl.errors import AsrctlError, OptionsError
 from asrctl.inputs import AudioItem
+from asrctl.models.encoder import AudioEncoder
 from asrctl.pipeline import (
     DEFAULT_MAX_TOKENS,
     DecodeOptions,

@@ -278,6 +278,7 @@ class VibeVoiceAsrAdapter(Adapter):
         title="VibeVoice-ASR",
         sample_rate=24000,
         max_audio_seconds=MAX_SECONDS,
+        writes_segments=True,
     )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile("config.json", "VibeVoice config (model_type vibevoice or vibevoice_asr)"),

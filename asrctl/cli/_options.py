@@ -117,6 +117,13 @@ SamplingOverrideOpt = Annotated[
         """'{"temperature": 0, "repetition_penalty": 1.1}'.""",
     ),
 ]
+AllowedMediaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--allowed-local-media-path",
+        help="Let chat requests name file:// audio under this folder (off by default).",
+    ),
+]
 ResumeOpt = Annotated[
     bool,
     typer.Option("--resume", help="Skip keys already in OUT/results.jsonl and append the rest."),

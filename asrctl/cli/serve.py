@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from asrctl.cli._options import (
+    AllowedMediaOpt,
     ApiKeyOpt,
     BatchWindowMsOpt,
     CacheDirOpt,
@@ -51,6 +52,7 @@ def serve(
     enforce_eager: EnforceEagerOpt = False,
     vad: ServeVadOpt = False,
     sampling_override: SamplingOverrideOpt = None,
+    allowed_local_media_path: AllowedMediaOpt = None,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
@@ -74,6 +76,7 @@ def serve(
         encoder_dtype=encoder_dtype,
         cache_dir=cache_dir,
         vad=vad,
+        allowed_local_media_path=allowed_local_media_path,
         sampling_override=(
             SamplingOverride.parse(sampling_override) if sampling_override else SamplingOverride()
         ),

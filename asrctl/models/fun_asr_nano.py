@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from asrctl.adapters.base import AudioEncoder
-from asrctl.features import FbankOptions, apply_lfr, fbank, lfr_length, num_frames
 from asrctl.models.ctc_tokenizer import CtcTokenizer
 from asrctl.models.ctc_words import word_times
+from asrctl.models.encoder import AudioEncoder
+from asrctl.models.features import FbankOptions, apply_lfr, fbank, lfr_length, num_frames
 from asrctl.models.fun_asr_ctc import CtcFrames, FunAsrCtcHead
 from asrctl.models.funasr_adaptor import (
     FunAsrAdaptor,

@@ -22,9 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
+from asrctl.adapters.base import Adapter, PromptOptions
 from asrctl.engine import AsyncEngine, EngineOptions, Generation
 from asrctl.errors import EngineError, OptionsError
+from asrctl.models.encoder import AudioEncoder
 from asrctl.pipeline import DecodeOptions, Encoded, Pipeline, SamplingOverride, engine_failure
 from asrctl.results import Transcript
 from asrctl.server.batching import BatcherClosed, EncoderBatcher

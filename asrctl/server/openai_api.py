@@ -170,6 +170,12 @@ def hotwords_from(form: FormData) -> tuple[str, ...]:
             f"prompt and keywords may hold at most {MAX_PROMPT_CHARS} characters",
             param="prompt",
         )
+    return split_hotwords(*texts)
+
+
+def split_hotwords(*texts: str) -> tuple[str, ...]:
+    """Hotwords of free text: split at commas, enumeration commas, semicolons and line
+    breaks; duplicates dropped, order kept."""
     words = (w.strip() for t in texts for w in _HOTWORD_SPLIT.split(t))
     return tuple(dict.fromkeys(w for w in words if w))
 
