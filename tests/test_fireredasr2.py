@@ -50,7 +50,7 @@ REFERENCE_INSTALL = "pip install --no-deps fasr-asr-firered==0.5.8"
 
 @pytest.fixture(scope="module")
 def v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_fixture("fireredasr2-llm", tmp_path_factory.mktemp("fr2") / "FireRedASR2-LLM")
+    return make_fixture("fireredasr-llm-v2", tmp_path_factory.mktemp("fr2") / "FireRedASR2-LLM")
 
 
 def test_fixture_is_the_release_shape(v2: Path) -> None:
