@@ -44,6 +44,10 @@ def expected_shapes(config: Mapping) -> dict[str, tuple[int, ...]]:
         shapes[f"{p}mlp.gate_proj.weight"] = (inter, hidden)
         shapes[f"{p}mlp.up_proj.weight"] = (inter, hidden)
         shapes[f"{p}mlp.down_proj.weight"] = (hidden, inter)
+        if config.get("mlp_bias", False):  # Llama's option
+            shapes[f"{p}mlp.gate_proj.bias"] = (inter,)
+            shapes[f"{p}mlp.up_proj.bias"] = (inter,)
+            shapes[f"{p}mlp.down_proj.bias"] = (hidden,)
         shapes[f"{p}input_layernorm.weight"] = (hidden,)
         shapes[f"{p}post_attention_layernorm.weight"] = (hidden,)
     shapes["model.norm.weight"] = (hidden,)

@@ -228,6 +228,9 @@ def test_check_llm_messages() -> None:
     assert "every layer (model.layers.0-1.*)" in msg and "lm_head.weight" in msg
     extra = dict(full) | {"model.layers.2.mlp.up_proj.weight": (16, 8)}
     assert "model.layers.2.mlp.up_proj.weight" in check_llm(config, extra, config_name="c")[0]
+    llama = dict(config, architectures=["LlamaForCausalLM"], attention_bias=True, mlp_bias=True)
+    biases = [n for n in expected_shapes(llama) if n.endswith(".bias")]
+    assert len(biases) == 2 * 7  # q, k, v, o, gate, up, down per layer
     tied = dict(config, tie_word_embeddings=True)
     assert check_llm(tied, full, config_name="c") == []  # a saved tied lm_head is allowed
 
