@@ -392,3 +392,46 @@ def test_browser_microphone_shows_partial_then_locked_text(browser, fake_server,
     wait_for(lambda: text_of(browser, "status").startswith("Done:"), "the final result")
     wait_for(lambda: text_of(browser, "mic") == "Start microphone", "the session to close")
     assert text_of(browser, "partial") == ""
+
+
+@pytest.mark.vllm
+def test_browser_through_asrctl_serve_shows_the_models_text(browser, fun_asr_tiny, tmp_path):
+    """The page on ``python -m asrctl serve`` (real vLLM, tiny fixture): an upload shows
+    the text the API gives for the same file, and the microphone shows partial, then
+    locked text."""
+    import httpx
+    from liveserver import live_server
+    from selenium.webdriver.common.by import By
+
+    args = ["--model", str(fun_asr_tiny), "--served-model-name", "tiny", "--api-key", FAKE_KEY]
+    args += ["--max-tokens", "8", "--dtype", "float32", "--enforce-eager"]
+    args += ["--max-model-len", "1024"]
+    with live_server(args, tmp_path / "server.log") as server:
+        audio = tmp_path / "clip.wav"
+        audio.write_bytes(wav_bytes(2.0))
+        expected = httpx.post(
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": ("clip.wav", audio.read_bytes())},
+            headers={"Authorization": f"Bearer {FAKE_KEY}"},
+            timeout=120,
+        ).json()["text"]
+        assert expected.strip()
+        open_page(browser, f"{server.url}/v1")
+        browser.find_element(By.ID, "file").send_keys(str(audio))
+        wait_for(lambda: text_of(browser, "status").startswith("clip.wav:"), "the transcript", 120)
+        texts = browser.find_elements(By.CSS_SELECTOR, "#segments li .text")
+        assert [t.get_attribute("textContent") for t in texts] == [expected]
+        screenshot(browser, tmp_path, "ui-serve-file.png")
+
+        browser.execute_script(OBSERVE)
+        browser.find_element(By.ID, "mic").click()
+        wait_for(lambda: text_of(browser, "result-title") == "Live", "the live session")
+        locked = "#segments li .text"
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, locked), "a locked sentence", 120)
+        seen = browser.execute_script("return window.seen")
+        partials = [s for s in seen if s["partial"]]
+        assert partials and partials[0]["locked"] == 0, seen
+        assert browser.find_element(By.CSS_SELECTOR, locked).get_attribute("textContent")
+        screenshot(browser, tmp_path, "ui-serve-live.png")
+        browser.find_element(By.ID, "mic").click()
+        wait_for(lambda: text_of(browser, "status").startswith("Done:"), "the final result", 120)
