@@ -292,16 +292,36 @@ def test_browser_uploads_a_file_and_downloads_srt(browser, fake_server, tmp_path
     vtt = wait_for(lambda: next(downloads.glob("talk*two.vtt"), None), "the vtt download")
     assert vtt.read_text(encoding="utf-8").startswith("WEBVTT\n\n00:00:00.000 --> 00:00:02.000")
 
+    drop_file(browser, "dropped.wav", wav_bytes(3.0))  # dragged onto the page
+    wait_for(lambda: "heard 48000 samples" in text_of(browser, "segments"), "the dropped file")
+    assert text_of(browser, "result-title") == "dropped.wav"
+
+
+DROP = """
+const [name, data] = arguments;
+const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+const transfer = new DataTransfer();
+transfer.items.add(new File([bytes], name, {type: 'audio/wav'}));
+document.getElementById('drop').dispatchEvent(
+  new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+"""
+
+
+def drop_file(driver, name: str, data: bytes) -> None:
+    import base64
+
+    driver.execute_script(DROP, name, base64.b64encode(data).decode())
+
 
 @contextlib.contextmanager
-def serving(model: FakeModel) -> Iterator[str]:
+def serving(model: FakeModel, keys: tuple[str, ...] = (FAKE_KEY,)) -> Iterator[str]:
     """The app over ``model`` served by uvicorn in a thread (as conftest's fake_server)."""
     import uvicorn
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    options = ServerOptions(served_model_names=("tiny",), api_keys=(FAKE_KEY,), port=port)
+    options = ServerOptions(served_model_names=("tiny",), api_keys=keys, port=port)
     app = create_app(ServerState.create(model, options, Path("/m"), Metrics()))
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -340,6 +360,53 @@ def test_browser_shows_speakers_and_word_times_as_text(browser, tmp_path):
             ["there", "0.60–1.10"],
         ]
         screenshot(browser, tmp_path, "ui-speakers.png")
+
+
+def test_browser_sends_language_and_hotwords_and_shows_refusals(browser, tmp_path):
+    """No key needed here: the page does not ask. Language and hotwords reach the model
+    from an upload and from a live session; a refusal is shown, the page goes on."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+
+    model = FakeModel()
+    with serving(model, keys=()) as url:
+        browser.get(url.removesuffix("/v1") + "/")
+        wait_for(lambda: "Fun-ASR-Nano" in text_of(browser, "model"), "the model's name")
+        assert not browser.find_element(By.ID, "key-panel").is_displayed()
+        Select(browser.find_element(By.ID, "language")).select_by_value("en")
+        browser.find_element(By.ID, "hotwords").send_keys("asrctl, vLLM")
+        audio = tmp_path / "a.wav"
+        audio.write_bytes(wav_bytes(1.0))
+        browser.find_element(By.ID, "file").send_keys(str(audio))
+        wait_for(lambda: "heard 16000 samples" in text_of(browser, "segments"), "the transcript")
+        prompt = model.calls[-1][1]
+        assert (prompt.language, prompt.hotwords) == ("en", ("asrctl", "vLLM"))
+
+        browser.find_element(By.ID, "mic").click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#segments li"), "live text")
+        browser.find_element(By.ID, "mic").click()
+        wait_for(lambda: text_of(browser, "mic") == "Start microphone", "the session to close")
+        prompt = model.calls[-1][1]
+        assert (prompt.language, prompt.hotwords) == ("en", ("asrctl", "vLLM"))
+
+        hotwords = browser.find_element(By.ID, "hotwords")
+        hotwords.clear()
+        hotwords.send_keys("boom")  # the stand-in refuses it as too long a prompt
+        browser.find_element(By.ID, "file").send_keys(str(audio))
+        wait_for(lambda: "prompt too long" in text_of(browser, "status"), "the refusal")
+        assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+
+
+def test_browser_says_when_the_key_is_wrong(browser, fake_server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(fake_server.removesuffix("/v1") + "/")
+    wait_for(lambda: browser.find_element(By.ID, "key-panel").is_displayed(), "the key prompt")
+    browser.find_element(By.ID, "key").send_keys("sk-wrong")
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait_for(lambda: "not accepted" in text_of(browser, "status"), "the refusal")
+    assert browser.find_element(By.ID, "key").get_attribute("value") == ""  # not kept there
+    assert text_of(browser, "model") == "API key needed"
 
 
 def test_browser_rejects_a_file_over_the_limit_without_sending_it(browser, fake_server, tmp_path):

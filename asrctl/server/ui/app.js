@@ -115,14 +115,15 @@ for (const name of ["dragenter", "dragover"]) {
   ui.drop.addEventListener(name, (e) => { e.preventDefault(); ui.drop.classList.add("over"); });
 }
 ui.drop.addEventListener("dragleave", () => ui.drop.classList.remove("over"));
-ui.drop.addEventListener("drop", (e) => {
+// a file dropped anywhere on the page is taken (and never opened in place of the page)
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("drop", (e) => {
   e.preventDefault();
   ui.drop.classList.remove("over");
   if (e.dataTransfer.files.length) transcribeFile(e.dataTransfer.files[0]);
 });
-// a file dropped beside the zone must not navigate away from the page
-window.addEventListener("dragover", (e) => e.preventDefault());
-window.addEventListener("drop", (e) => e.preventDefault());
+
+let uploads = 0; // the latest upload wins: an earlier one's late answer is dropped
 
 async function transcribeFile(file) {
   if (!info) return setStatus("Not connected to the server yet.", "error");
@@ -139,6 +140,7 @@ async function transcribeFile(file) {
   if (info.word_timestamps) form.append("timestamp_granularities[]", "word");
   if (ui.language.value) form.append("language", ui.language.value);
   if (ui.hotwords.value.trim() && info.hotwords) form.append("hotwords", ui.hotwords.value);
+  const ticket = ++uploads;
   showPlayer(file);
   setStatus(`Transcribing ${file.name}…`, "busy");
   const began = performance.now();
@@ -148,11 +150,14 @@ async function transcribeFile(file) {
       method: "POST", headers: authHeaders(), body: form,
     });
   } catch (e) {
-    return setStatus(`Upload failed: ${e.message}`, "error");
+    if (ticket === uploads) setStatus(`Upload failed: ${e.message}`, "error");
+    return;
   }
+  if (ticket !== uploads) return;
   if (response.status === 401) { loadInfo(); return setStatus(await errorText(response), "error"); }
   if (!response.ok) return setStatus(`${file.name}: ${await errorText(response)}`, "error");
   const body = await response.json();
+  if (ticket !== uploads) return;
   const seconds = (performance.now() - began) / 1000;
   setStatus(`${file.name}: ${body.duration.toFixed(1)} s of audio in ${seconds.toFixed(1)} s.`,
     "done");
@@ -350,7 +355,9 @@ function openSocket(session) {
   };
   ws.onmessage = (e) => onMessage(session, JSON.parse(e.data));
   ws.onclose = (e) => {
-    if (live === session && !session.stopping) {
+    if (live === session && !session.stopping && session.error) {
+      setStatus(`${session.error} (the live session was closed)`, "error");
+    } else if (live === session && !session.stopping) {
       setStatus(session.started ? `The live session ended (${e.code}${e.reason ? ": " +
         e.reason : ""}).` : "Could not open the live session (wrong API key, or the " +
         "server is at its session limit).", "error");
@@ -379,6 +386,7 @@ function onMessage(session, message) {
     transcript = { name: "live", text: "", segments: [], words: null, json: null };
     showTranscript("Live", "");
   } else if (message.event === "error") {
+    session.error = message.error;
     setStatus(message.error, "error");
   } else if (message.event === "stopped") {
     session.stopping = true;
