@@ -138,8 +138,9 @@ EncoderDtypeOpt = Annotated[
     str,
     typer.Option(
         "--encoder-dtype",
-        help="Audio encoder precision: float32 (the reference implementations') or bfloat16 "
-        "(faster on a GPU; embeddings within 2 % of float32).",
+        help="Audio encoder precision: float32 (the reference implementations'), tf32 "
+        "(float32 weights, TensorFloat-32 matmuls on a GPU) or bfloat16 (faster on a GPU; "
+        "embeddings within 2 % of float32).",
     ),
 ]
 CacheDirOpt = Annotated[

@@ -146,6 +146,7 @@ def transcribe(
                 cache_dir=cache_dir,
                 encoder_dtype=encoder_dtype,
             )
+        _output.info(f"model ready: {transcriber.pipeline.startup}")
         with transcriber:
             long_audio = LongAudio(transcriber, vad=vad)
             stats = _run(long_audio, todo, options, results, formats, output_dir)
