@@ -463,3 +463,14 @@ ShardSizeOpt = Annotated[
         rich_help_panel=SCALE,
     ),
 ]
+ServeDataParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "--data-parallel",
+        "-dp",
+        min=1,
+        help="vLLM data parallelism: N engine replicas (tensor-parallel-size GPUs each) "
+        "behind this server, requests balanced by vLLM; the audio encoder runs once, here.",
+        rich_help_panel=ENGINE,
+    ),
+]
