@@ -171,7 +171,7 @@ class RayTranscriber:
         self.say = on_info or log.info
         # set up once, here: the workers then find the export current and only read it
         prepare(spec.model_dir, cache_dir=spec.cache_dir)
-        self._started = _init_ray(ray, cluster)
+        self._started, self._local = _init_ray(ray, cluster)
         try:
             gpus = cluster.gpus_per_worker
             if gpus is None:
@@ -179,6 +179,7 @@ class RayTranscriber:
                 gpus = spec.engine_options.tensor_parallel_size if has_gpus else 0
             self.gpus_per_worker = gpus
             n = cluster.num_workers or _default_workers(ray, gpus)
+            self._check_room(ray, n, gpus)
             actor = ray.remote(PipelineWorker).options(
                 num_cpus=cluster.cpus_per_worker,
                 num_gpus=gpus,
@@ -190,6 +191,23 @@ class RayTranscriber:
         except BaseException:
             self.close()
             raise
+
+    def _check_room(self, ray: Any, n: int, gpus: float) -> None:
+        """Workers the cluster cannot hold would wait for ever: an error on a local
+        cluster, a warning on one that may grow (an autoscaler may add nodes)."""
+        have = ray.cluster_resources()
+        wanted = {"GPU": n * gpus, "CPU": n * self.cluster.cpus_per_worker}
+        short = [
+            f"{v:g} {k}s (it has {have.get(k, 0):g})"
+            for k, v in wanted.items()
+            if v > have.get(k, 0)
+        ]
+        if not short:
+            return
+        message = f"{n} workers need {' and '.join(short)} of the Ray cluster"
+        if self._local:
+            raise OptionsError(message, hint="lower --num-workers or --gpus-per-worker")
+        self.say(f"warning: {message}; they wait until the cluster has room")
 
     def _start(self) -> list[WorkerInfo | None]:
         """Wait for every worker to load the model; report each (pid, node, device)."""
@@ -353,10 +371,11 @@ def _import_ray() -> Any:
     return ray
 
 
-def _init_ray(ray: Any, cluster: ClusterOptions) -> bool:
-    """Join or start the cluster; True if this process started (and must stop) it."""
+def _init_ray(ray: Any, cluster: ClusterOptions) -> tuple[bool, bool]:
+    """Join or start the cluster: (whether this process connected, and must disconnect;
+    whether it started a new local cluster)."""
     if ray.is_initialized():
-        return False
+        return False, False
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     common = {
         "runtime_env": {"env_vars": env},
@@ -366,17 +385,18 @@ def _init_ray(ray: Any, cluster: ClusterOptions) -> bool:
     address = cluster.address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
         ray.init(address=address, **common)
-    else:  # a new local cluster, wide enough for the workers asked for
-        wanted = math.ceil((cluster.num_workers or 1) * cluster.cpus_per_worker)
-        ray.init(
-            address="local",
-            num_cpus=cluster.local_cpus or max(os.cpu_count() or 1, wanted),
-            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-            include_dashboard=False,
-            _node_ip_address=LOCAL_IP,  # nothing of a local cluster listens beyond this host
-            **common,
-        )
-    return True
+        return True, False
+    # a new local cluster, wide enough for the workers asked for
+    wanted = math.ceil((cluster.num_workers or 1) * cluster.cpus_per_worker)
+    ray.init(
+        address="local",
+        num_cpus=cluster.local_cpus or max(os.cpu_count() or 1, wanted),
+        object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+        include_dashboard=False,
+        _node_ip_address=LOCAL_IP,  # nothing of a local cluster listens beyond this host
+        **common,
+    )
+    return True, True
 
 
 def _default_workers(ray: Any, gpus_per_worker: float) -> int:

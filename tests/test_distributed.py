@@ -21,7 +21,13 @@ import pytest
 import soundfile as sf
 
 from asrctl.cli.transcribe import cluster_options
-from asrctl.distributed import MAX_SHARD_ATTEMPTS, ClusterOptions, _Shard, _WorkQueue
+from asrctl.distributed import (
+    MAX_SHARD_ATTEMPTS,
+    ClusterOptions,
+    RayTranscriber,
+    _Shard,
+    _WorkQueue,
+)
 from asrctl.errors import OptionsError
 from asrctl.inputs import AudioItem
 from tests.clirun import run_asrctl
@@ -63,6 +69,26 @@ def test_work_queue_waits_for_shards_in_flight() -> None:
     waiter.join(5)
     assert got == [first]
     assert [f.key for f in _WorkQueue([_Shard(items("x", "y"))]).abandon()] == ["x", "y"]
+
+
+def test_workers_the_cluster_cannot_hold() -> None:
+    class Ray:  # the one call _check_room makes
+        @staticmethod
+        def cluster_resources() -> dict[str, float]:
+            return {"CPU": 4.0, "GPU": 2.0}
+
+    said: list[str] = []
+    runner = RayTranscriber.__new__(RayTranscriber)  # no cluster: only the check
+    runner.cluster, runner.say, runner._local = ClusterOptions(), said.append, True
+    runner._check_room(Ray, 2, 1.0)  # fits
+    with pytest.raises(OptionsError, match=r"3 workers need 3 GPUs \(it has 2\)"):
+        runner._check_room(Ray, 3, 1.0)
+    runner._local = False  # a cluster that may grow: a warning, the workers wait
+    runner._check_room(Ray, 5, 0.0)
+    assert said == [
+        "warning: 5 workers need 5 CPUs (it has 4) of the Ray cluster; they "
+        "wait until the cluster has room"
+    ]
 
 
 def test_cluster_options() -> None:
