@@ -291,6 +291,19 @@ def start_vllm(llm_dir: Path, dtype_name: str, options: EngineOptions, *, asynch
         raise EngineError(f"vLLM failed to start on {llm_dir}: {e}") from e
 
 
+def sampling_params(*, final_only: bool = False, **fields: Any) -> Any:
+    """``vllm.SamplingParams(**fields)``, ``final_only``: only finished outputs returned.
+    With ``$ASRCTL_FAKE_ENGINE`` set, :mod:`asrctl.testing`'s stand-ins (no vLLM import)."""
+    if os.environ.get(FAKE_ENGINE_ENV):
+        from asrctl.testing import RequestOutputKind, SamplingParams
+    else:
+        from vllm import SamplingParams  # type: ignore[assignment]
+        from vllm.sampling_params import RequestOutputKind  # type: ignore[assignment]
+    if final_only:
+        fields["output_kind"] = RequestOutputKind.FINAL_ONLY
+    return SamplingParams(**fields)
+
+
 @dataclass(frozen=True)
 class Decoding:
     """How one request is decoded (greedy unless ``temperature`` > 0)."""
@@ -330,17 +343,14 @@ class Engine:
 
     def submit(self, prompt: torch.Tensor, decoding: Decoding) -> str:
         """Queue one ``(seq, hidden)`` prompt-embedding tensor; returns its request id."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        params = SamplingParams(
+        params = sampling_params(
             temperature=decoding.temperature,
             seed=decoding.seed,
             max_tokens=decoding.max_tokens,
             ignore_eos=decoding.ignore_eos,
             skip_special_tokens=True,
             repetition_penalty=decoding.repetition_penalty,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            final_only=True,  # RequestOutputKind.FINAL_ONLY
             # no incremental detokenization in vLLM's output loop (this process, every
             # sequence, every step): poll decodes each finished request's ids once
             detokenize=False,

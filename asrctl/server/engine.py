@@ -32,6 +32,7 @@ from asrctl.engine import (
     embeds_request,
     start_vllm,
     resolve_dtype,
+    sampling_params,
 )
 from asrctl.errors import EngineError, OptionsError
 from asrctl.export import export_llm
@@ -227,8 +228,6 @@ class AsyncModel:
                 rejects ``prompt``.
             EngineError: vLLM failed (its engine may be dead: see :meth:`check_health`).
         """
-        from vllm import SamplingParams
-
         self.check_fits(audio, prompt)
         try:
             job = _Job(audio, prompt, timing=decode.words and self.word_timing)
@@ -242,7 +241,7 @@ class AsyncModel:
         limit = decode.max_tokens or self.adapter.max_new_tokens(encoded.audio_tokens)
         limit = min(limit or DEFAULT_MAX_TOKENS, self.max_tokens or DEFAULT_MAX_TOKENS, room)
         penalty = self.adapter.family.repetition_penalty
-        params = SamplingParams(
+        params = sampling_params(
             temperature=decode.temperature,
             max_tokens=limit,
             seed=decode.seed if decode.temperature > 0 else None,
