@@ -20,7 +20,9 @@ The value of ``$ASRCTL_FAKE_ENGINE`` may carry comma-separated options:
 - ``delay=S``: sleep S seconds per engine step (a slow engine; kill/resume tests);
 - ``fail=start``: the engine fails to start (:class:`~asrctl.errors.EngineError`);
 - ``fail=step``: the engine dies at its first step (every request fails, and the async
-  engine's ``check_health`` raises from then on).
+  engine's ``check_health`` raises from then on);
+- ``loop``: every output repeats its sentence up to ``max_tokens`` and never stops (what a
+  random-weight model does; asrctl's repetition guard must cut it).
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class Behaviour:
 
     delay_s: float = 0.0
     fail: str | None = None  # "start" or "step"
+    loop: bool = False  # never emit EOS: repeat the sentence up to max_tokens
 
     @classmethod
     def parse(cls, spec: str) -> Behaviour:
@@ -125,12 +128,14 @@ class Behaviour:
                 out = replace(out, delay_s=float(value))
             elif name == "fail" and value in ("start", "step"):
                 out = replace(out, fail=value)
+            elif name == "loop" and not value:
+                out = replace(out, loop=True)
             elif not value and name in ("1", "true", "yes", "on"):
                 continue
             else:
                 raise EngineError(
                     f"unknown ASRCTL_FAKE_ENGINE option {part!r}",
-                    hint="use 1, delay=SECONDS, fail=start or fail=step (comma-separated)",
+                    hint="use 1, delay=SECONDS, fail=start, fail=step or loop (comma-separated)",
                 )
         return out
 
@@ -205,18 +210,20 @@ class FakeCore:
         room = max(1, self.max_model_len - positions)  # vLLM stops at max_model_len
         limit = _param(params, "max_tokens", None)  # None: up to max_model_len
         limit = room if limit is None else min(int(limit), room)
-        tokens, reason = self.tokens_for(key, limit, bool(_param(params, "ignore_eos", False)))
+        endless = self.behaviour.loop or bool(_param(params, "ignore_eos", False))
+        tokens, reason = self.tokens_for(key, limit, endless)
         logprob = None
         if _param(params, "logprobs", None) is not None:
             logprob = -0.05 - (int(hashlib.sha256(key.encode()).hexdigest()[:4], 16) % 50) / 100
         return _Request(request_id, tokens, reason, params, logprob)
 
-    def tokens_for(self, key: str, limit: int, ignore_eos: bool) -> tuple[list[int], str]:
-        """The ids a prompt hashed to ``key`` generates, and the finish reason."""
+    def tokens_for(self, key: str, limit: int, endless: bool) -> tuple[list[int], str]:
+        """The ids a prompt hashed to ``key`` generates, and the finish reason; ``endless``
+        (``ignore_eos``): the sentence repeated, exactly ``limit`` ids."""
         rng = random.Random(hashlib.sha256(key.encode()).digest())
         words = rng.choices(WORDS, k=rng.randint(MIN_WORDS, MAX_WORDS))
         sentence = self.tokenizer.encode(" ".join(words), add_special_tokens=False).ids
-        if ignore_eos:
+        if endless:
             repeated = (sentence * (limit // max(1, len(sentence)) + 1))[:limit]
             return repeated, "length"
         full = [*sentence, self.eos_id]
