@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -63,6 +65,34 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """asrctl's engine is asrctl.testing's deterministic fake, not vLLM, in this test and in
     the ``python -m asrctl`` subprocesses it starts ($ASRCTL_FAKE_ENGINE)."""
     monkeypatch.setenv(FAKE_ENGINE_ENV, "1")
+
+
+@pytest.fixture
+def asrctl_cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``asrctl_cli(*args)``: the command line run in this process as the console script
+    runs it (``asrctl.cli.app.main``: exit codes, stdout, stderr), without the caller's
+    ASRCTL_CACHE / ASRCTL_DEBUG; seconds faster than a ``python -m asrctl`` subprocess.
+    Anything main() lets escape (a traceback a user would see) is raised."""
+    from asrctl.cli.app import main
+
+    for name in ("ASRCTL_CACHE", "ASRCTL_DEBUG", "VLLM_LOGGING_STREAM", "VLLM_LOGGING_LEVEL"):
+        monkeypatch.delenv(name, raising=False)  # main() may set some: restored after
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        argv = [str(a) for a in args]
+        monkeypatch.setattr(sys, "argv", ["asrctl", *argv])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+    return run
 
 
 @pytest.fixture(scope="session")
