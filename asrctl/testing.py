@@ -31,7 +31,6 @@ import asyncio
 import enum
 import hashlib
 import json
-import math
 import random
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -53,8 +52,8 @@ WORDS = (
     "we when your can said there use each which she do how their if will up other about"
 ).split()
 MIN_WORDS, MAX_WORDS = 2, 6
-N_PROJECTIONS = 16  # random projections of the prompt that its hash is taken over
-BIN = 0.25  # their quantisation step, in standard deviations (robust to 1e-5 noise)
+N_PROJECTIONS = 2  # random projections of each prompt position that its hash is taken over
+BIN = 0.02  # their quantisation step, in standard deviations (see prompt_key)
 DEFAULT_MAX_TOKENS = 16  # vLLM's SamplingParams default
 
 
@@ -382,24 +381,25 @@ def fake_engine(
 
 
 def prompt_key(embeds: torch.Tensor) -> str:
-    """A hash of a ``(seq, hidden)`` prompt that tiny numeric noise does not change.
+    """A hash of a ``(seq, hidden)`` prompt that float32 noise does not change.
 
-    The prompt is reduced to :data:`N_PROJECTIONS` random projections (fixed seed), each
-    about N(0, 1) over prompts, quantised in steps of :data:`BIN`: a change of 1e-5 (an
-    encoder batch padded differently) moves a projection across a step with probability
-    about 1e-4, while different audio moves them by a sizeable fraction of one.
+    Each position is reduced to :data:`N_PROJECTIONS` projections of its unit vector on
+    fixed random directions (each about N(0, 1)), quantised in steps of :data:`BIN`. Noise
+    of 1e-6 relative (an encoder batch padded differently: 3e-7 on the tiny fixtures)
+    crosses a step with probability about 1e-4 per projection; audio rows of different
+    audio differ by several percent (8 % on the tiny fixtures), so they land in other
+    steps and the prompts hash apart. Text rows are identical bit for bit. Not robust to
+    bfloat16-sized differences (an encoder run in bf16 across batch compositions).
     """
     import torch
 
     x = embeds.detach().to("cpu", torch.float64)
     positions, hidden = x.shape
-    gen = torch.Generator().manual_seed(hidden * 7919 + positions)
+    gen = torch.Generator().manual_seed(hidden)
     directions = torch.randn(hidden, N_PROJECTIONS, generator=gen, dtype=torch.float64)
-    signs = torch.randint(0, 2, (positions, N_PROJECTIONS), generator=gen).double() * 2 - 1
-    norm = float(x.norm()) or 1.0
-    z = ((x @ directions) * signs).sum(0) / norm
-    bins = [math.floor(v / BIN) for v in z.tolist()]
-    return f"{positions}:{bins}"
+    rows = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    bins = torch.floor((rows @ directions) / BIN).to(torch.int64)
+    return f"{positions}:{hashlib.sha256(bins.numpy().tobytes()).hexdigest()}"
 
 
 def _param(params: Any, name: str, default: Any) -> Any:

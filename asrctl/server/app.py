@@ -170,9 +170,10 @@ def serve(model_dir: str | Path, options: ServerOptions, engine_options: EngineO
     asyncio.run(_serve(model_dir, options, engine_options))
 
 
-async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOptions) -> None:
-    import uvicorn
-
+async def start_state(
+    model_dir: str | Path, options: ServerOptions, engine: EngineOptions
+) -> ServerState:
+    """Load the model and start vLLM, inside the event loop that will serve the app."""
     metrics = Metrics()
     model = await AsyncModel.start(
         model_dir,
@@ -185,7 +186,13 @@ async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOp
         max_tokens=options.max_tokens,
         on_batch=metrics.on_encoder_batch,
     )
-    state = ServerState.create(model, options, Path(model_dir), metrics)
+    return ServerState.create(model, options, Path(model_dir), metrics)
+
+
+async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOptions) -> None:
+    import uvicorn
+
+    state = await start_state(model_dir, options, engine)
     config = uvicorn.Config(
         create_app(state),
         host=options.host,
