@@ -1,17 +1,17 @@
 """``AsyncModel`` (asrctl.server.engine) with the real adapter, encoder, text embedder and
-encoder batcher of the tiny Fun-ASR-Nano fixture, and a stand-in for vLLM's ``AsyncLLM``
-(no engine starts; live-engine tests are in ``test_serve_vllm.py``)."""
+encoder batcher of the tiny Fun-ASR-Nano fixture, and asrctl.testing's fake ``AsyncLLM``
+(no vLLM; live-engine tests are in ``test_serve_vllm.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from asrctl import testing
 from asrctl.adapters.base import PromptOptions
 from asrctl.adapters.registry import load_adapter
 from asrctl.errors import OptionsError
@@ -22,31 +22,14 @@ from asrctl.transcribe import prompt_positions
 SR = 16000
 
 
-class FakeAsyncLLM:
-    """Answers every request with one finished output ``ok``; records the prompt lengths."""
-
-    def __init__(self, max_model_len: int) -> None:
-        self.model_config = SimpleNamespace(max_model_len=max_model_len)
-        self.prompt_lengths: list[int] = []
-
-    async def generate(self, request, params, request_id):
-        self.prompt_lengths.append(len(request["prompt_embeds"]))
-        done = SimpleNamespace(text="ok", token_ids=[1], finish_reason="stop")
-        yield SimpleNamespace(finished=True, outputs=[done])
-
-    def shutdown(self) -> None:
-        pass
-
-
 def _noise(seconds: float) -> np.ndarray:
     return (0.1 * np.random.default_rng(0).standard_normal(round(SR * seconds))).astype(np.float32)
 
 
-def test_too_long_audio_is_refused_before_encoding(fun_asr_tiny: Path) -> None:
+def test_too_long_audio_is_refused_before_encoding(fake_engine, fun_asr_tiny: Path) -> None:
     """A prompt longer than max_model_len is an OptionsError (a 400 through ServerState)
     naming its positions and the limit, raised before the encoder runs; the next request
     is served."""
-    pytest.importorskip("vllm")  # AsyncModel.stream builds vLLM's SamplingParams
     adapter = load_adapter(fun_asr_tiny)
     llm_dir = export_llm(adapter).llm_dir
     real = adapter.audio_encoder("cpu", torch.float32)
@@ -62,7 +45,7 @@ def test_too_long_audio_is_refused_before_encoding(fun_asr_tiny: Path) -> None:
     encoder = Spy()
 
     async def scenario() -> tuple[OptionsError, str, int, int]:
-        engine = FakeAsyncLLM(max_model_len=1)
+        engine = testing.fake_engine({"model": str(llm_dir)}, asynchronous=True)
         model = AsyncModel(
             adapter, llm_dir, encoder, engine, "float32",
             batch_window_s=0.0, encoder_batch_size=4, max_tokens=8,
@@ -76,11 +59,11 @@ def test_too_long_audio_is_refused_before_encoding(fun_asr_tiny: Path) -> None:
             result = await model.transcribe(_noise(1.0), PromptOptions(), DecodeOptions())
         finally:
             await model.close()
-        assert engine.prompt_lengths == [one_second]  # the formula equals the real prompt
+        assert [n for _, n, _ in engine.requests] == [one_second]  # the formula is exact
         return info.value, result.text, twenty, model.max_model_len
 
     error, text, positions, limit = asyncio.run(scenario())
     assert positions >= limit
     assert str(error).startswith(f"audio: prompt of {positions} positions (20.0 s of audio)")
     assert f"--max-model-len {limit}" in str(error) and "larger --max-model-len" in str(error)
-    assert encoded == [SR] and text == "ok"
+    assert encoded == [SR] and set(text.split()) <= set(testing.WORDS)
