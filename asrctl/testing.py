@@ -154,7 +154,7 @@ class FakeCore:
     """The model's vocabulary, limits and per-request arithmetic; the engines share it."""
 
     llm_dir: Path
-    max_model_len: int
+    model_config: SimpleNamespace  # max_model_len, model (vLLM's ModelConfig, in short)
     hidden_size: int | None
     eos_id: int
     tokenizer: Any
@@ -172,7 +172,7 @@ class FakeCore:
         tokenizer = Tokenizer.from_file(str(llm_dir / "tokenizer.json"))
         return cls(
             llm_dir=llm_dir,
-            max_model_len=int(max_len),
+            model_config=SimpleNamespace(max_model_len=int(max_len), model=str(llm_dir)),
             hidden_size=config.get("hidden_size"),
             eos_id=_eos_id(llm_dir, config, tokenizer),
             tokenizer=tokenizer,
@@ -180,8 +180,8 @@ class FakeCore:
         )
 
     @property
-    def model_config(self) -> SimpleNamespace:
-        return SimpleNamespace(max_model_len=self.max_model_len, model=str(self.llm_dir))
+    def max_model_len(self) -> int:
+        return int(self.model_config.max_model_len)
 
     def new_request(self, request_id: str, prompt: Mapping[str, Any], params: Any) -> _Request:
         """Check ``prompt`` as vLLM does and decide everything the request will generate."""

@@ -7,10 +7,13 @@ arrow (either would end or break the cue).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from asrctl.results import Transcript
 
 
 class Cue(Protocol):
@@ -19,8 +22,10 @@ class Cue(Protocol):
     text: str
 
 
-def srt(segments: Sequence[Cue]) -> str:
-    """A SubRip file: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, blank-line separated."""
+def srt(segments: Transcript | Sequence[Cue]) -> str:
+    """A SubRip file: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, blank-line separated.
+    Takes a transcript (its segments, or one cue spanning it) or the cues themselves."""
+    segments = _cues(segments)
     cues = [
         f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{cue_text(s.text)}\n"
         for i, s in enumerate(non_empty(segments), start=1)
@@ -28,13 +33,29 @@ def srt(segments: Sequence[Cue]) -> str:
     return "\n".join(cues)
 
 
-def vtt(segments: Sequence[Cue]) -> str:
-    """A WebVTT file: the ``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues."""
+def vtt(segments: Transcript | Sequence[Cue]) -> str:
+    """A WebVTT file: the ``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues.
+    Takes a transcript or the cues themselves, as :func:`srt`."""
+    segments = _cues(segments)
     cues = [
         f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{cue_text(s.text)}\n"
         for s in non_empty(segments)
     ]
     return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def _cues(source: Transcript | Sequence[Cue]) -> Sequence[Cue]:
+    from asrctl.results import Transcript
+
+    return transcript_cues(source) if isinstance(source, Transcript) else source
+
+
+def jsonl(results: Iterable[Transcript]) -> str:
+    """``results.jsonl`` lines of transcripts (one JSON object a line, as ``transcribe``
+    writes them)."""
+    import json
+
+    return "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in results)
 
 
 def clock(seconds: float, decimal_marker: str) -> str:
@@ -67,20 +88,20 @@ class SimpleCue:
     text: str
 
 
-def transcript_cues(transcript) -> list[SimpleCue]:
-    """Cues of a :class:`~asrctl.results.Transcript`: its VAD segments, or one spanning it."""
+def transcript_cues(transcript: Transcript) -> list[SimpleCue]:
+    """Cues of a transcript: its segments, or one spanning it. A time the model left out
+    is filled from its neighbours."""
     if transcript.segments is None:
         return [SimpleCue(0.0, transcript.duration, transcript.text)]
     segs = list(transcript.segments)
     cues: list[SimpleCue] = []
-    for i, s in enumerate(segs):  # a model's own times may be missing: fill from neighbours
-        start = s.get("start")
-        start = start if start is not None else (cues[-1].end if cues else 0.0)
-        end = s.get("end")
+    for i, s in enumerate(segs):
+        start = s.start if s.start is not None else (cues[-1].end if cues else 0.0)
+        end = s.end
         if end is None or end < start:
-            after = [x["start"] for x in segs[i + 1 :] if x.get("start") is not None]
+            after = [x.start for x in segs[i + 1 :] if x.start is not None]
             end = after[0] if after and after[0] >= start else max(start, transcript.duration)
-        cues.append(SimpleCue(start, end, s["text"]))
+        cues.append(SimpleCue(start, end, s.text))
     return cues
 
 
@@ -103,7 +124,7 @@ def subtitle_path(out_dir: Path, key: str, fmt: str) -> Path:
     return out_dir / f"{safe}.{fmt}"
 
 
-def write_subtitles(out_dir: Path, transcript, formats: Sequence[str]) -> list[Path]:
+def write_subtitles(out_dir: Path, transcript: Transcript, formats: Sequence[str]) -> list[Path]:
     """Write ``OUT/<key>.srt`` / ``.vtt`` for the subtitle formats among ``formats``."""
     written = []
     for fmt in formats:

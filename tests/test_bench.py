@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from clirun import ENGINE_FLAGS
 
 from asrctl.engine import FAKE_ENGINE_ENV
-from asrctl.scoring import tokens
+from asrctl.bench.scoring import tokens
 
 REFS = {  # u3 has no reference; zz_extra has no audio
     "u0": "今天天气很好。",

@@ -9,15 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from asrctl import testing
 from asrctl.adapters.base import PromptOptions
-from asrctl.adapters.registry import load_adapter
+from asrctl.engine import EngineOptions
 from asrctl.errors import OptionsError
-from asrctl.export import export_llm
 from asrctl.server.engine import AsyncModel, DecodeOptions
-from asrctl.transcribe import prompt_positions
 
 SR = 16000
 
@@ -30,10 +27,9 @@ def test_too_long_audio_is_refused_before_encoding(fake_engine, fun_asr_tiny: Pa
     """A prompt longer than max_model_len is an OptionsError (a 400 through ServerState)
     naming its positions and the limit, raised before the encoder runs; the next request
     is served."""
-    adapter = load_adapter(fun_asr_tiny)
-    llm_dir = export_llm(adapter).llm_dir
-    real = adapter.audio_encoder("cpu", torch.float32)
     encoded: list[int] = []
+
+    real = engine = None
 
     class Spy:
         word_timing = False
@@ -42,17 +38,19 @@ def test_too_long_audio_is_refused_before_encoding(fake_engine, fun_asr_tiny: Pa
             encoded.extend(len(w) for w in waves)
             return real.encode(waves, timing=timing)
 
-    encoder = Spy()
-
     async def scenario() -> tuple[OptionsError, str, int, int]:
-        engine = testing.fake_engine({"model": str(llm_dir)}, asynchronous=True)
-        model = AsyncModel(
-            adapter, llm_dir, encoder, engine, "float32",
-            batch_window_s=0.0, encoder_batch_size=4, max_tokens=8,
+        model = await AsyncModel.start(
+            fun_asr_tiny, EngineOptions(), device="cpu", batch_window_s=0.0,
+            encoder_batch_size=4, max_tokens=8,
         )  # fmt: skip
-        one_second = prompt_positions(adapter, model.embed_text, PromptOptions(), SR)
-        twenty = prompt_positions(adapter, model.embed_text, PromptOptions(), 20 * SR)
-        model.max_model_len = one_second + 4
+        nonlocal real, engine
+        engine = model.engine.engine
+        assert isinstance(engine, testing.FakeAsyncLLM)
+        real = model.pipeline.encoder
+        model.pipeline.encoder = Spy()  # type: ignore[assignment]
+        one_second = model.pipeline.prompt_positions(SR, PromptOptions())
+        twenty = model.pipeline.prompt_positions(20 * SR, PromptOptions())
+        engine.model_config.max_model_len = one_second + 4
         try:
             with pytest.raises(OptionsError) as info:
                 await model.transcribe(_noise(20.0), PromptOptions(), DecodeOptions())

@@ -107,6 +107,7 @@ class GlmAsrAdapter(Adapter):
         title="GLM-ASR-Nano",
         sample_rate=16000,
         max_audio_seconds=MAX_AUDIO_SECONDS,
+        chat_text="instruction",
     )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile("config.json", "GlmAsrConfig (model_type glmasr)"),
@@ -293,11 +294,20 @@ class GlmAsrAdapter(Adapter):
 
     @functools.cached_property
     def _rendered(self) -> tuple[str, str]:
-        template = (self.model_dir / "chat_template.jinja").read_text()
+        return self._render(TRANSCRIBE_PROMPT)
+
+    @functools.cached_property
+    def _template(self) -> str:
+        return (self.model_dir / "chat_template.jinja").read_text()
+
+    def _render(self, instruction: str) -> tuple[str, str]:
+        """The prompt text around the audio: the model's chat template rendered for one
+        user message of the audio and ``instruction``."""
+        template = self._template
         messages = [
             {
                 "role": "user",
-                "content": [{"type": "audio"}, {"type": "text", "text": TRANSCRIBE_PROMPT}],
+                "content": [{"type": "audio"}, {"type": "text", "text": instruction}],
             }
         ]
         text = render_chat_template(template, messages, add_generation_prompt=True)
@@ -317,5 +327,8 @@ class GlmAsrAdapter(Adapter):
                 "GLM-ASR-Nano detects the language itself", hint="drop --language or pass auto"
             )
         # itn: the model has no switch for it ("where the model supports it"): ignored.
-        prefix, suffix = self._rendered
+        if options.instruction is None:
+            prefix, suffix = self._rendered
+        else:  # a chat client's own instruction, as GLM-ASR's vLLM users send it
+            prefix, suffix = self._render(options.instruction)
         return Prompt(prefix=prefix, suffix=suffix)

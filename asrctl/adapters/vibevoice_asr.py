@@ -42,6 +42,7 @@ from asrctl.adapters.base import (
     RequiredFile,
 )
 from asrctl.errors import AsrctlError, OptionsError
+from asrctl.results import Segment
 
 if TYPE_CHECKING:
     import torch
@@ -267,6 +268,7 @@ class VibeVoiceAsrAdapter(Adapter):
         title="VibeVoice-ASR",
         sample_rate=24000,
         max_audio_seconds=MAX_SECONDS,
+        writes_segments=True,
     )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile("config.json", "VibeVoice config (model_type vibevoice or vibevoice_asr)"),
@@ -450,11 +452,14 @@ class VibeVoiceAsrAdapter(Adapter):
             suffix=SUFFIX.format(instruction=instruction),
         )
 
-    def parse_output(self, text: str) -> tuple[str, list[dict]]:
+    def parse_output(self, text: str) -> tuple[str, list[Segment]]:
         clean, segments, problem = parse_transcription(text)
         if problem:
             log.warning("VibeVoice-ASR: %s%s", problem, "" if segments else "; kept as plain text")
-        return clean, segments
+        return clean, [
+            Segment(start=s["start"], end=s["end"], text=s["text"], speaker=s["speaker"])
+            for s in segments
+        ]
 
     def postprocess(self, text: str) -> str:
         return parse_transcription(text)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from asrctl.cli._options import (
+    AllowedMediaOpt,
     ApiKeyOpt,
     BatchWindowMsOpt,
     CacheDirOpt,
@@ -20,6 +21,7 @@ from asrctl.cli._options import (
     MaxUploadMbOpt,
     ModelOpt,
     PortOpt,
+    SamplingOverrideOpt,
     ServedModelNameOpt,
     ServeVadOpt,
     ShutdownTimeoutOpt,
@@ -49,10 +51,13 @@ def serve(
     max_num_seqs: MaxNumSeqsOpt = None,
     enforce_eager: EnforceEagerOpt = False,
     vad: ServeVadOpt = False,
+    sampling_override: SamplingOverrideOpt = None,
+    allowed_local_media_path: AllowedMediaOpt = None,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
     from asrctl.cli._common import engine_options
+    from asrctl.pipeline import SamplingOverride
     from asrctl.server.app import serve as run_server
     from asrctl.server.options import ServerOptions
 
@@ -71,6 +76,10 @@ def serve(
         encoder_dtype=encoder_dtype,
         cache_dir=cache_dir,
         vad=vad,
+        allowed_local_media_path=allowed_local_media_path,
+        sampling_override=(
+            SamplingOverride.parse(sampling_override) if sampling_override else SamplingOverride()
+        ),
     )
     engine = engine_options(
         dtype=dtype,

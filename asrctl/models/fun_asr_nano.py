@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from asrctl.adapters.base import AudioEncoder
-from asrctl.features import FbankOptions, apply_lfr, fbank, lfr_length, num_frames
 from asrctl.models.ctc_tokenizer import CtcTokenizer
 from asrctl.models.ctc_words import word_times
+from asrctl.models.encoder import AudioEncoder
+from asrctl.models.features import FbankOptions, apply_lfr, fbank, lfr_length, num_frames
 from asrctl.models.fun_asr_ctc import CtcFrames, FunAsrCtcHead
 from asrctl.models.funasr_adaptor import (
     FunAsrAdaptor,
@@ -29,6 +29,7 @@ from asrctl.models.funasr_adaptor import (
     fun_asr_audio_token_count,
 )
 from asrctl.models.sensevoice import SenseVoiceEncoder, SenseVoiceEncoderConfig
+from asrctl.results import Word
 
 log = logging.getLogger("asrctl")
 
@@ -172,7 +173,7 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         frames: list[object] = [f.to("cpu") for f in self.ctc_head(enc, enc_lens)]
         return embeds, frames
 
-    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[dict]]:
+    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[Word]]:
         """Force-align each text's CTC tokens to its frames, in one batch; words in seconds."""
         head, tokenizer = self.ctc_head, self.ctc_tokenizer
         if head is None or tokenizer is None:
@@ -183,6 +184,9 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         with torch.inference_mode():
             spans = head.align(frames, [tokenizer.encode(t) for t in texts])
         return [
-            [{**asdict(w), "score": round(w.score, 3)} for w in word_times(text, tokenizer, s)]
+            [
+                Word(w.word, w.start, w.end, round(w.score, 3))
+                for w in word_times(text, tokenizer, s)
+            ]
             for text, s in zip(texts, spans, strict=True)
         ]

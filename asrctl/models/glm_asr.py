@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from asrctl.adapters.base import AudioEncoder
+from asrctl.models.encoder import AudioEncoder
 
 log = logging.getLogger("asrctl")
 

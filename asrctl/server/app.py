@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from asrctl.engine import EngineOptions
-from asrctl.server import funasr_api, openai_api, realtime
+from asrctl.server import chat_api, funasr_api, openai_api, realtime
 from asrctl.server.engine import AsyncModel
 from asrctl.server.errors import ApiError, install_handlers
 from asrctl.server.metrics import Metrics, endpoint_label
@@ -32,7 +32,8 @@ from asrctl.server.state import ServerState
 
 log = logging.getLogger("asrctl.server")
 
-UPLOAD_PATHS = ("/v1/audio/transcriptions", "/asr")
+UPLOAD_PATHS = ("/v1/audio/transcriptions", "/asr", "/v1/chat/completions")
+BASE64_PATHS = ("/v1/chat/completions",)  # audio inline as base64: 4/3 of its size
 FORM_OVERHEAD = 1 << 20  # multipart framing and text fields on top of the file itself
 WS_PING_TIMEOUT_S = 60.0  # generous: a busy server answers pings late
 
@@ -55,6 +56,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.asr = state
     install_handlers(app)
     app.include_router(openai_api.router)
+    app.include_router(chat_api.router)
     app.include_router(funasr_api.router)
     app.include_router(realtime.router)
 
@@ -91,6 +93,7 @@ class Gatekeeper:
         self.app = app
         self.state = state
         self.max_body = state.options.max_upload_bytes + FORM_OVERHEAD
+        self.max_base64_body = state.options.max_upload_bytes * 4 // 3 + FORM_OVERHEAD
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -112,7 +115,7 @@ class Gatekeeper:
             if error is not None:
                 await error.response()(scope, receive, send_status)
                 return
-            await self.app(scope, self._counting(receive), send_status)
+            await self.app(scope, self._counting(receive, self._cap(scope["path"])), send_status)
         except _TooLarge:
             if status["code"] is None:
                 await self._too_large().response()(scope, receive, send_status)
@@ -137,7 +140,7 @@ class Gatekeeper:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         length = headers.get("content-length", "")
-        if path in UPLOAD_PATHS and length.isdigit() and int(length) > self.max_body:
+        if path in UPLOAD_PATHS and length.isdigit() and int(length) > self._cap(path):
             return self._too_large()
         return None
 
@@ -150,7 +153,10 @@ class Gatekeeper:
             code="file_too_large",
         )
 
-    def _counting(self, receive: Any) -> Any:
+    def _cap(self, path: str) -> int:
+        return self.max_base64_body if path in BASE64_PATHS else self.max_body
+
+    def _counting(self, receive: Any, cap: int) -> Any:
         seen = 0
 
         async def counted() -> dict:
@@ -158,7 +164,7 @@ class Gatekeeper:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
+                if seen > cap:
                     raise _TooLarge
             return message
 
@@ -184,6 +190,7 @@ async def start_state(
         batch_window_s=options.batch_window_ms / 1000,
         encoder_batch_size=options.encoder_batch_size,
         max_tokens=options.max_tokens,
+        sampling_override=options.sampling_override,
         on_batch=metrics.on_encoder_batch,
     )
     return ServerState.create(model, options, Path(model_dir), metrics)

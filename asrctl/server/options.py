@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asrctl.errors import OptionsError
-from asrctl.transcribe import resolve_encoder_dtype
+from asrctl.pipeline import SamplingOverride, resolve_encoder_dtype
 
 MIB = 1 << 20
 
@@ -61,6 +61,10 @@ class ServerOptions:
         realtime: settings of ``/ws`` sessions.
         vad: accept uploads longer than the model's per-pass limit, split them at pauses
             (Silero VAD) and stitch the texts back (segments with their times).
+        sampling_override: decoding settings pinned by the operator; they beat what
+            clients send, on every endpoint.
+        allowed_local_media_path: chat requests may name ``file://`` audio under this
+            folder (None: never; the server reads no path a request names otherwise).
     """
 
     host: str = "127.0.0.1"
@@ -78,6 +82,8 @@ class ServerOptions:
     cache_dir: Path | None = None
     realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
     vad: bool = False
+    sampling_override: SamplingOverride = field(default_factory=SamplingOverride)
+    allowed_local_media_path: Path | None = None
 
     def __post_init__(self) -> None:
         self._verify()
@@ -98,6 +104,9 @@ class ServerOptions:
             raise OptionsError("--max-tokens must be at least 1")
         if any(not k for k in self.api_keys):
             raise OptionsError("--api-key must not be empty")
+        media = self.allowed_local_media_path
+        if media is not None and not media.is_dir():
+            raise OptionsError(f"--allowed-local-media-path {media} is not a folder")
         if any(not n.strip() for n in self.served_model_names):
             raise OptionsError("--served-model-name must not be empty")
 
