@@ -22,8 +22,8 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).parent))
 from clirun import ENGINE_FLAGS
 
-from asrctl.engine import FAKE_ENGINE_ENV
 from asrctl.bench.scoring import tokens
+from asrctl.engine import FAKE_ENGINE_ENV
 
 REFS = {  # u3 has no reference; zz_extra has no audio
     "u0": "今天天气很好。",
