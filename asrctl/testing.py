@@ -3,8 +3,9 @@
 With ``$ASRCTL_FAKE_ENGINE`` set (any non-empty value), :func:`asrctl.engine.start_vllm`
 returns :func:`fake_engine`'s object instead of vLLM's ``LLMEngine`` (batch transcription)
 or ``AsyncLLM`` (``asrctl serve``), and :func:`asrctl.engine.sampling_params` builds this
-module's :class:`SamplingParams` instead of vLLM's: nothing imports vLLM, and an engine
-"starts" in milliseconds. Like simonw/llm's ``MockModel``, it only mimics the interface.
+module's :class:`SamplingParams` and :class:`RequestOutputKind` instead of vLLM's: nothing
+imports vLLM, and an engine "starts" in milliseconds. Like simonw/llm's ``MockModel``, it
+only mimics the interface (the boundary asrctl.engine talks to).
 
 What it "generates" is a short sentence of English words from :data:`WORDS`, chosen by a
 hash of the prompt embeddings (so the same audio gives the same text and different audio,
@@ -12,8 +13,9 @@ almost surely, a different one), tokenized with the exported LLM folder's
 ``tokenizer.json`` and ended with its EOS id. It honours ``max_tokens`` (cut: finish reason
 ``length``), ``ignore_eos`` (the sentence repeats up to ``max_tokens``), ``temperature`` and
 ``seed`` (sampling mixes the seed into the hash; no seed: random), ``logprobs`` (a negative
-``cumulative_logprob``), ``detokenize`` and the room left in ``max_model_len``; a prompt
-longer than ``max_model_len`` is refused as vLLM refuses it (``ValueError``).
+``cumulative_logprob``), ``detokenize``, ``output_kind`` and the room left in
+``max_model_len``; a prompt longer than ``max_model_len`` is refused as vLLM refuses it
+(``ValueError``). Penalties, ``top_p`` and ``top_k`` are accepted and ignored.
 
 The value of ``$ASRCTL_FAKE_ENGINE`` may carry comma-separated options:
 
