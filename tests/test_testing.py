@@ -149,6 +149,28 @@ def test_asrctl_engine_runs_on_the_fake_without_vllm(fake_engine, fun_asr_llm_di
     assert fake.shut_down  # Engine.close stopped its "engine core"
 
 
+def test_asrctl_async_engine_runs_on_the_fake_without_vllm(
+    fake_engine, fun_asr_llm_dir, monkeypatch
+):
+    from asrctl.engine import AsyncEngine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+
+    async def scenario():
+        engine = AsyncEngine(fun_asr_llm_dir, EngineOptions(max_model_len=MAX_LEN))
+        try:
+            gens = [g async for g in engine.generate(_prompt(6), Decoding(max_tokens=32))]
+            await engine.check_health()
+        finally:
+            engine.close()
+        return gens
+
+    *partial, last = asyncio.run(scenario())
+    assert partial and not any(g.finished for g in partial)
+    assert last.finished and last.finish_reason == "stop" and last.text
+    assert all(last.text.startswith(g.text) for g in partial)
+
+
 def test_loop_mode_never_stops(fun_asr_llm_dir):
     looping = fake_engine(_kwargs(fun_asr_llm_dir), asynchronous=False, spec="loop")
     out = _run(looping, {"p": _prompt(8)}, _greedy(max_tokens=40))["p"].outputs[0]
