@@ -9,6 +9,7 @@ request in flight. Token-for-token parity with transformers is in ``test_serve_v
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -151,6 +152,19 @@ def test_funasr_asr_endpoint(client, sdk, clips):
     assert body["processing_time"] > 0 and body["rtf"] > 0
     hot = _post(client, clips[6], url="/asr", hotwords="hello", language="en").json()
     assert hot["text"] and hot["text"] != expected  # another prompt, other embeddings
+
+
+def test_chat_completions_transcribe_as_the_transcriptions_endpoint(sdk, clips):
+    expected = sdk.audio.transcriptions.create(file=("a.wav", clips[8]), model=MODEL).text
+    data = base64.b64encode(clips[8]).decode()
+    part = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+    messages = [{"role": "user", "content": [part]}]
+    chat = sdk.chat.completions.create(model=MODEL, messages=messages)
+    (choice,) = chat.choices
+    assert choice.message.content == expected and choice.finish_reason == "stop"
+    assert 0 < chat.usage.completion_tokens <= MAX_TOKENS
+    chunks = list(sdk.chat.completions.create(model=MODEL, messages=messages, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
 
 
 def test_websocket_partials_then_final(client):
