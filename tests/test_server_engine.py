@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import numpy as np
 import pytest
+from speechlike import noise
 
 from asrctl import testing
 from asrctl.adapters.base import PromptOptions
@@ -17,10 +17,6 @@ from asrctl.errors import OptionsError
 from asrctl.server.engine import AsyncModel, DecodeOptions
 
 SR = 16000
-
-
-def _noise(seconds: float) -> np.ndarray:
-    return (0.1 * np.random.default_rng(0).standard_normal(round(SR * seconds))).astype(np.float32)
 
 
 def test_too_long_audio_is_refused_before_encoding(fake_engine, fun_asr_tiny: Path) -> None:
@@ -53,8 +49,8 @@ def test_too_long_audio_is_refused_before_encoding(fake_engine, fun_asr_tiny: Pa
         engine.model_config.max_model_len = one_second + 4
         try:
             with pytest.raises(OptionsError) as info:
-                await model.transcribe(_noise(20.0), PromptOptions(), DecodeOptions())
-            result = await model.transcribe(_noise(1.0), PromptOptions(), DecodeOptions())
+                await model.transcribe(noise(20.0), PromptOptions(), DecodeOptions())
+            result = await model.transcribe(noise(1.0), PromptOptions(), DecodeOptions())
         finally:
             await model.close()
         assert [n for _, n, _ in engine.requests] == [one_second]  # the formula is exact

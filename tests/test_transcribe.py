@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from speechlike import noise
 
 from asrctl import testing
 from asrctl.adapters.base import PromptOptions
@@ -108,11 +109,6 @@ DURATIONS = (0.3, 0.7, 1.0, 1.6, 2.5, 3.3, 4.8, 6.1, 9.7)  # seconds: 9 differen
 MAX_TOKENS = 24
 
 
-def _noise(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(SR * seconds))).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def transcriber(fun_asr_tiny):
     options = EngineOptions(dtype="float32", max_model_len=1024)
@@ -124,7 +120,7 @@ def transcriber(fun_asr_tiny):
 
 @pytest.fixture(scope="module")
 def audios():
-    return [_noise(s, seed) for seed, s in enumerate(DURATIONS)]
+    return [noise(s, seed) for seed, s in enumerate(DURATIONS)]
 
 
 def _run(transcriber, arrays, **options) -> list[Transcript | Failure]:
@@ -167,7 +163,7 @@ def test_prompt_text_is_embedded_with_the_llm_table(transcriber):
 def test_bad_and_over_long_inputs_fail_alone(transcriber, audios):
     nan = audios[0].copy()
     nan[10] = np.nan
-    results = _run(transcriber, [audios[1], nan, _noise(30.5, 99), audios[2]], batch_size=4)
+    results = _run(transcriber, [audios[1], nan, noise(30.5, 99), audios[2]], batch_size=4)
     failures = {r.key: r.error for r in results if isinstance(r, Failure)}
     assert set(failures) == {"0001", "0002"}
     assert "NaN" in failures["0001"]

@@ -9,9 +9,9 @@ pipeline's behaviour (failures, limits, modes) is tested on the fake engine in
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from speechlike import noise
 
 from asrctl.adapters.base import PromptOptions
 from asrctl.engine import EngineOptions
@@ -24,11 +24,6 @@ pytestmark = pytest.mark.vllm
 SR = 16000
 DURATIONS = (0.3, 0.7, 1.0, 1.6, 2.5, 3.3, 4.8, 6.1, 9.7)  # seconds: 9 different lengths
 MAX_TOKENS = 24
-
-
-def _noise(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(SR * seconds))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +43,7 @@ def hf_llm(transcriber):
 
 @pytest.fixture(scope="module")
 def audios():
-    return [_noise(s, seed) for seed, s in enumerate(DURATIONS)]
+    return [noise(s, seed) for seed, s in enumerate(DURATIONS)]
 
 
 def _run(transcriber, arrays, **options) -> list[Transcript | Failure]:

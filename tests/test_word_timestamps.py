@@ -22,15 +22,10 @@ from asrctl.models.fun_asr_ctc import forced_align
 from asrctl.results import Transcript, Word
 from asrctl.segment import NO_WORD_TIMES, LongAudio
 from asrctl.transcribe import TranscribeOptions, Transcriber
-from tests.speechlike import recording
+from tests.speechlike import noise, recording
 
 SR = 16000
 MAX_TOKENS = 8
-
-
-def _noise(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(SR * seconds))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +66,7 @@ def _reference_words(transcriber, audio: np.ndarray, text: str) -> list[dict]:
 
 def test_words_equal_an_independent_alignment(transcriber) -> None:
     assert transcriber.encoder.word_timing
-    audios = [_noise(s, seed) for seed, s in enumerate((3.0, 5.5, 8.0))]
+    audios = [noise(s, seed) for seed, s in enumerate((3.0, 5.5, 8.0))]
     results = _run(transcriber, audios, encoder_batch_size=2)
     timed = 0
     for i, audio in enumerate(audios):
@@ -88,7 +83,7 @@ def test_words_equal_an_independent_alignment(transcriber) -> None:
 
 
 def test_word_timestamps_can_be_switched_off(transcriber) -> None:
-    results = _run(transcriber, [_noise(3.0, 0)], word_timestamps=False)
+    results = _run(transcriber, [noise(3.0, 0)], word_timestamps=False)
     assert results["0000"].words is None
     assert "words" not in results["0000"].to_json()
 
