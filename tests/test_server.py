@@ -48,6 +48,8 @@ class FakeModel:
         self.batcher = SimpleNamespace(depth=0)
         self.calls: list[tuple[int, object, object]] = []
         self.word_timing = False
+        self.llm_dir = Path("/models/x/.asrctl/llm")
+        self.max_model_len = 1024
 
     def check_prompt(self, options) -> None:
         self.adapter.prompt(options)
@@ -156,6 +158,21 @@ def test_stream_sends_deltas_then_done(app_client):
     assert events[-1]["usage"]["input_token_details"] == {"audio_tokens": 4, "text_tokens": 26}
 
 
+def test_stream_in_vllm_format_for_vllm_clients(app_client):
+    """``vllm bench serve --backend openai-audio`` sends vLLM's stream fields and parses
+    ``choices[0].delta.content`` chunks, usage and [DONE]."""
+    fields = {"stream_include_usage": "True", "stream_continuous_usage_stats": "True"}
+    response = post(app_client, stream="true", language="en", max_completion_tokens="32", **fields)
+    lines = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line) for line in lines[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "heard 16000 samples"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33}
+    cards = app_client.get("/v1/models", headers=AUTH).json()["data"]
+    assert cards[0]["id"] == "tiny" and cards[0]["root"].endswith(".asrctl/llm")
+
+
 def test_stream_failure_is_an_error_event(app_client):
     response = post(app_client, stream="true", prompt="boom")
     assert response.status_code == 200
@@ -230,7 +247,11 @@ def test_funasr_asr(app_client):
     assert body["segments"] == [{"text": "heard 16000 samples", "start": 0.0, "end": 1.0}]
     assert body["processing_time"] >= 0 and "rtf" in body and body["notes"]
     assert app_client.model.calls[-1][1].hotwords == ("a", "b")
-    assert post(app_client, path="/asr", spk="true").status_code == 400
+    spk = post(app_client, path="/asr", spk="true", language="中文")  # FunASR's client
+    assert spk.status_code == 200 and "speaker" in spk.json()["notes"][-1]
+    assert app_client.model.calls[-1][1].language == "zh"
+    assert post(app_client, path="/asr", language="English").status_code == 200
+    assert app_client.model.calls[-1][1].language == "en"
 
 
 def test_models_health_metrics(app_client):

@@ -123,6 +123,11 @@ class AsyncModel:
         return self.pipeline.sample_rate
 
     @property
+    def llm_dir(self) -> Path:
+        """The exported LLM folder vLLM runs (config and tokenizer)."""
+        return self.pipeline.prepared.llm_dir
+
+    @property
     def max_model_len(self) -> int:
         return self.pipeline.max_model_len
 
