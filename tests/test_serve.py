@@ -51,6 +51,7 @@ def _options(**changes) -> ServerOptions:
 def client(fun_asr_tiny):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(FAKE_ENGINE_ENV, "1")
+        mp.setitem(sys.modules, "vllm", None)  # the fake path must not need vLLM
         engine = EngineOptions(max_model_len=MAX_MODEL_LEN)
         with in_process_server(fun_asr_tiny, _options(), engine) as c:
             yield c
