@@ -307,6 +307,52 @@ def test_websocket_protocol(app_client):
             pass
 
 
+def realtime_client(model, **realtime):
+    options = ServerOptions(served_model_names=("tiny",), realtime=RealtimeOptions(**realtime))
+    return TestClient(create_app(ServerState.create(model, options, Path("/m"), Metrics())))
+
+
+def test_websocket_session_cap_and_idle_timeout():
+    with realtime_client(FakeModel(), max_sessions=1, idle_timeout_s=0.3) as client:
+        with client.websocket_connect("/ws") as ws:
+            with pytest.raises(WebSocketDenialResponse) as denied:
+                with client.websocket_connect("/ws"):
+                    pass
+            assert denied.value.status_code == 503
+            assert denied.value.json()["error"]["code"] == "too_many_sessions"
+            ws.send_text("START")
+            assert ws.receive_json() == {"event": "started"}
+            message = ws.receive_json()  # nothing sent for 0.3 s
+            assert message["event"] == "error" and "idle" in message["error"]
+            assert ws.receive()["type"] == "websocket.close"
+        with client.websocket_connect("/ws") as ws:  # the slot is free again
+            ws.send_text("START")
+            assert ws.receive_json() == {"event": "started"}
+        assert "asrctl_websocket_sessions 0.0" in client.get("/metrics").text
+    with pytest.raises(OptionsError, match="ws-max-sessions"):
+        RealtimeOptions(max_sessions=0)
+
+
+def test_websocket_resamples_16khz_pcm_to_the_model_rate():
+    """VibeVoice-ASR runs at 24 kHz: /ws PCM is 16 kHz, resampled, times stay true."""
+    model = FakeModel()
+    model.sample_rate = 24000
+    speech = 0.1 * np.random.default_rng(3).standard_normal(2 * SR)
+    with realtime_client(model) as client, client.websocket_connect("/ws") as ws:
+        ws.send_text("START")
+        ws.receive_json()
+        for i in range(0, len(speech), 1600):
+            ws.send_bytes(pcm16(speech[i : i + 1600]))
+        ws.send_text("STOP")
+        while (message := ws.receive_json()).get("event") != "stopped":
+            final = message
+    assert final["is_final"] and final["duration_ms"] == 2000
+    (sentence,) = final["sentences"]
+    assert sentence["end"] == 2000 and sentence["start"] == 0
+    n = int(sentence["text"].split()[1])  # the model heard the sentence at 24 kHz
+    assert n == 48000
+
+
 def test_energy_endpointer_locks_at_silence_and_cuts_long_speech():
     rng = np.random.default_rng(1)
     audio = np.concatenate(

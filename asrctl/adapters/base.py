@@ -66,11 +66,13 @@ class LlmExport:
         config: the LLM's config.json content (must name a ``...ForCausalLM`` architecture).
         tokenizer_dir: folder whose tokenizer/generation files are copied next to the weights.
         sources: files whose content determines the export (hashed into the manifest).
+        config_source: where ``config`` comes from, as named in error messages.
     """
 
     config: dict
     tokenizer_dir: Path
     sources: tuple[Path, ...]
+    config_source: str = "config.json"
 
 
 @dataclass(frozen=True)

@@ -393,6 +393,34 @@ ServeVadOpt = Annotated[
         rich_help_panel=SERVER,
     ),
 ]
+EmbeddingCacheMbOpt = Annotated[
+    float,
+    typer.Option(
+        "--embedding-cache-mb",
+        min=0,
+        help="Memory (MiB) for recent audio embeddings: the same audio sent again is not "
+        "encoded again (0: off).",
+        rich_help_panel=SERVER,
+    ),
+]
+WsMaxSessionsOpt = Annotated[
+    int,
+    typer.Option(
+        "--ws-max-sessions",
+        min=1,
+        help="Most /ws (live) sessions open at once; more are refused with 503.",
+        rich_help_panel=SERVER,
+    ),
+]
+WsIdleTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--ws-idle-timeout",
+        min=0.001,
+        help="Seconds a /ws session may send nothing before it is closed.",
+        rich_help_panel=SERVER,
+    ),
+]
 ShutdownTimeoutOpt = Annotated[
     float,
     typer.Option(

@@ -9,6 +9,7 @@ from asrctl.cli._options import (
     CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
+    EmbeddingCacheMbOpt,
     EncoderBatchSizeOpt,
     EncoderDtypeOpt,
     EnforceEagerOpt,
@@ -26,6 +27,8 @@ from asrctl.cli._options import (
     ServeVadOpt,
     ShutdownTimeoutOpt,
     TensorParallelOpt,
+    WsIdleTimeoutOpt,
+    WsMaxSessionsOpt,
 )
 
 
@@ -53,13 +56,16 @@ def serve(
     vad: ServeVadOpt = False,
     sampling_override: SamplingOverrideOpt = None,
     allowed_local_media_path: AllowedMediaOpt = None,
+    ws_max_sessions: WsMaxSessionsOpt = 100,
+    ws_idle_timeout: WsIdleTimeoutOpt = 60.0,
+    embedding_cache_mb: EmbeddingCacheMbOpt = 256.0,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
     from asrctl.cli._common import engine_options
     from asrctl.pipeline import SamplingOverride
     from asrctl.server.app import serve as run_server
-    from asrctl.server.options import ServerOptions
+    from asrctl.server.options import RealtimeOptions, ServerOptions
 
     options = ServerOptions(
         host=host,
@@ -80,6 +86,8 @@ def serve(
         sampling_override=(
             SamplingOverride.parse(sampling_override) if sampling_override else SamplingOverride()
         ),
+        embedding_cache_mb=embedding_cache_mb,
+        realtime=RealtimeOptions(max_sessions=ws_max_sessions, idle_timeout_s=ws_idle_timeout),
     )
     engine = engine_options(
         dtype=dtype,

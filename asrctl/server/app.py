@@ -22,8 +22,9 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from asrctl.embedding_cache import CachedEncoder, EmbeddingCache
 from asrctl.engine import EngineOptions
-from asrctl.server import chat_api, funasr_api, openai_api, realtime
+from asrctl.server import chat_api, funasr_api, openai_api, openai_realtime, realtime
 from asrctl.server.engine import AsyncModel
 from asrctl.server.errors import ApiError, install_handlers
 from asrctl.server.metrics import Metrics, endpoint_label
@@ -59,6 +60,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(chat_api.router)
     app.include_router(funasr_api.router)
     app.include_router(realtime.router)
+    app.include_router(openai_realtime.router)
 
     @app.get("/health")
     async def health() -> Response:
@@ -193,6 +195,9 @@ async def start_state(
         sampling_override=options.sampling_override,
         on_batch=metrics.on_encoder_batch,
     )
+    if options.embedding_cache_mb > 0:  # the same audio sent again is not encoded again
+        cache = EmbeddingCache(int(options.embedding_cache_mb * (1 << 20)))
+        model.pipeline.encoder = CachedEncoder(model.encoder, model.sample_rate, cache)
     return ServerState.create(model, options, Path(model_dir), metrics)
 
 
