@@ -99,9 +99,10 @@ def test_encoder_dtype_names_the_choices():
 
     assert resolve_encoder_dtype("bfloat16") is torch.bfloat16
     assert resolve_encoder_dtype("float32") is torch.float32
-    with pytest.raises(OptionsError, match="float32 or bfloat16"):
+    assert resolve_encoder_dtype("tf32") is torch.float32  # float32 weights, TF32 matmuls
+    with pytest.raises(OptionsError, match="float32, tf32, bfloat16"):
         resolve_encoder_dtype("float16")  # no parity test covers it
-    assert ENCODER_DTYPES == ("float32", "bfloat16")
+    assert ENCODER_DTYPES == ("float32", "tf32", "bfloat16")
 
 
 SR = 16000
