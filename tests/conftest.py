@@ -155,11 +155,19 @@ TINY_ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024,
 
 @pytest.fixture(scope="session")
 def asr_tiny(fun_asr_tiny: Path):
-    """``asrctl.load`` of the tiny fixture (real vLLM), shared by test_api and test_examples
-    so the session starts one engine for both; do not close it."""
+    """``asrctl.load`` of the tiny fixture on the fake engine (asrctl.testing: the library's
+    behaviour, not the model's, is under test), shared by test_api and test_examples; do not
+    close it. The README's Library block runs on real vLLM (test_examples)."""
+    import os
+
     import asrctl
 
-    with asrctl.load(fun_asr_tiny, **TINY_ENGINE) as asr:
+    os.environ[FAKE_ENGINE_ENV] = "1"
+    try:
+        asr = asrctl.load(fun_asr_tiny, **TINY_ENGINE)
+    finally:
+        os.environ.pop(FAKE_ENGINE_ENV, None)
+    with asr:
         yield asr
 
 
