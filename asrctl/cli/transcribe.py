@@ -10,11 +10,12 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from asrctl.cli import _output
-from asrctl.cli._common import engine_options, transcribe_options
+from asrctl.cli._common import diarize_options, engine_options, transcribe_options
 from asrctl.cli._options import (
     BatchSizeOpt,
     CacheDirOpt,
     DeviceOpt,
+    DiarizeOpt,
     DtypeOpt,
     EncoderBatchSecondsOpt,
     EncoderDtypeOpt,
@@ -27,10 +28,13 @@ from asrctl.cli._options import (
     MaxInFlightOpt,
     MaxModelLenOpt,
     MaxNumSeqsOpt,
+    MaxSpeakersOpt,
     MaxTokensOpt,
+    MinSpeakersOpt,
     ModelOpt,
     NoItnOpt,
     NoWordTimesOpt,
+    NumSpeakersOpt,
     OutputDirOpt,
     RawTextOpt,
     RepetitionPenaltyOpt,
@@ -86,6 +90,10 @@ def transcribe(
     format_: FormatOpt = None,
     vad: VadOpt = None,
     no_word_timestamps: NoWordTimesOpt = False,
+    diarize: DiarizeOpt = False,
+    num_speakers: NumSpeakersOpt = None,
+    min_speakers: MinSpeakersOpt = None,
+    max_speakers: MaxSpeakersOpt = None,
 ) -> None:
     """Transcribe audio files, folders, Kaldi data dirs or manifests with a model on vLLM."""
     from asrctl.errors import OptionsError
@@ -99,6 +107,12 @@ def transcribe(
         raise OptionsError("--resume needs --output-dir")
     formats = parse_formats(format_)
     resolve_encoder_dtype(encoder_dtype)  # before the model loads
+    speakers = diarize_options(
+        diarize=diarize,
+        num_speakers=num_speakers,
+        min_speakers=min_speakers,
+        max_speakers=max_speakers,
+    )
     options = transcribe_options(
         language=language,
         hotwords=hotwords,
@@ -147,7 +161,7 @@ def transcribe(
                 encoder_dtype=encoder_dtype,
             )
         with transcriber:
-            long_audio = LongAudio(transcriber, vad=vad)
+            long_audio = LongAudio(transcriber, vad=vad, diarize=speakers)
             stats = _run(long_audio, todo, options, results, formats, output_dir)
     _summary(*stats, output_dir)
     if stats[1]:

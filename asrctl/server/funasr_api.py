@@ -6,7 +6,10 @@ rtf}``. FunASR runs a VAD first and returns one segment per speech stretch; asrc
 transcribes the upload in one pass (up to the model's limit), so it returns one segment
 spanning the audio (``serve --vad``: one per VAD segment). ``timestamp=true`` adds each
 segment's ``words: [{word, start, end}]`` where the model times words (Fun-ASR-Nano with
-its CTC head), else a ``notes`` entry; speakers (``spk=true``) are refused with a 400.
+its CTC head), else a ``notes`` entry. ``spk=true`` labels speakers: the upload is split at
+speaker changes (:mod:`asrctl.server.diarized`) and every segment carries ``speaker``
+(``SPEAKER_0``, ``SPEAKER_1``, ... in order of first appearance); ``num_speakers``,
+``min_speakers`` and ``max_speakers`` fields bound the count.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from asrctl.adapters.base import PromptOptions
 from asrctl.results import Word
 from asrctl.server import formats
 from asrctl.server.engine import DecodeOptions
-from asrctl.server.errors import ApiError
 from asrctl.server.state import ServerState
 from asrctl.server.uploads import decode_upload, form_bool, form_text, read_form
 
@@ -36,13 +38,7 @@ async def asr(request: Request) -> JSONResponse:
     start = time.perf_counter()
     form = await read_form(request)
     try:
-        if form_bool(form, "spk"):
-            raise ApiError(
-                400,
-                "speaker diarization (spk) is not available",
-                param="spk",
-                code="unsupported_value",
-            )
+        speakers = formats.diarize_options(form) if form_bool(form, "spk") else None
         timestamp = form_bool(form, "timestamp")
         hotwords = form_text(form, "hotwords") or ""
         prompt = PromptOptions(
@@ -57,10 +53,18 @@ async def asr(request: Request) -> JSONResponse:
     finally:
         await form.close()
     words = timestamp and state.model.word_timing
-    result = await state.transcribe(ENDPOINT, audio, prompt, DecodeOptions(word_timestamps=words))
+    decode = DecodeOptions(word_timestamps=words)
+    if speakers is not None:
+        from asrctl.server.diarized import transcribe_diarized
+
+        result = await transcribe_diarized(state, ENDPOINT, audio, prompt, decode, speakers)
+    else:
+        result = await state.transcribe(ENDPOINT, audio, prompt, decode)
     elapsed = time.perf_counter() - start
     segments = [
-        {"text": s.text, "start": s.start, "end": s.end} for s in formats.segments_of(result)
+        {"text": s.text, "start": s.start, "end": s.end}
+        | ({"speaker": s.speaker} if speakers is not None else {})
+        for s in formats.segments_of(result)
     ]
     if result.words is not None:
         _attach_words(segments, result.words)
