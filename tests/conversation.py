@@ -95,7 +95,7 @@ def write(path: Path, audio: np.ndarray) -> Path:
 
 
 def der(reference: list[Turn], hypothesis: list[tuple[float, float, str]]) -> float:
-    """Diarization error rate (pyannote.metrics; no collar, overlap not involved)."""
+    """Diarization error rate (pyannote.metrics, 0.5 s collar: ±0.25 s around boundaries)."""
     from pyannote.core import Annotation, Segment
     from pyannote.metrics.diarization import DiarizationErrorRate
 
@@ -108,4 +108,4 @@ def der(reference: list[Turn], hypothesis: list[tuple[float, float, str]]) -> fl
     uem = Segment(0.0, max(t.end for t in reference) + 1.0)
     from pyannote.core import Timeline
 
-    return float(DiarizationErrorRate(collar=0.0)(ref, hyp, uem=Timeline([uem])))
+    return float(DiarizationErrorRate(collar=0.5)(ref, hyp, uem=Timeline([uem])))

@@ -1,0 +1,109 @@
+"""Speaker diarization on synthetic espeak-ng conversations with known turns (asrctl.diarize).
+
+DER is pyannote.metrics' diarization error rate with a 0.5 s collar (±0.25 s around each
+true boundary, the usual NIST setting): the synthetic turns are trimmed at the first and
+last loud sample, while VAD spans are padded, so boundaries differ by design.
+"""
+
+from __future__ import annotations
+
+import os
+
+import conversation as conv
+import pytest
+
+from asrctl.diarize import DiarizeOptions, SpeakerTurn, relabel, renumber
+from asrctl.errors import OptionsError
+from asrctl.results import Segment, Transcript
+from asrctl.segment import stitch
+from asrctl.vad import Span, detect_array
+from asrctl.writers import srt, vtt
+
+MAX_DER = 0.15  # stated threshold for the synthetic conversations of 1-3 voices
+MAX_DER_4 = 0.30  # four voices: two of the espeak-ng voices sound alike to the encoder
+
+needs_espeak = pytest.mark.skipif(
+    not conv.espeak_available() and not os.environ.get("CI"),
+    reason="espeak-ng is not installed (install.sh installs it; CI requires it)",
+)
+
+
+def _diarize(audio, options=None):
+    from asrctl.diarize import Diarizer
+
+    return Diarizer(options).turns(audio, detect_array(audio, conv.RATE))
+
+
+def _der(ref, turns) -> float:
+    return conv.der(ref, [(t.start, t.end, t.label) for t in turns])
+
+
+@needs_espeak
+def test_two_voices_found_automatically_with_low_der():
+    audio, ref = conv.conversation([0, 1, 0, 1, 1, 0, 1, 0], [0.5, 0.7, 0.4, 0.6, 0.8, 0.5, 0.6])
+    turns = _diarize(audio)
+    assert {t.speaker for t in turns} == {0, 1}
+    assert turns[0].label == "SPEAKER_0"
+    assert _der(ref, turns) < MAX_DER
+
+
+@pytest.mark.parametrize("voices", [3, 4])
+@needs_espeak
+def test_three_and_four_voices_with_known_count(voices):
+    order = [0, 1, 2, 3, 1, 0, 3, 2, 0, 2, 1, 3] if voices == 4 else [0, 1, 2, 0, 2, 1, 0, 1, 2]
+    audio, ref = conv.conversation(order, 0.6, seed=voices)
+    turns = _diarize(audio, DiarizeOptions(num_speakers=voices))
+    assert len({t.speaker for t in turns}) == voices
+    assert _der(ref, turns) < (MAX_DER if voices < 4 else MAX_DER_4)
+
+
+@needs_espeak
+def test_a_single_voice_is_one_speaker():
+    audio, _ = conv.conversation([2, 2, 2, 2, 2], [0.5, 0.9, 0.4, 0.7])
+    assert {t.speaker for t in _diarize(audio)} == {0}
+
+
+@needs_espeak
+def test_turns_cover_the_speech_spans_exactly():
+    audio, _ = conv.conversation([0, 1, 0], 0.5)
+    spans = detect_array(audio, conv.RATE)
+    from asrctl.diarize import Diarizer
+
+    turns = Diarizer().turns(audio, spans)
+    covered = sum(t.end - t.start for t in turns)
+    assert covered == pytest.approx(sum(s.end - s.start for s in spans), abs=0.01)
+    assert all(any(s.start <= t.start and t.end <= s.end for s in spans) for t in turns)
+
+
+def test_options_are_checked():
+    with pytest.raises(OptionsError, match="min-speakers"):
+        DiarizeOptions(min_speakers=3, max_speakers=2)
+    with pytest.raises(OptionsError, match="num-speakers must be at least 1"):
+        DiarizeOptions(num_speakers=0)
+    with pytest.raises(OptionsError, match="outside"):
+        DiarizeOptions(num_speakers=5, max_speakers=4)
+
+
+def test_speakers_are_numbered_by_first_appearance():
+    turns = [SpeakerTurn(0, 1, 3), SpeakerTurn(1, 2, 1), SpeakerTurn(2, 3, 3)]
+    assert [t.label for t in renumber(turns)] == ["SPEAKER_0", "SPEAKER_1", "SPEAKER_0"]
+
+
+def test_model_speaker_ids_are_relabelled():
+    segs = (
+        Segment(0, 1, "a", speaker=2),
+        Segment(1, 2, "b", speaker=0),
+        Segment(2, 3, "c", speaker=2),
+    )
+    out = relabel(Transcript("k", "a b c", 3.0, segments=segs))
+    assert [s.speaker for s in out.segments] == ["SPEAKER_0", "SPEAKER_1", "SPEAKER_0"]
+
+
+def test_stitched_turns_carry_speakers_into_subtitles():
+    parts = [Transcript("a", "hello there", 1.0), Transcript("b", "hi", 1.0)]
+    spans = [Span(0.0, 1.0), Span(1.0, 2.0)]
+    result = stitch("k", 2.0, spans, parts, "T", ["SPEAKER_0", "SPEAKER_1"])
+    assert [s.speaker for s in result.segments] == ["SPEAKER_0", "SPEAKER_1"]
+    assert result.to_json()["segments"][1]["speaker"] == "SPEAKER_1"
+    assert "[SPEAKER_0] hello there" in srt(result)
+    assert "<v SPEAKER_1>hi" in vtt(result)
