@@ -2,19 +2,21 @@
 
 Pipeline (:class:`Diarizer`):
 
-1. speech spans from Silero VAD (:mod:`asrctl.vad`, the same spans long audio is split at);
-2. each span cut into windows of 1.6 s every :data:`STEP_FRAMES` (0.4 s), each window
-   embedded by Resemblyzer's pretrained GE2E voice encoder (:mod:`asrctl.speaker_embed`,
-   weights shipped inside the ``resemblyzer`` wheel; nothing is downloaded at run time);
-3. windows clustered by scikit-learn's agglomerative clustering (cosine distance, average
-   linkage): with ``num_speakers`` exactly that many clusters; otherwise merging stops at
-   :data:`DISTANCE_THRESHOLD`, and the count is then clamped to ``min_speakers`` /
-   ``max_speakers``; clusters holding under :data:`MIN_CLUSTER_SHARE` of the windows
-   (windows straddling a change) are folded into their nearest large cluster;
-4. every 10 ms frame takes the majority label of the windows covering it; turns shorter
-   than :data:`MIN_TURN` are merged into a neighbour, and each change point inside a span
-   is moved to the quietest frame within :data:`SNAP` s (speakers change at pauses);
-5. speakers numbered in order of first appearance, labelled ``SPEAKER_0``, ``SPEAKER_1``…
+1. speech spans from Silero VAD (:mod:`asrctl.vad`, the same spans long audio is split at),
+   each cut into *pieces* at its pauses (quiet runs of :data:`PAUSE` s, cut in their
+   middle); pause-free stretches longer than :data:`MAX_PIECE` are cut at quiet frames;
+   pieces under :data:`MIN_PIECE` join a neighbour;
+2. each piece embedded by Resemblyzer's pretrained GE2E voice encoder
+   (:mod:`asrctl.speaker_embed`; weights shipped inside the ``resemblyzer`` wheel, nothing
+   downloaded at run time): the mean of 1.6 s windows every 0.4 s;
+3. pieces clustered with scikit-learn (agglomerative, cosine distance, average linkage)
+   on embeddings centred on the recording's mean: the count with the best silhouette
+   (2 to ``max_speakers`` or :data:`MAX_AUTO_SPEAKERS`); clusters under
+   :data:`MIN_CLUSTER_SHARE` of the pieces folded into their nearest; clusters whose mean
+   (uncentred) embeddings are under :data:`SAME_SPEAKER` apart merged (so one voice is one
+   speaker); the count then clamped to ``min_speakers``/``max_speakers``. With
+   ``num_speakers`` the smallest clusters are folded until that many remain;
+4. speakers numbered in order of first appearance, labelled ``SPEAKER_0``, ``SPEAKER_1``…
 
 Transcripts are split at speaker changes *before* they are transcribed: each speaker turn
 is transcribed as its own segment (:class:`asrctl.segment.LongAudio`, the server's
@@ -23,18 +25,29 @@ speaker change; words, where the family times them, stay inside their speaker's 
 VibeVoice-ASR writes speaker ids itself: those are kept, relabelled to the same scheme
 (:func:`relabel`), and no acoustic diarization runs.
 
-Why this encoder (measured on synthetic espeak-ng conversations, tests/conversation.py,
-2-4 voices, 12 turns each, 0.3-0.8 s between turns; diarization error rate from
-pyannote.metrics, no collar): Resemblyzer was the only PyPI package found that installs a
-pretrained speaker encoder with its weights (speechbrain, pyannote.audio, wespeaker,
-NeMo and 3D-Speaker fetch theirs from a hub at run time). Against a no-model baseline
-(mean and standard deviation of 20 MFCCs per window, same clustering) it gave DER
-2.4 % vs 17.9 % averaged over 2-, 3- and 4-voice conversations (see the README). Cost on
-one CPU core: about 0.02 s per second of speech (RTFx ~50 for diarization alone).
+Why this encoder: Resemblyzer was the only PyPI package found that installs a pretrained
+speaker encoder *with* its weights (speechbrain, pyannote.audio, wespeaker, NeMo and
+3D-Speaker fetch theirs from a hub at run time). Measured on synthetic espeak-ng
+conversations (tests/conversation.py: 1, 2, 3 and 4 voices, 6-12 turns, 0.3-0.8 s
+between turns; DER from pyannote.metrics, 0.5 s collar), against a no-model baseline
+(mean and standard deviation of 20 MFCCs, same pieces and clustering):
 
-Limits: one speaker per moment (overlapped speech is given to one of them); short
-interjections (< :data:`MIN_TURN`) go to a neighbour; the automatic count depends on
-:data:`DISTANCE_THRESHOLD` (pass ``num_speakers`` when it is known).
+=====================  ===========================  ===============================
+                       GE2E (resemblyzer)           MFCC statistics
+=====================  ===========================  ===============================
+speakers known         DER 1.5/1.1/4.0/4.2 %        DER 1.5/41/32/51 %
+count automatic        found 1/2/4/6, DER 1.5/1.1/  found 1/1/1/1, DER 1.5/50/66/75 %
+                       6.8/15 %
+=====================  ===========================  ===============================
+
+Cost on this project's 2-core CPU machine: diarization alone runs at RTFx 10-18 (mel
+spectrogram, LSTM, clustering), before transcription; ``bench --diarize`` reports it.
+
+Limits: one speaker per moment (overlapped speech goes to one of them); a speaker change
+without a pause of :data:`PAUSE` s is found only at a :data:`MAX_PIECE` cut; the automatic
+count may add a speaker for voices that vary (pass ``num_speakers`` or ``max_speakers``
+when known); a speaker with under :data:`MIN_CLUSTER_SHARE` of the pieces is folded into
+the nearest voice.
 """
 
 from __future__ import annotations
@@ -56,9 +69,9 @@ RATE = 16000  # Hz the encoder runs at
 FRAME_S = 0.01  # one mel frame
 STEP_FRAMES = 40  # window hop (0.4 s)
 MIN_FRAMES = 30  # pieces shorter than 0.3 s are not embedded (they join a neighbour)
-DISTANCE_THRESHOLD = 1.0  # cosine distance (centred embeddings) where merging stops
-SAME_SPEAKER = 0.12  # clusters whose mean embeddings are closer (cosine) are one speaker
-MIN_CLUSTER_SHARE = 0.03  # smaller clusters are folded into the nearest large one
+MAX_AUTO_SPEAKERS = 8  # most speakers found automatically (--max-speakers raises it)
+SAME_SPEAKER = 0.14  # clusters whose mean embeddings are closer (cosine) are one speaker
+MIN_CLUSTER_SHARE = 0.05  # smaller clusters are folded into the nearest large one
 MAX_CLUSTERED = 4000  # windows clustered directly; the rest join their nearest centroid
 PAUSE = 0.15  # s of quiet inside a speech span where a speaker may change
 QUIET = 0.1  # a frame is quiet under this share of the span's 95th-percentile energy
@@ -76,14 +89,13 @@ class DiarizeOptions:
     Attributes:
         num_speakers: exactly this many speakers (None: found automatically).
         min_speakers: at least this many, when found automatically.
-        max_speakers: at most this many, when found automatically.
-        threshold: cosine distance at which clusters stop merging (higher: fewer speakers).
+        max_speakers: at most this many, when found automatically (default: at most
+            :data:`MAX_AUTO_SPEAKERS`).
     """
 
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
-    threshold: float = DISTANCE_THRESHOLD
 
     def __post_init__(self) -> None:
         for name in ("num_speakers", "min_speakers", "max_speakers"):
@@ -96,8 +108,6 @@ class DiarizeOptions:
         n = self.num_speakers
         if n is not None and ((lo is not None and n < lo) or (hi is not None and n > hi)):
             raise OptionsError(f"num-speakers {n} is outside min/max-speakers")
-        if not 0 < self.threshold < 2:
-            raise OptionsError("the clustering threshold must be between 0 and 2")
 
 
 @dataclass(frozen=True)
@@ -201,37 +211,60 @@ def cluster(embeddings: np.ndarray, options: DiarizeOptions) -> np.ndarray:
     sample = embeddings[picked]
     centred = sample - sample.mean(axis=0)
     centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-8)
-    labels = _agglomerative(centred, options)
-    if options.num_speakers is None:
-        labels = _fold_small(sample, labels, options.min_speakers or 1)
-        labels = _merge_close(sample, labels, options.min_speakers or 1)
-    centroids = _centroids(sample, labels)
+    lo = options.min_speakers or 1
+    hi = options.max_speakers or max(MAX_AUTO_SPEAKERS, lo)
+    if options.num_speakers is not None:
+        k = min(options.num_speakers, len(sample))
+        labels = _best_silhouette(centred, max(2, k), max(k, MAX_AUTO_SPEAKERS))
+        labels = _reduce_to(sample, labels, k) if labels.max() + 1 > k else labels
+        if labels.max() + 1 < k:
+            labels = _agglomerative(centred, k)
+    else:
+        labels = _best_silhouette(centred, max(2, lo), hi)
+        labels = _fold_small(sample, labels, lo)
+        labels = _merge_close(sample, labels, lo)
+        k = labels.max() + 1
+        if k > hi or k < lo:
+            labels = _agglomerative(centred, min(max(k, lo), hi, len(sample)))
     if n > MAX_CLUSTERED:
-        labels = np.argmax(embeddings @ centroids.T, axis=1)
+        labels = np.argmax(embeddings @ _centroids(sample, labels).T, axis=1)
     return labels
 
 
-def _agglomerative(x: np.ndarray, options: DiarizeOptions) -> np.ndarray:
+def _agglomerative(x: np.ndarray, k: int) -> np.ndarray:
     from sklearn.cluster import AgglomerativeClustering
 
-    def fit(k: int | None) -> np.ndarray:
-        model = AgglomerativeClustering(
-            n_clusters=k,
-            metric="cosine",
-            linkage="average",
-            distance_threshold=None if k is not None else options.threshold,
-        )
-        return model.fit_predict(x)
+    if k <= 1:
+        return np.zeros(len(x), dtype=int)
+    return AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(x)
 
-    n = len(x)
-    if options.num_speakers is not None:
-        return fit(min(options.num_speakers, n))
-    labels = fit(None)
-    k = labels.max() + 1
-    if options.min_speakers is not None and k < options.min_speakers:
-        labels = fit(min(options.min_speakers, n))
-    elif options.max_speakers is not None and k > options.max_speakers:
-        labels = fit(options.max_speakers)
+
+def _best_silhouette(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The clustering of ``lo``..``hi`` clusters with the best silhouette (cosine); with
+    too few points for a silhouette, each point its own cluster (merged afterwards)."""
+    from sklearn.metrics import silhouette_score
+
+    best, labels = -2.0, np.arange(len(x))
+    for k in range(lo, min(hi, len(x) - 1) + 1):
+        candidate = _agglomerative(x, k)
+        score = silhouette_score(x, candidate, metric="cosine")
+        if score > best:
+            best, labels = score, candidate
+    return labels
+
+
+def _reduce_to(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Fold the smallest cluster into its nearest until ``k`` remain (outlier clusters go
+    first, where forcing average linkage to ``k`` would merge two real speakers)."""
+    labels = labels.copy()
+    while labels.max() + 1 > k:
+        counts = np.bincount(labels)
+        small = int(np.argmin(counts))
+        c = _centroids(x, labels)
+        sim = c @ c[small]
+        sim[small] = -np.inf
+        labels[labels == small] = int(np.argmax(sim))
+        _, labels = np.unique(labels, return_inverse=True)
     return labels
 
 
