@@ -67,15 +67,69 @@ def test_transcribe_diarize_srt(fun_asr_tiny, meeting, tmp_path):
     _check(cues, turns)
 
 
-def test_asr_spk_true(fun_asr_tiny, meeting, tmp_path):
-    path, turns = meeting
+@pytest.fixture(scope="module")
+def server(fun_asr_tiny, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "server.log"
     args = ["--model", str(fun_asr_tiny), "--max-tokens", "8", *ENGINE_FLAGS]
-    with live_server(args, tmp_path / "server.log") as srv:
+    with live_server(args, log) as srv:
+        yield srv
+
+
+def _post(server, path, url, **data) -> httpx.Response:
+    with path.open("rb") as f:
+        return httpx.post(f"{server.url}{url}", files={"file": f}, data=data, timeout=300)
+
+
+def test_asr_spk_true(server, meeting):
+    path, turns = meeting
+    r = _post(server, path, "/asr", spk="true")
+    assert r.status_code == 200, r.text
+    segments = r.json()["segments"]
+    _check([(s["start"], s["end"], s["speaker"]) for s in segments], turns)
+    plain = _post(server, path, "/asr")
+    assert plain.status_code == 200 and "speaker" not in plain.json()["segments"][0]
+    bad = _post(server, path, "/asr", spk="true", num_speakers="0")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "num_speakers"
+
+
+def test_openai_diarized_json(server, meeting):
+    from openai import OpenAI
+    from openai.types.audio import TranscriptionDiarized
+
+    path, turns = meeting
+    with OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=300) as c:
         with path.open("rb") as f:
-            r = httpx.post(f"{srv.url}/asr", files={"file": f}, data={"spk": "true"}, timeout=300)
-        assert r.status_code == 200, r.text
-        segments = r.json()["segments"]
-        _check([(s["start"], s["end"], s["speaker"]) for s in segments], turns)
-        with path.open("rb") as f:
-            plain = httpx.post(f"{srv.url}/asr", files={"file": f}, timeout=300)
-        assert plain.status_code == 200 and "speaker" not in plain.json()["segments"][0]
+            result = c.audio.transcriptions.create(
+                file=f, model="", response_format="diarized_json"
+            )
+    assert isinstance(result, TranscriptionDiarized)
+    assert result.task == "transcribe" and result.duration > 0
+    assert all(s.type == "transcript.text.segment" for s in result.segments)
+    assert len({s.id for s in result.segments}) == len(result.segments)
+    _check([(s.start, s.end, s.speaker) for s in result.segments], turns)
+
+
+def test_openai_diarize_field_srt(server, meeting):
+    path, turns = meeting
+    r = _post(server, path, "/v1/audio/transcriptions", diarize="true", response_format="srt")
+    assert r.status_code == 200, r.text
+    _check(_cues(r.text), turns)
+    streamed = _post(server, path, "/v1/audio/transcriptions", diarize="true", stream="true")
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "stream"
+
+
+def test_bench_prints_rtfx_with_and_without_diarization(fun_asr_tiny, meeting, tmp_path):
+    path, _ = meeting
+    out = tmp_path / "bench"
+    result = run_asrctl(
+        "bench", str(path), "--model", str(fun_asr_tiny), "-o", str(out), "--diarize",
+        "--warmup", "0", "--repeat", "1", "--max-tokens", "8", *ENGINE_FLAGS, timeout=600,
+        extra_env={"ASRCTL_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RTFx end-to-end " in result.stderr and "RTFx end-to-end-diarized" in result.stderr
+    import json
+
+    speed = json.loads((out / "bench.json").read_text())["speed"]
+    assert speed["end_to_end_diarized"]["rtfx"] > 0 and speed["end_to_end"]["rtfx"] > 0
+    assert speed["end_to_end_diarized"]["speakers"] == {"meeting": 2}
