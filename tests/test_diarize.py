@@ -150,3 +150,18 @@ def test_cluster_of_two_embeddings():
     assert cluster(x[:1], DiarizeOptions()).tolist() == [0]
     assert cluster(x, DiarizeOptions()).tolist() == [0, 1]
     assert cluster(x[[0, 0]], DiarizeOptions()).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-speakers", "2"], "--num-speakers needs --diarize"),
+        (["--diarize", "--no-vad"], "drop --no-vad"),
+        (["--diarize", "--min-speakers", "3", "--max-speakers", "2"], "min-speakers (3)"),
+    ],
+)
+def test_cli_speaker_options_are_checked_before_the_model_loads(tmp_path, flags, message):
+    from clirun import run_asrctl
+
+    result = run_asrctl("transcribe", "x.wav", "--model", str(tmp_path), *flags, timeout=60)
+    assert result.returncode == 2 and message in result.stderr

@@ -113,6 +113,8 @@ def transcribe(
         min_speakers=min_speakers,
         max_speakers=max_speakers,
     )
+    if speakers is not None and vad is False:
+        raise OptionsError("--diarize splits every input at pauses (VAD); drop --no-vad")
     options = transcribe_options(
         language=language,
         hotwords=hotwords,
