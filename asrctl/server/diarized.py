@@ -53,7 +53,7 @@ async def transcribe_diarized(
     """The upload's transcript with a speaker on every segment."""
     family = state.model.adapter.family
     if gives_speakers(family.name):
-        return relabel(await state.transcribe(endpoint, audio, prompt, decode))
+        return relabel(await state.transcribe(endpoint, audio, prompt, decode, vad=True))
     sr = state.model.sample_rate
     limit = min(family.max_audio_seconds or 30.0, 30.0)
     loop = asyncio.get_running_loop()

@@ -1,15 +1,16 @@
 """``POST /asr``: FunASR's offline service (``funasr-server``, ``serve_vllm.py``).
 
-Multipart ``file``, ``language``, ``hotwords`` (comma-separated) and ``timestamp``; the
-reply is FunASR's ``{text, segments: [{text, start, end}], duration, processing_time,
-rtf}``. FunASR runs a VAD first and returns one segment per speech stretch; asrctl
-transcribes the upload in one pass (up to the model's limit), so it returns one segment
-spanning the audio (``serve --vad``: one per VAD segment). ``timestamp=true`` adds each
-segment's ``words: [{word, start, end}]`` where the model times words (Fun-ASR-Nano with
-its CTC head), else a ``notes`` entry. ``spk=true`` labels speakers: the upload is split at
-speaker changes (:mod:`asrctl.server.diarized`) and every segment carries ``speaker``
-(``SPEAKER_0``, ``SPEAKER_1``, ... in order of first appearance); ``num_speakers``,
-``min_speakers`` and ``max_speakers`` fields bound the count.
+Multipart ``file``, ``language`` (a code or a name: ``zh``, ``中文``, ``English``),
+``hotwords`` (comma-separated), ``timestamp`` and ``spk``; the reply is FunASR's ``{text,
+segments: [{text, start, end}], duration, processing_time, rtf}``. As FunASR's service
+does, audio longer than the model's window is split by VAD (one segment per speech
+stretch, up to ``--max-audio-seconds``, default an hour); shorter audio goes through in
+one pass as one segment. ``timestamp=true`` adds each segment's ``words: [{word, start,
+end}]`` where the model times words (Fun-ASR-Nano with its CTC head), else a ``notes``
+entry. ``spk=true`` labels speakers: the upload is split at speaker changes
+(:mod:`asrctl.server.diarized`) and every segment carries ``speaker`` (``SPEAKER_0``,
+``SPEAKER_1``, ... in order of first appearance); ``num_speakers``, ``min_speakers`` and
+``max_speakers`` fields bound the count.
 """
 
 from __future__ import annotations
@@ -42,24 +43,24 @@ async def asr(request: Request) -> JSONResponse:
         timestamp = form_bool(form, "timestamp")
         hotwords = form_text(form, "hotwords") or ""
         prompt = PromptOptions(
-            language=(form_text(form, "language") or "").strip() or None,
+            language=state.language(form_text(form, "language")),
             hotwords=tuple(w.strip() for w in hotwords.split(",") if w.strip()),
         )
         state.check_prompt(PromptOptions(language=prompt.language), "language")
         state.check_prompt(prompt, "hotwords")
-        audio = await decode_upload(
-            form, limits=state.limits, sample_rate=state.model.sample_rate, pool=state.pool
+        audio = await decode_upload(  # long audio is split by VAD, as FunASR's service does
+            form, limits=state.long_limits, sample_rate=state.model.sample_rate, pool=state.pool
         )
     finally:
         await form.close()
     words = timestamp and state.model.word_timing
     decode = DecodeOptions(word_timestamps=words)
-    if speakers is not None:
+    if speakers is not None:  # FunASR's clients send spk=true by default
         from asrctl.server.diarized import transcribe_diarized
 
         result = await transcribe_diarized(state, ENDPOINT, audio, prompt, decode, speakers)
     else:
-        result = await state.transcribe(ENDPOINT, audio, prompt, decode)
+        result = await state.transcribe(ENDPOINT, audio, prompt, decode, vad=True)
     elapsed = time.perf_counter() - start
     segments = [
         {"text": s.text, "start": s.start, "end": s.end}
