@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import re
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,7 +45,9 @@ class FakeModel:
     """Transcribes any audio as ``heard N samples``, growing five characters a step."""
 
     def __init__(self) -> None:
-        self.adapter = FunAsrNanoAdapter(Path("unused"))
+        folder = Path(tempfile.mkdtemp(prefix="fake-model-"))  # the adapter reads its prompt
+        (folder / "config.yaml").write_text("model: FunASRNano\n")  # settings from here
+        self.adapter = FunAsrNanoAdapter(folder)
         self.sample_rate = SR
         self.batcher = SimpleNamespace(depth=0)
         self.calls: list[tuple[int, object, object]] = []
