@@ -165,3 +165,61 @@ def test_cli_speaker_options_are_checked_before_the_model_loads(tmp_path, flags,
 
     result = run_asrctl("transcribe", "x.wav", "--model", str(tmp_path), *flags, timeout=60)
     assert result.returncode == 2 and message in result.stderr
+
+
+class _Family:
+    def __init__(self, name: str, limit: float) -> None:
+        self.name, self.title, self.max_audio_seconds = name, name, limit
+
+
+class _FakeTranscriber:
+    """Transcribes each item as its sample count; a VibeVoice-like family answers with its
+    own speaker ids 7, 3, 7."""
+
+    def __init__(self, name: str, limit: float = 30.0) -> None:
+        from types import SimpleNamespace
+
+        self.adapter = SimpleNamespace(family=_Family(name, limit))
+        self.seen = []
+
+    def transcribe(self, items, options=None):
+        for item in items:
+            self.seen.append(item)
+            n = len(item.load(conv.RATE))
+            segments = None
+            if self.adapter.family.name == "vibevoice-asr":
+                segments = tuple(
+                    Segment(i, i + 1.0, f"s{i}", speaker=k) for i, k in enumerate((7, 3, 7))
+                )
+            yield [Transcript(item.key, f"n{n}", n / conv.RATE, segments=segments)]
+
+
+@needs_espeak
+def test_long_audio_transcribes_each_speaker_turn_as_a_segment():
+    from asrctl.inputs import from_arrays
+    from asrctl.segment import LongAudio
+
+    audio, turns = conv.conversation([0, 1, 0], 0.7, seed=2)
+    fake = _FakeTranscriber("fun-asr-nano")
+    [[result]] = list(
+        LongAudio(fake, diarize=DiarizeOptions()).transcribe(from_arrays({"m": audio}, conv.RATE))
+    )
+    assert [s.speaker for s in result.segments] == ["SPEAKER_0", "SPEAKER_1", "SPEAKER_0"]
+    assert len(fake.seen) == 3  # one request per turn, short as the input is
+    for seg, turn, item in zip(result.segments, turns, fake.seen, strict=True):
+        assert abs(seg.start - turn.start) < 0.5 and abs(seg.end - turn.end) < 0.5
+        assert (item.start, item.end) == (seg.start, seg.end)
+    assert "[SPEAKER_1]" in srt(result)
+
+
+def test_long_audio_keeps_a_models_own_speakers_relabelled():
+    import numpy as np
+
+    from asrctl.inputs import from_arrays
+    from asrctl.segment import LongAudio
+
+    fake = _FakeTranscriber("vibevoice-asr", limit=3600.0)
+    items = from_arrays({"m": np.zeros(conv.RATE * 3, np.float32)}, conv.RATE)
+    [[result]] = list(LongAudio(fake, diarize=DiarizeOptions()).transcribe(items))
+    assert [s.speaker for s in result.segments] == ["SPEAKER_0", "SPEAKER_1", "SPEAKER_0"]
+    assert len(fake.seen) == 1 and fake.seen[0].end is None  # one pass, no acoustic diarization
