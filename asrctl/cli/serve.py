@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from asrctl.cli._options import (
     AllowedMediaOpt,
     ApiKeyOpt,
@@ -23,6 +25,7 @@ from asrctl.cli._options import (
     ModelOpt,
     PortOpt,
     SamplingOverrideOpt,
+    ServeDataParallelOpt,
     ServedModelNameOpt,
     ServeVadOpt,
     ShutdownTimeoutOpt,
@@ -59,6 +62,7 @@ def serve(
     ws_max_sessions: WsMaxSessionsOpt = 100,
     ws_idle_timeout: WsIdleTimeoutOpt = 60.0,
     embedding_cache_mb: EmbeddingCacheMbOpt = 256.0,
+    data_parallel: ServeDataParallelOpt = 1,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
@@ -97,5 +101,7 @@ def serve(
         max_num_seqs=max_num_seqs,
         enforce_eager=enforce_eager,
     )
+    if data_parallel > 1:  # vLLM's own DP: N engine cores, one AsyncLLM front balancing them
+        engine = replace(engine, extra={**engine.extra, "data_parallel_size": data_parallel})
     _output.info(f"loading {model} and starting vLLM…")
     run_server(model, options, engine)

@@ -14,6 +14,8 @@ from asrctl.cli._common import diarize_options, engine_options, transcribe_optio
 from asrctl.cli._options import (
     BatchSizeOpt,
     CacheDirOpt,
+    CpusPerWorkerOpt,
+    DataParallelOpt,
     DeviceOpt,
     DiarizeOpt,
     DtypeOpt,
@@ -22,6 +24,7 @@ from asrctl.cli._options import (
     EnforceEagerOpt,
     FormatOpt,
     GpuMemOpt,
+    GpusPerWorkerOpt,
     HotwordsOpt,
     InputsArg,
     LanguageOpt,
@@ -35,11 +38,15 @@ from asrctl.cli._options import (
     NoItnOpt,
     NoWordTimesOpt,
     NumSpeakersOpt,
+    NumWorkersOpt,
     OutputDirOpt,
     RawTextOpt,
+    RayAddressOpt,
+    RayOpt,
     RepetitionPenaltyOpt,
     ResumeOpt,
     SeedOpt,
+    ShardSizeOpt,
     TemperatureOpt,
     TensorParallelOpt,
     TopKOpt,
@@ -94,8 +101,16 @@ def transcribe(
     num_speakers: NumSpeakersOpt = None,
     min_speakers: MinSpeakersOpt = None,
     max_speakers: MaxSpeakersOpt = None,
+    data_parallel: DataParallelOpt = 1,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    num_workers: NumWorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    shard_size: ShardSizeOpt = None,
 ) -> None:
     """Transcribe audio files, folders, Kaldi data dirs or manifests with a model on vLLM."""
+    from asrctl.distributed import PipelineSpec, RayTranscriber
     from asrctl.errors import OptionsError
     from asrctl.inputs import iter_inputs
     from asrctl.results import ResultsDir
@@ -139,6 +154,17 @@ def transcribe(
         max_num_seqs=max_num_seqs,
         enforce_eager=enforce_eager,
     )
+    cluster = cluster_options(
+        ray=ray,
+        data_parallel=data_parallel,
+        address=ray_address,
+        num_workers=num_workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        shard_size=shard_size,
+    )
+    if speakers is not None and cluster is not None:
+        raise OptionsError("--diarize runs in this process: not with --ray or --data-parallel")
     items = iter_inputs(inputs)
     subtitles = [f for f in formats if f in ("srt", "vtt")]
     if output_dir is None and subtitles and (len(items) != 1 or len(formats) != 1):
@@ -154,20 +180,72 @@ def transcribe(
         if not todo:
             _output.info("nothing to do")
             return
-        with _output.err.status("loading the model…"):
-            transcriber = Transcriber(
-                model,
-                engine_options=engine,
-                device=device,
-                cache_dir=cache_dir,
-                encoder_dtype=encoder_dtype,
-            )
-        with transcriber:
-            long_audio = LongAudio(transcriber, vad=vad, diarize=speakers)
-            stats = _run(long_audio, todo, options, results, formats, output_dir)
+        if cluster is not None:
+            spec = PipelineSpec(model, engine, device, cache_dir, encoder_dtype, vad)
+            with _output.err.status("starting the Ray workers…"):
+                replicas = RayTranscriber(spec, cluster, on_info=_output.info)
+            with replicas:
+                stats = _run(replicas, todo, options, results, formats, output_dir)
+        else:
+            with _output.err.status("loading the model…"):
+                transcriber = Transcriber(
+                    model,
+                    engine_options=engine,
+                    device=device,
+                    cache_dir=cache_dir,
+                    encoder_dtype=encoder_dtype,
+                )
+            _output.info(f"model ready: {transcriber.pipeline.startup}")
+            with transcriber:
+                long_audio = LongAudio(transcriber, vad=vad, diarize=speakers)
+                stats = _run(long_audio, todo, options, results, formats, output_dir)
     _summary(*stats, output_dir)
     if stats[1]:
         raise typer.Exit(1)
+
+
+def cluster_options(
+    *,
+    ray: bool,
+    data_parallel: int,
+    address: str | None,
+    num_workers: int | None,
+    gpus_per_worker: float | None,
+    cpus_per_worker: float,
+    shard_size: int | None,
+):
+    """The scale-out settings, or None for the single-process run. ``--data-parallel N``
+    is ``--ray --num-workers N`` on a new local cluster."""
+    from asrctl.distributed import ClusterOptions
+    from asrctl.errors import OptionsError
+
+    if data_parallel > 1:
+        if ray or address or num_workers:
+            raise OptionsError(
+                "--data-parallel runs replicas on this host; for a cluster use --ray "
+                "--num-workers N instead (not both)"
+            )
+        return ClusterOptions(
+            address="local",
+            num_workers=data_parallel,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            shard_size=shard_size,
+        )
+    if not ray:
+        if address or num_workers or gpus_per_worker is not None or shard_size:
+            raise OptionsError(
+                "--ray-address, --num-workers, --gpus-per-worker and "
+                "--shard-size need --ray (or --data-parallel N)"
+            )
+        return None
+    return ClusterOptions(
+        address=address,
+        num_workers=num_workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        shard_size=shard_size,
+    )
 
 
 def _run(
