@@ -89,7 +89,12 @@ def run_variant(args: argparse.Namespace, model: Path, scp: Path, variant: str) 
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         return {"error": proc.stderr[-3000:], "process_s": wall}
-    return json.loads(lines[-1][len("RESULT ") :]) | {"process_s": wall}
+    timing = [  # vLLM's own account of its start-up (weights, compile, graphs, KV cache)
+        line[-240:]
+        for line in proc.stderr.splitlines()
+        if any(w in line for w in ("took", "Graph capturing", "init engine", "compile"))
+    ]
+    return json.loads(lines[-1][len("RESULT ") :]) | {"process_s": wall, "vllm_log": timing[-12:]}
 
 
 def main() -> int:
