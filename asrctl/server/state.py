@@ -23,6 +23,9 @@ from asrctl.server.options import ServerOptions
 from asrctl.server.uploads import AudioLimits
 
 DECODE_THREADS = 4  # uploads decoded at once (soundfile / PyAV release the GIL)
+# Longest upload by default where nothing else caps it (--vad without --max-audio-seconds):
+# decoding holds the audio in memory, ~0.7 GB an hour at 48 kHz before resampling.
+VAD_MAX_AUDIO_SECONDS = 3600.0
 
 
 @dataclass
@@ -50,14 +53,15 @@ class ServerState:
         model_max = family.max_audio_seconds
         caps = [c for c in (options.max_audio_seconds, model_max) if c is not None]
         if options.vad:  # long uploads are segmented: only --max-audio-seconds caps them
-            caps = [options.max_audio_seconds] if options.max_audio_seconds else []
+            caps = [options.max_audio_seconds or VAD_MAX_AUDIO_SECONDS]
         limits = AudioLimits(
             max_bytes=options.max_upload_bytes,
-            max_seconds=min(caps) if caps else None,
+            max_seconds=min(caps) if caps else VAD_MAX_AUDIO_SECONDS,
             model_title=family.title,
             model_max_seconds=model_max,
         )
         names = options.served_model_names or (Path(model_dir).expanduser().resolve().name,)
+        metrics.model_name = names[0]
         metrics.watch_queue(lambda: model.batcher.depth)
         return cls(model=model, options=options, names=names, limits=limits, metrics=metrics)
 
