@@ -37,6 +37,8 @@ from asrctl.cli._options import (
     VadOpt,
 )
 
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
+
 
 def _progress() -> Progress:
     return Progress(
@@ -78,8 +80,6 @@ def transcribe(
     """Transcribe audio files, folders, Kaldi data dirs or manifests with a model on vLLM."""
     from asrctl.errors import OptionsError
     from asrctl.inputs import iter_inputs
-    from asrctl.results import ResultsDir
-    from asrctl.segment import LongAudio
     from asrctl.transcribe import Transcriber, resolve_encoder_dtype
     from asrctl.writers import parse_formats
 
@@ -112,28 +112,72 @@ def transcribe(
             f"--format {subtitles[0]} without --output-dir needs one input and one format",
             hint="pass --output-dir OUT to get OUT/<key>.srt / .vtt per input",
         )
+
+    def load() -> Transcriber:
+        return Transcriber(
+            model,
+            engine_options=engine,
+            device=device,
+            cache_dir=cache_dir,
+            encoder_dtype=encoder_dtype,
+        )
+
+    try:
+        stats = _transcribe(items, options, output_dir, resume, formats, vad, load)
+    except KeyboardInterrupt:
+        if output_dir is None:
+            raise
+        _output.error(
+            "interrupted; rerun with --resume to continue",
+            f"finished batches are saved in {output_dir}; `--resume` skips their keys",
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    if stats is None:
+        return
+    _summary(*stats, output_dir)
+    if stats[1]:
+        raise typer.Exit(1)
+
+
+def _transcribe(items, options, output_dir, resume, formats, vad, load):
+    """Open the output folder, load the model, run; the stats, or None if nothing to do."""
+    from asrctl.results import ResultsDir
+    from asrctl.segment import LongAudio
+
     with ResultsDir(output_dir, resume=resume) if output_dir else nullcontext() as results:
+        if results is not None:
+            _recovered(results)
         done = results.done if results else set()
         todo = [i for i in items if i.key not in done]
         if done:
             _output.info(f"resuming: {len(items) - len(todo)} of {len(items)} keys already done")
         if not todo:
             _output.info("nothing to do")
-            return
+            return None
         with _output.err.status("loading the model…"):
-            transcriber = Transcriber(
-                model,
-                engine_options=engine,
-                device=device,
-                cache_dir=cache_dir,
-                encoder_dtype=encoder_dtype,
-            )
+            transcriber = load()
         with transcriber:
             long_audio = LongAudio(transcriber, vad=vad)
-            stats = _run(long_audio, todo, options, results, formats, output_dir)
-    _summary(*stats, output_dir)
-    if stats[1]:
-        raise typer.Exit(1)
+            return _run(long_audio, todo, options, results, formats, output_dir)
+
+
+def _recovered(results) -> None:
+    """Say what resuming found in results.jsonl beyond complete rows."""
+    from asrctl.results import REJECTED, RESULTS
+
+    recovery = results.recovery
+    if recovery is None:
+        return
+    if recovery.torn:
+        _output.info(f"{RESULTS}: dropped a torn last line (an interrupted write); redoing it")
+    if recovery.rejected:
+        numbers = ", ".join(str(n) for n in recovery.rejected[:10])
+        more = f" and {len(recovery.rejected) - 10} more" if len(recovery.rejected) > 10 else ""
+        _output.warn(
+            f"{results.out_dir / RESULTS}: {len(recovery.rejected)} line(s) are not results "
+            f"(garbage or a repeated key: line {numbers}{more}); moved to "
+            f"{results.out_dir / REJECTED}, the {recovery.kept} valid rows are kept"
+        )
 
 
 def _run(

@@ -96,8 +96,13 @@ class ServerOptions:
         resolve_encoder_dtype(self.encoder_dtype)  # fails fast, naming the choices
         if self.max_tokens is not None and self.max_tokens < 1:
             raise OptionsError("--max-tokens must be at least 1")
-        if any(not k for k in self.api_keys):
-            raise OptionsError("--api-key must not be empty")
+        if any(not k.strip() for k in self.api_keys):
+            raise OptionsError("--api-key (or $ASRCTL_API_KEY) must not be empty or blank")
+        if any(len(k.split()) != 1 or k != k.strip() for k in self.api_keys):
+            raise OptionsError(
+                "an API key (--api-key or $ASRCTL_API_KEY) must not contain whitespace",
+                hint="pass several keys as repeated --api-key options",
+            )
         if any(not n.strip() for n in self.served_model_names):
             raise OptionsError("--served-model-name must not be empty")
 
