@@ -33,6 +33,7 @@ ENDPOINT = "/v1/audio/transcriptions"
 MAX_PROMPT_CHARS = 2000
 MAX_TEMPERATURE = 2.0
 _HOTWORD_SPLIT = re.compile(r"[,，、;；\n]+")
+_DIGITS = re.compile(r"[0-9]+")
 _UNSUPPORTED = {
     "include[]": "`include` is not available: no logprobs are returned",
     "include": "`include` is not available: no logprobs are returned",
@@ -230,7 +231,8 @@ def _float(value: str | None, name: str, *, default: float) -> float:
 def _seed(value: str | None) -> int | None:
     if value is None or not value.strip():
         return None
-    if not value.strip().isdigit() or int(value) >= 2**63:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then rejects
+    if not _DIGITS.fullmatch(value.strip()) or int(value) >= 2**63:
         raise ApiError(
             400, f"seed must be an integer from 0 to 2**63-1, not {value[:30]!r}", param="seed"
         )
