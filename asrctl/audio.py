@@ -256,6 +256,10 @@ def finish_samples(samples: np.ndarray, rate: int, sample_rate: int, key: str) -
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality=RESAMPLE_QUALITY)
         clip = True  # resampling can overshoot
+        if mono.size == 0:  # a few samples at an absurd rate
+            raise AudioError(
+                key, f"empty audio after resampling from {rate} Hz to {sample_rate} Hz"
+            )
     if clip:
         mono = np.clip(mono, -1.0, 1.0)
     return np.ascontiguousarray(mono, dtype=np.float32)

@@ -3,6 +3,7 @@ decoding (asrctl.server.decoding)."""
 
 from __future__ import annotations
 
+import struct
 import time
 import tracemalloc
 from pathlib import Path
@@ -147,3 +148,31 @@ def test_corrupt_and_empty_files_name_the_container(tmp_path: Path):
         decode(b"RIFF\0\0\0\0WAVEjunk")
     with pytest.raises(AudioError, match="empty audio"):
         decode(encoded("wav", 0.0))
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "frames", "outcome"),
+    [
+        (2_147_483_647, 1, 1000, "empty audio after resampling"),  # was a 0-sample "success"
+        (0xFFFFFFFF, 1, 100, "cannot decode this WAV file"),
+        (16000, 65535, 2, "cannot decode this WAV file"),
+        (0, 1, 20, "cannot decode this WAV file"),
+    ],
+)
+def test_absurd_wav_headers(rate, channels, frames, outcome):
+    data = np.zeros(frames * channels, np.int16).tobytes()
+    fmt = struct.pack(
+        "<IHHIIHH", 16, 1, channels, rate, (rate * channels * 2) & 0xFFFFFFFF,
+        (channels * 2) & 0xFFFF, 16,
+    )  # fmt: skip
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt
+    with pytest.raises(AudioError, match=outcome):
+        decode(header + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def test_low_rate_is_capped_by_its_length():
+    data = np.zeros(100, np.int16).tobytes()
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, 2, 4, 2, 16)  # 100 frames at 2 Hz: 50 s
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt
+    with pytest.raises(TooLong):
+        decode(header + b"data" + struct.pack("<I", len(data)) + data)
