@@ -20,7 +20,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,8 +75,10 @@ class Generation:
     """One decoded output."""
 
     token_ids: tuple[int, ...]
-    text: str
-    finish_reason: str | None
+    text: str  # as decoded (a cut multi-byte character shows as a trailing U+FFFD)
+    finish_reason: str | None  # "stop" or "length"; None while unfinished
+    cumulative_logprob: float | None = None  # when Decoding.logprobs asked for it
+    finished: bool = True
 
 
 def resolve_dtype(llm_dir: Path, requested: str) -> str:
@@ -264,7 +266,9 @@ def _prefer_cpu_defaults(options: EngineOptions) -> None:
 FAKE_ENGINE_ENV = "ASRCTL_FAKE_ENGINE"  # tests: asrctl.testing's fake engine instead of vLLM
 
 
-def start_vllm(llm_dir: Path, dtype_name: str, options: EngineOptions, *, asynchronous: bool) -> Any:
+def start_vllm(
+    llm_dir: Path, dtype_name: str, options: EngineOptions, *, asynchronous: bool
+) -> Any:
     """vLLM's ``LLMEngine`` (or, ``asynchronous``, its ``AsyncLLM``) over an exported LLM
     folder, prompt embeddings on. With ``$ASRCTL_FAKE_ENGINE`` set, the test suite's
     deterministic stand-in (:mod:`asrctl.testing`) instead: no vLLM, same interface."""
@@ -293,19 +297,72 @@ def start_vllm(llm_dir: Path, dtype_name: str, options: EngineOptions, *, asynch
 
 @dataclass(frozen=True)
 class Decoding:
-    """How one request is decoded (greedy unless ``temperature`` > 0)."""
+    """How one request is decoded, resolved (greedy unless ``temperature`` > 0); built
+    from the caller's options by :meth:`asrctl.pipeline.Pipeline.decoding`."""
 
     max_tokens: int
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
     repetition_penalty: float = 1.0  # on generated tokens only; see embeds_request
     temperature: float = 0.0
     seed: int | None = None
+    top_p: float = 1.0
+    top_k: int | None = None  # None: off
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: bool = False  # cumulative log-probability of the generated tokens
+
+    @property
+    def penalised(self) -> bool:
+        """Whether a penalty counts tokens (see :func:`embeds_request`)."""
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
 
 
-class Engine:
-    """vLLM's ``LLMEngine`` over an exported stock LLM folder, with prompt embeddings on."""
+def sampling_params(decoding: Decoding, *, streaming: bool) -> Any:
+    """vLLM ``SamplingParams`` for one request: the one place they are built.
 
-    def __init__(self, llm_dir: Path, options: EngineOptions | None = None) -> None:
+    ``streaming`` (the async engine): cumulative outputs with vLLM's incremental text, for
+    partial results. Otherwise only the final output, not detokenized by vLLM: the sync
+    engine decodes each finished request's ids once (vLLM's output loop would otherwise
+    detokenize every sequence at every step in this process).
+    """
+    from vllm.sampling_params import RequestOutputKind
+
+    params = _params_class()(
+        temperature=decoding.temperature,
+        seed=decoding.seed if decoding.temperature > 0 else None,
+        top_p=decoding.top_p,
+        top_k=decoding.top_k if decoding.top_k is not None else 0,
+        max_tokens=decoding.max_tokens,
+        ignore_eos=decoding.ignore_eos,
+        skip_special_tokens=True,
+        repetition_penalty=decoding.repetition_penalty,
+        frequency_penalty=decoding.frequency_penalty,
+        presence_penalty=decoding.presence_penalty,
+        logprobs=0 if decoding.logprobs else None,
+        output_kind=RequestOutputKind.CUMULATIVE if streaming else RequestOutputKind.FINAL_ONLY,
+        detokenize=streaming,
+        # params are built per request: vLLM's defensive deep copy (half the cost of
+        # add_request, measured with cProfile) is not needed
+        skip_clone=True,
+    )
+    return params
+
+
+def _params_class() -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams
+
+
+class _EngineBase:
+    """What the sync and the async engine share: the exported LLM folder, the dtype of
+    its prompt embeddings, the prompt-text embedder, and how requests are built."""
+
+    def __init__(self, llm_dir: Path, options: EngineOptions | None, *, asynchronous: bool):
         import torch
 
         options = options or EngineOptions()
@@ -314,10 +371,7 @@ class Engine:
         self.dtype: torch.dtype = getattr(torch, self.dtype_name)
         self.embed_text = TextEmbedder(llm_dir, self.dtype)
         self._ids = itertools.count()
-        self.engine = self._start(options)
-
-    def _start(self, options: EngineOptions) -> Any:
-        return start_vllm(self.llm_dir, self.dtype_name, options, asynchronous=False)
+        self.engine: Any = start_vllm(llm_dir, self.dtype_name, options, asynchronous=asynchronous)
 
     @property
     def max_model_len(self) -> int:
@@ -328,29 +382,25 @@ class Engine:
         """Rows of the LLM's output layer (the exported config's ``vocab_size``)."""
         return int(json.loads((self.llm_dir / "config.json").read_text())["vocab_size"])
 
+    def request(self, prompt: torch.Tensor, decoding: Decoding) -> dict[str, Any]:
+        return embeds_request(prompt, self.vocab_size, decoding.penalised)
+
+    def next_id(self) -> str:
+        return str(next(self._ids))
+
+
+class Engine(_EngineBase):
+    """vLLM's ``LLMEngine`` over an exported stock LLM folder, with prompt embeddings on:
+    ``submit`` requests, ``poll`` for the finished ones (batch transcription)."""
+
+    def __init__(self, llm_dir: Path, options: EngineOptions | None = None) -> None:
+        super().__init__(llm_dir, options, asynchronous=False)
+
     def submit(self, prompt: torch.Tensor, decoding: Decoding) -> str:
         """Queue one ``(seq, hidden)`` prompt-embedding tensor; returns its request id."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        params = SamplingParams(
-            temperature=decoding.temperature,
-            seed=decoding.seed,
-            max_tokens=decoding.max_tokens,
-            ignore_eos=decoding.ignore_eos,
-            skip_special_tokens=True,
-            repetition_penalty=decoding.repetition_penalty,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-            # no incremental detokenization in vLLM's output loop (this process, every
-            # sequence, every step): poll decodes each finished request's ids once
-            detokenize=False,
-            # params are built per request: vLLM's defensive deep copy (half the cost of
-            # add_request, measured with cProfile) is not needed
-            skip_clone=True,
-        )
-        request_id = str(next(self._ids))
-        request = embeds_request(prompt, self.vocab_size, decoding.repetition_penalty != 1.0)
-        self.engine.add_request(request_id, request, params)
+        request_id = self.next_id()
+        params = sampling_params(decoding, streaming=False)
+        self.engine.add_request(request_id, self.request(prompt, decoding), params)
         return request_id
 
     @property
@@ -359,7 +409,8 @@ class Engine:
         return bool(self.engine.has_unfinished_requests())
 
     def poll(self) -> list[tuple[str, Generation]]:
-        """Run one engine step; returns the requests that finished in it."""
+        """Run one engine step; returns the requests that finished in it, their ids decoded
+        in one batch (the text exactly as decoded: clean-up is the pipeline's)."""
         if not self.busy:
             return []
         finished = [out for out in self.engine.step() if out.finished]
@@ -368,13 +419,8 @@ class Engine:
         ids = [list(out.outputs[0].token_ids) for out in finished]
         texts = self.embed_text.tokenizer.decode_batch(ids, skip_special_tokens=True)
         return [
-            # a trailing U+FFFD is a character cut by max_tokens: vLLM's detokenizer holds
-            # such bytes back, so they are dropped here too
-            (
-                out.request_id,
-                Generation(tuple(t), text.rstrip("\ufffd"), out.outputs[0].finish_reason),
-            )
-            for out, t, text in zip(finished, ids, texts, strict=True)
+            (out.request_id, _generation(out.outputs[0], text))
+            for out, text in zip(finished, texts, strict=True)
         ]
 
     def generate(
@@ -403,3 +449,45 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AsyncEngine(_EngineBase):
+    """vLLM's ``AsyncLLM`` over the same export (the server, async library calls); create
+    it inside the event loop that will use it."""
+
+    def __init__(self, llm_dir: Path, options: EngineOptions | None = None) -> None:
+        super().__init__(llm_dir, options, asynchronous=True)
+
+    async def generate(
+        self, prompt: torch.Tensor, decoding: Decoding, request_id: str | None = None
+    ) -> AsyncIterator[Generation]:
+        """Decode one prompt, yielding its cumulative text as it grows; the last item is
+        the finished generation (``finish_reason`` set). Closing the iterator early aborts
+        the request in vLLM."""
+        params = sampling_params(decoding, streaming=True)
+        rid = request_id or f"asr-{self.next_id()}"
+        outputs = self.engine.generate(self.request(prompt, decoding), params, rid)
+        # aclosing: a consumer that goes away closes this generator, which must abort the
+        # vLLM request now rather than whenever the generator is collected
+        async with contextlib.aclosing(outputs):
+            async for out in outputs:
+                yield _generation(out.outputs[0], out.outputs[0].text, finished=out.finished)
+
+    async def check_health(self) -> None:
+        """Raise if vLLM's engine is dead."""
+        await self.engine.check_health()
+
+    def close(self) -> None:
+        self.engine.shutdown()
+
+
+def _generation(completion: Any, text: str, *, finished: bool = True) -> Generation:
+    token_ids = tuple(completion.token_ids)
+    logprob = getattr(completion, "cumulative_logprob", None)
+    return Generation(
+        token_ids,
+        text,
+        completion.finish_reason if finished else None,
+        cumulative_logprob=logprob,
+        finished=finished,
+    )

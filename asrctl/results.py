@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from asrctl.errors import AsrctlError, OptionsError
 
@@ -33,34 +33,121 @@ LOCK = ".asrctl.lock"
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word and where it is in the audio (seconds from the input's start).
+
+    Attributes:
+        word: the word as written in the text (with attached punctuation).
+        start: start in seconds.
+        end: end in seconds.
+        score: the aligner's confidence (mean token probability), where it gives one.
+    """
+
+    word: str
+    start: float
+    end: float
+    score: float | None = None
+
+    def shifted(self, offset: float) -> Word:
+        """The same word ``offset`` seconds later (a segment's words onto its input's clock)."""
+        return replace(self, start=round(self.start + offset, 3), end=round(self.end + offset, 3))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"word": self.word, "start": self.start, "end": self.end, "score": self.score}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the audio and its text: a VAD segment, or a segment the model writes
+    itself (VibeVoice-ASR, with its speaker). Times in seconds from the input's start.
+
+    Attributes:
+        start: start in seconds (None where the model gave none).
+        end: end in seconds (None where the model gave none).
+        text: the segment's transcript.
+        tokens: its generated token ids, where it was decoded on its own (VAD segments).
+        speaker: the speaker the model or the diarizer assigned, where there is one.
+    """
+
+    start: float | None
+    end: float | None
+    text: str
+    tokens: tuple[int, ...] = ()
+    speaker: int | str | None = None
+
+    def shifted(self, offset: float) -> Segment:
+        """The same segment ``offset`` seconds later (None times stay None)."""
+        return replace(
+            self,
+            start=None if self.start is None else round(self.start + offset, 3),
+            end=None if self.end is None else round(self.end + offset, 3),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"start": self.start, "end": self.end, "text": self.text}
+        if self.speaker is not None:
+            row["speaker"] = self.speaker
+        return row
+
+
+@dataclass(frozen=True)
 class Transcript:
-    """The result for one utterance."""
+    """The result for one input, whichever entry point produced it (batch, server, library).
+
+    Attributes:
+        key: the input's key (a request id on the server).
+        text: the transcript, cleaned as the family does (see ``DecodeOptions.raw_text``).
+        duration: seconds of audio.
+        token_ids: the generated token ids.
+        finish_reason: "stop", or "length" when the token cap cut the text.
+        timing: wall seconds per stage (``batch_encode_s``, ``decode_s``).
+        segments: VAD segments of a long input, or the model's own segments; None when the
+            input went through in one pass and the model gives none.
+        guard_truncated: the repetition guard cut a loop off the text.
+        notes: remarks on the result (e.g. that the model gives no word timestamps).
+        words: timed words where the model times them; None otherwise.
+        prompt_tokens: prompt positions (text + audio) the LLM read.
+        audio_tokens: of which audio embeddings.
+        avg_logprob: mean log-probability of the generated tokens, when asked for.
+        language: the language the model stated, where it states one.
+    """
 
     key: str
     text: str
-    duration: float  # seconds of audio
+    duration: float
     token_ids: tuple[int, ...] = ()
-    finish_reason: str | None = None  # "stop", or "length" when --max-tokens cut it
-    timing: dict[str, float] = field(default_factory=dict)  # seconds, per stage
-    # long audio (asrctl.segment): [{start, end, text}] in seconds from the input's start;
-    # None when the input went through in one pass
-    segments: tuple[dict, ...] | None = None
-    guard_truncated: bool = False  # asrctl.guard cut a repetition loop off the text
-    notes: tuple[str, ...] = ()  # e.g. that the model gives no word timestamps
-    # [{word, start, end, score}] in seconds from the input's start (Fun-ASR-Nano's CTC
-    # head); None when the model gives no word timing
-    words: tuple[dict, ...] | None = None
+    finish_reason: str | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+    segments: tuple[Segment, ...] | None = None
+    guard_truncated: bool = False
+    notes: tuple[str, ...] = ()
+    words: tuple[Word, ...] | None = None
+    prompt_tokens: int = 0
+    audio_tokens: int = 0
+    avg_logprob: float | None = None
+    language: str | None = None
 
-    def to_json(self) -> dict:
-        row = asdict(self)
-        row.pop("token_ids")
-        row["num_tokens"] = len(self.token_ids)
-        unsets = (("segments", None), ("guard_truncated", False), ("notes", ()), ("words", None))
-        for name, unset in unsets:
-            if row[name] == unset:
-                row.pop(name)  # rows of ordinary runs keep their shape
-            elif name != "guard_truncated":
-                row[name] = list(row[name])
+    def to_json(self) -> dict[str, Any]:
+        """The ``results.jsonl`` row: unset optional fields are left out, so rows of
+        ordinary runs keep their shape."""
+        row: dict[str, Any] = {
+            "key": self.key,
+            "text": self.text,
+            "duration": self.duration,
+            "finish_reason": self.finish_reason,
+            "timing": dict(self.timing),
+            "num_tokens": len(self.token_ids),
+        }
+        if self.segments is not None:
+            row["segments"] = [s.to_json() for s in self.segments]
+        if self.guard_truncated:
+            row["guard_truncated"] = True
+        if self.notes:
+            row["notes"] = list(self.notes)
+        if self.words is not None:
+            row["words"] = [w.to_json() for w in self.words]
+        if self.language is not None:
+            row["language"] = self.language
         return row
 
 

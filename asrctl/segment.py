@@ -24,13 +24,13 @@ none are invented and ``notes`` says so.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from asrctl.errors import AsrctlError
 from asrctl.inputs import AudioItem
-from asrctl.results import Failure, Transcript
+from asrctl.results import Failure, Segment, Transcript
 from asrctl.vad import SileroVad, Span, VadOptions, detect
 
 VAD_AHEAD = 2  # inputs run through VAD ahead of the transcriber
@@ -160,41 +160,50 @@ class LongAudio:
         key = parent.item.key
         if parent.failed:
             return Failure(key, f"{key}: a segment failed: {parent.failed}")
-        segments, texts, tokens, words = [], [], [], []
-        reasons, guarded = set(), False
-        timing: dict[str, float] = {}
-        for i, span in enumerate(parent.spans):
-            r = parent.texts[i]
-            if r.segments:  # the model's own timestamps (VibeVoice): moved to the input's clock
-                segments.extend(shifted(s, span.start) for s in r.segments)
-            else:
-                segments.append({"start": span.start, "end": span.end, "text": r.text})
-            texts.append(r.text)
-            tokens.extend(r.token_ids)
-            words.extend(shifted(w, span.start) for w in r.words or ())
-            reasons.add(r.finish_reason)
-            guarded |= r.guard_truncated
-            for name, value in r.timing.items():
-                timing[name] = round(max(timing.get(name, 0.0), value), 4)
         parts = [parent.texts[i] for i in range(len(parent.spans))]
-        timed = bool(parts) and all(r.words is not None for r in parts)
-        notes = [] if timed else [NO_WORD_TIMES.format(title=self.title)]
-        if any(r.segments for r in parts):
-            notes = [OWN_TIMES.format(title=self.title)]
-        if not parent.spans:
-            notes.insert(0, NO_SPEECH)
-        return Transcript(
-            key=key,
-            text=join_texts(texts),
-            duration=round(parent.duration, 3),
-            token_ids=tuple(tokens),
-            finish_reason="length" if "length" in reasons else "stop",
-            timing=timing,
-            segments=tuple(segments),
-            guard_truncated=guarded,
-            notes=tuple(notes),
-            words=tuple(words) if timed else None,
-        )
+        return stitch(key, parent.duration, parent.spans, parts, self.title)
+
+
+def stitch(
+    key: str, duration: float, spans: Sequence[Span], parts: Sequence[Transcript], title: str
+) -> Transcript:
+    """One result for an input transcribed in pieces: ``parts[i]`` is the transcript of
+    ``spans[i]`` (seconds from the input's start). Texts joined in time order; segments are
+    the spans with their texts (or the model's own segments, moved to the input's clock);
+    words moved likewise (kept only when every part has them); token counts summed."""
+    segments: list[Segment] = []
+    timing: dict[str, float] = {}
+    for span, r in zip(spans, parts, strict=True):
+        if r.segments:  # the model's own timestamps (VibeVoice): moved to the input's clock
+            segments.extend(s.shifted(span.start) for s in r.segments)
+        else:
+            segments.append(Segment(span.start, span.end, r.text, r.token_ids))
+        for name, value in r.timing.items():
+            timing[name] = round(max(timing.get(name, 0.0), value), 4)
+    timed = bool(parts) and all(r.words is not None for r in parts)
+    notes = [] if timed else [NO_WORD_TIMES.format(title=title)]
+    if any(r.segments for r in parts):
+        notes = [OWN_TIMES.format(title=title)]
+    if not spans:
+        notes.insert(0, NO_SPEECH)
+    words = [w.shifted(s.start) for s, r in zip(spans, parts, strict=True) for w in r.words or ()]
+    scored = [(r.avg_logprob, len(r.token_ids)) for r in parts if r.avg_logprob is not None]
+    n_scored = sum(k for _, k in scored)
+    return Transcript(
+        key=key,
+        text=join_texts(r.text for r in parts),
+        duration=round(duration, 3),
+        token_ids=tuple(t for r in parts for t in r.token_ids),
+        finish_reason="length" if any(r.finish_reason == "length" for r in parts) else "stop",
+        timing=timing,
+        segments=tuple(segments),
+        guard_truncated=any(r.guard_truncated for r in parts),
+        notes=tuple(notes),
+        words=tuple(words) if timed else None,
+        prompt_tokens=sum(r.prompt_tokens for r in parts),
+        audio_tokens=sum(r.audio_tokens for r in parts),
+        avg_logprob=sum(a * k for a, k in scored) / n_scored if n_scored else None,
+    )
 
 
 def _drain(ready: list) -> list:
@@ -202,15 +211,6 @@ def _drain(ready: list) -> list:
     out = []
     while ready:
         out.append(ready.pop(0))
-    return out
-
-
-def shifted(segment: dict, offset: float) -> dict:
-    """A copy of a segment or word dict with its ``start``/``end`` moved by ``offset`` s."""
-    out = dict(segment)
-    for name in ("start", "end"):
-        if out.get(name) is not None:
-            out[name] = round(out[name] + offset, 3)
     return out
 
 

@@ -26,30 +26,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asrctl.adapters.base import Adapter, AudioEncoder, PromptOptions
-from asrctl.adapters.registry import load_adapter
-from asrctl.engine import (
-    Decoding,
-    Engine,
-    EngineOptions,
-    Generation,
-    TextEmbedder,
-    cuda_available,
-)
+from asrctl.adapters.base import PromptOptions
+from asrctl.engine import Engine, EngineOptions, Generation, cuda_available
 from asrctl.errors import AsrctlError, OptionsError
-from asrctl.export import PreparedModel, export_llm
-from asrctl.guard import truncate_loops
 from asrctl.inputs import AudioItem
+from asrctl.models.encoder import AudioEncoder
+from asrctl.pipeline import (
+    DEFAULT_MAX_TOKENS,
+    DecodeOptions,
+    Encoded,
+    Pipeline,
+    default_device,
+    resolve_encoder_dtype,
+)
 from asrctl.results import Failure, Transcript
 
 if TYPE_CHECKING:
@@ -58,9 +56,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asrctl")
 
-DEFAULT_MAX_TOKENS = 512  # the reference implementations' max_new_tokens
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "TranscribeOptions",
+    "Transcriber",
+    "default_batch_size",
+    "default_device",
+    "resolve_encoder_dtype",
+]
+
 LOADER_THREADS = 4
-ENCODER_DTYPES = ("float32", "bfloat16")  # audio encoder precisions with parity tests
 GPU_BATCH_SIZE = 1024  # the CLI's --batch-size with a GPU (BENCHMARKS.md, round 4)
 FLUSH_SECONDS = 1.0  # most time finished results wait before they are yielded
 FIRST_BATCH = 64  # items in the first loaded batch; each next one doubles up to batch_size
@@ -70,7 +75,7 @@ TOO_LONG_HINT = "raise --max-model-len or use --vad"
 
 @dataclass(frozen=True)
 class TranscribeOptions:
-    """What to transcribe and how.
+    """What to transcribe and how (batch transcription).
 
     Attributes:
         language: language code (family-specific; None or "auto" lets the model decide).
@@ -82,14 +87,10 @@ class TranscribeOptions:
             longest of them), which bounds the encoder's memory; None: no bound. A longer
             utterance is encoded alone.
         max_in_flight: most utterances submitted to vLLM and not yet finished.
-        max_tokens: cap on generated tokens per utterance (None: 512).
-        ignore_eos: generate exactly max_tokens (benchmarks only).
-        tokens_per_second: benchmarks only: generate ceil(this × audio seconds) tokens
-            per utterance, ignoring EOS, so every engine compared does the same work.
-        repetition_penalty: penalty on already generated tokens (> 0; 1.0 = none;
-            None: the family's default, e.g. 3.0 for FireRedASR-LLM).
-        word_timestamps: time each word where the model can (Fun-ASR-Nano with its CTC
-            head); ignored for models that cannot.
+        max_tokens, temperature, top_p, top_k, seed, repetition_penalty,
+        frequency_penalty, presence_penalty, ignore_eos, tokens_per_second,
+        word_timestamps, raw_text: how text is generated and returned, as in
+            :class:`asrctl.pipeline.DecodeOptions` (word timestamps on by default here).
     """
 
     language: str | None = None
@@ -100,24 +101,48 @@ class TranscribeOptions:
     encoder_batch_seconds: float | None = 960.0
     max_in_flight: int = 1024
     max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     ignore_eos: bool = False
     tokens_per_second: float | None = None
-    repetition_penalty: float | None = None
     word_timestamps: bool = True
+    raw_text: bool = False
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.encoder_batch_size, self.max_in_flight) < 1:
             raise OptionsError("batch sizes and --max-in-flight must be at least 1")
         if self.encoder_batch_seconds is not None and not self.encoder_batch_seconds > 0:
             raise OptionsError("--encoder-batch-seconds must be greater than 0")
-        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
-            raise OptionsError("--repetition-penalty must be greater than 0")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise OptionsError("--max-tokens must be at least 1")
+        try:
+            self.decode  # noqa: B018  (validates the decoding fields)
+        except OptionsError as e:
+            raise OptionsError(f"--{str(e).replace('_', '-')}") from None
 
     @property
     def prompt(self) -> PromptOptions:
         return PromptOptions(language=self.language, hotwords=self.hotwords, itn=self.itn)
+
+    @property
+    def decode(self) -> DecodeOptions:
+        return DecodeOptions(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            repetition_penalty=self.repetition_penalty,
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
+            ignore_eos=self.ignore_eos,
+            tokens_per_second=self.tokens_per_second,
+            word_timestamps=self.word_timestamps,
+            raw_text=self.raw_text,
+        )
 
 
 @dataclass(frozen=True)
@@ -127,23 +152,11 @@ class _Loaded:
 
 
 @dataclass(frozen=True)
-class _Encoded:
-    """An utterance encoded and its prompt built, ready to submit."""
-
-    item: AudioItem
-    seconds: float
-    prompt: torch.Tensor  # (seq, hidden)
-    n_audio: int
-    encode_s: float  # wall time of its encoder sub-batch
-    timing: object | None = None  # the encoder's word-alignment data
-
-
-@dataclass(frozen=True)
 class _Handoff:
     """What the producer thread passes on: failures and encoded utterances."""
 
     failures: list[Failure] = field(default_factory=list)
-    encoded: list[_Encoded] = field(default_factory=list)
+    encoded: list[tuple[AudioItem, Encoded]] = field(default_factory=list)
 
 
 _END = object()  # the producer has nothing more
@@ -154,25 +167,8 @@ class _Pending:
     """An utterance submitted to the engine."""
 
     key: str
-    duration: float
-    encode_s: float  # wall time of its encoder sub-batch
+    encoded: Encoded
     submitted: float  # perf_counter at submission
-    timing: object | None = None
-
-
-def resolve_encoder_dtype(name: str) -> torch.dtype:
-    """The torch dtype of an ``--encoder-dtype`` name: float32 (the references'
-    precision) or bfloat16 (faster on a GPU; every family's embeddings stay within 2 %
-    relative error of float32, tests/precision.py)."""
-    if name not in ENCODER_DTYPES:
-        raise OptionsError(f"unknown --encoder-dtype {name!r}: use {' or '.join(ENCODER_DTYPES)}")
-    import torch
-
-    return getattr(torch, name)
-
-
-def default_device() -> str:
-    return "cuda" if cuda_available() else "cpu"
 
 
 def default_batch_size() -> int:
@@ -182,7 +178,8 @@ def default_batch_size() -> int:
 
 
 class Transcriber:
-    """A model directory prepared, its encoder loaded and its LLM running in vLLM."""
+    """Batch transcription over a :class:`~asrctl.pipeline.Pipeline` on vLLM's
+    ``LLMEngine`` (see the module docstring)."""
 
     def __init__(
         self,
@@ -193,22 +190,30 @@ class Transcriber:
         cache_dir: Path | None = None,
         encoder_dtype: str = "float32",
     ) -> None:
-        dtype = resolve_encoder_dtype(encoder_dtype)
-        self.adapter: Adapter = load_adapter(model_dir)
-        self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
-        self.device = device or default_device()
-        # vLLM first, then the encoder: its CUDA memory is then allocated beside vLLM's
-        # KV cache, not counted against it (vLLM sizes the cache from free memory).
-        self.engine = Engine(self.prepared.llm_dir, engine_options or EngineOptions())
-        try:
-            self.encoder = self.adapter.audio_encoder(self.device, dtype)
-        except BaseException:
-            self.engine.close()
-            raise
+        self.pipeline = Pipeline(
+            model_dir,
+            engine_options=engine_options,
+            device=device,
+            cache_dir=cache_dir,
+            encoder_dtype=encoder_dtype,
+        )
+        self.adapter = self.pipeline.adapter
+        self.prepared = self.pipeline.prepared
+        self.device = self.pipeline.device
+        assert isinstance(self.pipeline.engine, Engine)
+        self.engine: Engine = self.pipeline.engine
+
+    @property
+    def encoder(self) -> AudioEncoder:
+        return self.pipeline.encoder
+
+    @encoder.setter
+    def encoder(self, encoder: AudioEncoder) -> None:  # benchmarks swap the precision
+        self.pipeline.encoder = encoder
 
     def close(self) -> None:
         """Stop the engine (its worker processes)."""
-        self.engine.close()
+        self.pipeline.close()
 
     def __enter__(self) -> Transcriber:
         return self
@@ -218,14 +223,14 @@ class Transcriber:
 
     @property
     def sample_rate(self) -> int:
-        return self.adapter.family.sample_rate
+        return self.pipeline.sample_rate
 
     def transcribe(
         self, items: Iterable[AudioItem], options: TranscribeOptions | None = None
     ) -> Iterator[list[Transcript | Failure]]:
         """Yield finished results (completion order) as they come; see the module docstring."""
         options = options or TranscribeOptions()
-        self.adapter.prompt(options.prompt)  # fail fast on unsupported options
+        self.pipeline.check_prompt(options.prompt)  # fail fast on unsupported options
         handoff: queue.Queue = queue.Queue(HANDOFF_DEPTH)
         stop = threading.Event()
         producer = threading.Thread(
@@ -236,13 +241,14 @@ class Transcriber:
         ready: list[Transcript | Failure] = []
         flushed = time.perf_counter()
         more = True
+        decode = options.decode
         try:
             while more or in_flight:
                 if more and len(in_flight) < options.max_in_flight:
                     wait = not in_flight
                     more = self._take(handoff, producer, options, in_flight, ready, wait=wait)
                 if in_flight:
-                    ready += self._collect(in_flight, wait_below=len(in_flight) + 1)
+                    ready += self._collect(in_flight, decode, wait_below=len(in_flight) + 1)
                 idle = not (more or in_flight)
                 if ready and (
                     idle
@@ -270,6 +276,7 @@ class Transcriber:
     ) -> bool:
         """Submit what the producer has ready (waiting for it if ``wait``), up to
         ``max_in_flight``; False once the producer is done."""
+        decode = options.decode
         while len(in_flight) < options.max_in_flight:
             try:
                 got = handoff.get(block=wait, timeout=1.0 if wait else None)
@@ -285,17 +292,14 @@ class Transcriber:
             if isinstance(got, BaseException):
                 raise got
             ready += got.failures
-            for e in got.encoded:
-                too_long = self._too_long(e.item, e.seconds, len(e.prompt))  # safety net
-                if too_long is not None:
-                    ready.append(too_long)
+            for item, e in got.encoded:
+                try:
+                    decoding = self.pipeline.decoding(decode, e)
+                except OptionsError as err:  # safety net: prompt fit is checked before
+                    ready.append(Failure(item.key, f"{item.key}: {err}"))
                     continue
-                room = self.engine.max_model_len - len(e.prompt)
-                decoding = self._decoding(options, e.n_audio, e.seconds, room)
                 request_id = self.engine.submit(e.prompt, decoding)
-                in_flight[request_id] = _Pending(
-                    e.item.key, round(e.seconds, 3), e.encode_s, time.perf_counter(), e.timing
-                )
+                in_flight[request_id] = _Pending(item.key, e, time.perf_counter())
         return True
 
     def _produce(
@@ -306,7 +310,6 @@ class Transcriber:
         stop: threading.Event,
     ) -> None:
         """Producer thread: load, check, encode and hand off (see the module docstring)."""
-        import torch
 
         def put(obj: object) -> bool:
             while not stop.is_set():
@@ -318,9 +321,9 @@ class Transcriber:
             return False
 
         try:
-            timing = options.word_timestamps and self.encoder.word_timing
+            timing = options.word_timestamps
             budget = self._budget(options.encoder_batch_seconds)
-            with ThreadPoolExecutor(LOADER_THREADS) as pool, torch.inference_mode():
+            with ThreadPoolExecutor(LOADER_THREADS) as pool:
                 for batch in _prefetched(pool, self._load, _chunks(items, options.batch_size)):
                     loaded, failures = self._fits(batch, options.prompt)
                     if failures and not put(_Handoff(failures=failures)):
@@ -328,131 +331,68 @@ class Transcriber:
                     lengths = [len(x.audio) for x in loaded]
                     for idx in length_batches(lengths, options.encoder_batch_size, budget):
                         sub = [loaded[i] for i in idx]
-                        if not put(_Handoff(encoded=self._encode_sub(sub, options, timing))):
+                        encoded = self.pipeline.encode(
+                            [x.audio for x in sub], [options.prompt] * len(sub), timing=timing
+                        )
+                        pairs = [(x.item, e) for x, e in zip(sub, encoded, strict=True)]
+                        if not put(_Handoff(encoded=pairs)):
                             return
         except BaseException as e:
             put(e)
             return
         put(_END)
 
-    def _encode_sub(
-        self, sub: list[_Loaded], options: TranscribeOptions, timing: bool
-    ) -> list[_Encoded]:
-        """Encode one sub-batch and build its prompts."""
-        t0 = time.perf_counter()
-        embeds, frames = self.encoder.encode([_tensor(x.audio) for x in sub], timing=timing)
-        seconds = [len(x.audio) / self.sample_rate for x in sub]
-        texts = [self.adapter.prompt_for_audio(options.prompt, s) for s in seconds]
-        # one concatenation where the encoder ran, one host copy (and wait) per sub-batch
-        prompts = self.engine.embed_text.splice_many(texts, embeds)
-        encode_s = time.perf_counter() - t0
-        timed = frames if frames is not None else [None] * len(sub)
-        return [
-            _Encoded(x.item, s, prompt, len(emb), encode_s, frame)
-            for x, s, prompt, emb, frame in zip(sub, seconds, prompts, embeds, timed, strict=True)
-        ]
-
     def _load(self, item: AudioItem) -> _Loaded | Failure:
         try:
-            audio = item.load(self.sample_rate)
+            return _Loaded(item, item.load(self.sample_rate))
         except AsrctlError as e:
             return Failure(item.key, str(e))
-        limit = self.adapter.family.max_audio_seconds
-        seconds = len(audio) / self.sample_rate
-        if limit is not None and seconds > limit:
-            return Failure(
-                item.key,
-                f"{item.key}: audio is {seconds:.1f} s; "
-                f"{self.adapter.family.title} accepts at most {limit:.0f} s per pass "
-                "(split long recordings first)",
-            )
-        return _Loaded(item, audio)
-
-    def _too_long(self, item: AudioItem, seconds: float, positions: int) -> Failure | None:
-        """A failure for ``item`` if a prompt of ``positions`` leaves no room to generate."""
-        limit = self.engine.max_model_len
-        if positions < limit:
-            return None
-        return Failure(
-            item.key, too_long_message(item.key, positions, limit, seconds, TOO_LONG_HINT)
-        )
 
     def _fits(
         self, batch: list[_Loaded | Failure], options: PromptOptions
     ) -> tuple[list[_Loaded], list[Failure]]:
-        """The batch's items whose prompts fit max_model_len, by length alone, and the
-        failures (load failures and items too long): no audio is encoded in vain."""
+        """The batch's items that fit one pass and ``max_model_len``, by length alone, and
+        the failures (load failures and items too long): no audio is encoded in vain."""
         loaded: list[_Loaded] = []
         failures: list[Failure] = []
         for x in batch:
             if isinstance(x, Failure):
                 failures.append(x)
                 continue
-            seconds = len(x.audio) / self.sample_rate
-            positions = self.prompt_positions(len(x.audio), options)
-            too_long = self._too_long(x.item, seconds, positions)
-            if too_long is None:
+            why = self.pipeline.unfit(
+                x.item.key, len(x.audio), options, hint=TOO_LONG_HINT, window=True
+            )
+            if why is None:
                 loaded.append(x)
             else:
-                failures.append(too_long)
+                failures.append(Failure(x.item.key, why))
         return loaded, failures
 
-    def _decoding(
-        self, options: TranscribeOptions, n_audio: int, seconds: float, room: int
-    ) -> Decoding:
-        penalty = options.repetition_penalty
-        if penalty is None:
-            penalty = self.adapter.family.repetition_penalty
-        if options.tokens_per_second is not None:
-            fixed = math.ceil(options.tokens_per_second * seconds)
-            return Decoding(
-                max_tokens=max(1, min(fixed, room)), ignore_eos=True, repetition_penalty=penalty
-            )
-        default = self.adapter.max_new_tokens(n_audio) or DEFAULT_MAX_TOKENS
-        return Decoding(
-            max_tokens=min(options.max_tokens or default, room),
-            ignore_eos=options.ignore_eos,
-            repetition_penalty=penalty,
-        )
-
-    def _collect(self, in_flight: dict[str, _Pending], *, wait_below: int) -> list[Transcript]:
+    def _collect(
+        self, in_flight: dict[str, _Pending], decode: DecodeOptions, *, wait_below: int
+    ) -> list[Transcript]:
         """Poll the engine once, and on until fewer than ``wait_below`` are in flight."""
         done: list[Transcript] = []
         while True:
             finished = [(in_flight.pop(rid), gen) for rid, gen in self.engine.poll()]
-            done += self._finish(finished)
+            if finished:
+                done += self._finish(finished, decode)
             if len(in_flight) < wait_below or not in_flight:
                 return done
 
-    def _finish(self, finished: list[tuple[_Pending, Generation]]) -> list[Transcript]:
-        """Transcripts of the generations of one engine step, their words aligned together."""
-        out: list[Transcript] = []
-        for p, gen in finished:
-            timing = {
-                "batch_encode_s": round(p.encode_s, 4),
-                "decode_s": round(time.perf_counter() - p.submitted, 4),
+    def _finish(
+        self, finished: list[tuple[_Pending, Generation]], decode: DecodeOptions
+    ) -> list[Transcript]:
+        now = time.perf_counter()
+        timing = [
+            {
+                "batch_encode_s": round(p.encoded.encode_s, 4),
+                "decode_s": round(now - p.submitted, 4),
             }
-            text, segments = self.adapter.parse_output(gen.text)
-            text, truncated = truncate_loops(text)
-            out.append(
-                Transcript(
-                    key=p.key,
-                    text=text,
-                    duration=p.duration,
-                    token_ids=gen.token_ids,
-                    finish_reason=gen.finish_reason,
-                    timing=timing,
-                    guard_truncated=truncated,
-                    segments=tuple(segments) or None,
-                )
-            )
-        timed = [i for i, (p, _) in enumerate(finished) if p.timing is not None]
-        if timed:
-            texts = [out[i].text for i in timed]
-            words = self.encoder.word_times(texts, [finished[i][0].timing for i in timed])
-            for i, w in zip(timed, words, strict=True):
-                out[i] = replace(out[i], words=tuple(w))
-        return out
+            for p, _ in finished
+        ]
+        done = [(p.key, p.encoded, gen) for p, gen in finished]
+        return self.pipeline.finish(done, decode, timing)
 
     def encode(
         self, waves: Sequence[np.ndarray], batch_size: int, batch_seconds: float | None = None
@@ -467,39 +407,7 @@ class Transcriber:
 
     def prompt_positions(self, num_samples: int, options: PromptOptions) -> int:
         """Positions the prompt of ``num_samples`` samples takes, without encoding them."""
-        return prompt_positions(self.adapter, self.engine.embed_text, options, num_samples)
-
-    def build_prompt(
-        self, audio: torch.Tensor, options: PromptOptions, *, seconds: float | None = None
-    ) -> torch.Tensor:
-        """``prefix text ⊕ audio ⊕ suffix text`` as one ``(seq, hidden)`` tensor."""
-        prompt = self.adapter.prompt_for_audio(options, seconds)  # seconds: for VibeVoice
-        return self.engine.embed_text.splice(prompt, audio)
-
-
-def prompt_positions(
-    adapter: Adapter, embed_text: TextEmbedder, options: PromptOptions, num_samples: int
-) -> int:
-    """Prompt positions (text ⊕ audio ⊕ text) for ``num_samples`` samples, from the
-    adapter's length formula and the prompt's token counts: nothing is encoded."""
-    prompt = adapter.prompt_for_audio(options, num_samples / adapter.family.sample_rate)
-    return embed_text.positions(prompt, adapter.audio_positions(num_samples))
-
-
-def too_long_message(
-    what: str, positions: int, max_model_len: int, seconds: float, hint: str
-) -> str:
-    """Why a prompt cannot be decoded (it leaves no position to generate in) and the fix."""
-    return (
-        f"{what}: prompt of {positions} positions ({seconds:.1f} s of audio) exceeds "
-        f"--max-model-len {max_model_len} (one position must be left to generate); {hint}"
-    )
-
-
-def _tensor(audio: np.ndarray) -> torch.Tensor:
-    import torch
-
-    return torch.from_numpy(audio)
+        return self.pipeline.prompt_positions(num_samples, options)
 
 
 def length_batches(

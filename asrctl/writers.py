@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from asrctl.results import Transcript
 
 
 class Cue(Protocol):
@@ -67,20 +70,20 @@ class SimpleCue:
     text: str
 
 
-def transcript_cues(transcript) -> list[SimpleCue]:
-    """Cues of a :class:`~asrctl.results.Transcript`: its VAD segments, or one spanning it."""
+def transcript_cues(transcript: Transcript) -> list[SimpleCue]:
+    """Cues of a transcript: its segments, or one spanning it. A time the model left out
+    is filled from its neighbours."""
     if transcript.segments is None:
         return [SimpleCue(0.0, transcript.duration, transcript.text)]
     segs = list(transcript.segments)
     cues: list[SimpleCue] = []
-    for i, s in enumerate(segs):  # a model's own times may be missing: fill from neighbours
-        start = s.get("start")
-        start = start if start is not None else (cues[-1].end if cues else 0.0)
-        end = s.get("end")
+    for i, s in enumerate(segs):
+        start = s.start if s.start is not None else (cues[-1].end if cues else 0.0)
+        end = s.end
         if end is None or end < start:
-            after = [x["start"] for x in segs[i + 1 :] if x.get("start") is not None]
+            after = [x.start for x in segs[i + 1 :] if x.start is not None]
             end = after[0] if after and after[0] >= start else max(start, transcript.duration)
-        cues.append(SimpleCue(start, end, s["text"]))
+        cues.append(SimpleCue(start, end, s.text))
     return cues
 
 
@@ -103,7 +106,7 @@ def subtitle_path(out_dir: Path, key: str, fmt: str) -> Path:
     return out_dir / f"{safe}.{fmt}"
 
 
-def write_subtitles(out_dir: Path, transcript, formats: Sequence[str]) -> list[Path]:
+def write_subtitles(out_dir: Path, transcript: Transcript, formats: Sequence[str]) -> list[Path]:
     """Write ``OUT/<key>.srt`` / ``.vtt`` for the subtitle formats among ``formats``."""
     written = []
     for fmt in formats:

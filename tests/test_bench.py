@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asrctl.scoring import tokens
+from asrctl.bench.scoring import tokens
 
 pytestmark = pytest.mark.vllm
 

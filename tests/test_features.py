@@ -1,4 +1,4 @@
-"""Tests of asrctl.features against kaldi-native-fbank and FunASR's LFR semantics."""
+"""Tests of asrctl.models.features against kaldi-native-fbank and FunASR's LFR semantics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from asrctl.features import (
+from asrctl.models.features import (
     Cmvn,
     FbankOptions,
     apply_lfr,

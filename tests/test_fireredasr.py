@@ -28,10 +28,10 @@ from asrctl.adapters.fireredasr_llm import (
 from asrctl.adapters.registry import detect, load_adapter
 from asrctl.errors import ModelDirError, OptionsError
 from asrctl.export import prepare
-from asrctl.features import Cmvn
 from asrctl.fixtures import make_fixture
 from asrctl.fixtures.fireredasr_llm import save_safetensors
 from asrctl.models.conformer import ConformerConfig, FireRedAudio, subsampled_length
+from asrctl.models.features import Cmvn
 from asrctl.transcribe import TranscribeOptions
 
 LLM = "Qwen2-7B-Instruct"

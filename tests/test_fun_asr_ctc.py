@@ -349,7 +349,9 @@ def _assert_same(got: list[TokenSpan], want: list[TokenSpan]) -> None:
     assert [(s.token_id, s.start_frame, s.end_frame) for s in got] == [
         (s.token_id, s.start_frame, s.end_frame) for s in want
     ]
-    assert [s.score for s in got] == pytest.approx([s.score for s in want], rel=1e-9)
+    # float32 scores: batched and single-utterance paths sum in different orders, and
+    # BLAS builds (AMD, Intel) round differently, so a few ulp apart (seen: 9.5e-7)
+    assert [s.score for s in got] == pytest.approx([s.score for s in want], rel=1e-5)
 
 
 def _cases() -> Iterator[tuple[list[int], Tensor]]:

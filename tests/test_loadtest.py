@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from asrctl.bench.loadtest import LoadOptions, load_clips, run_load_test
 from asrctl.inputs import iter_inputs
-from asrctl.loadtest import LoadOptions, load_clips, run_load_test
 
 SLOW_S = 0.3
 fastapi = pytest.importorskip("fastapi")

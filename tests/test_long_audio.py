@@ -22,7 +22,7 @@ import soundfile as sf
 
 from asrctl.guard import truncate_loops, truncate_token_loops
 from asrctl.inputs import AudioItem, from_arrays
-from asrctl.results import Failure, Transcript
+from asrctl.results import Failure, Segment, Transcript
 from asrctl.segment import LongAudio, join_texts
 from asrctl.vad import WINDOW_S, SileroVad, VadOptions, detect, segment
 from asrctl.writers import srt, transcript_cues, vtt
@@ -290,9 +290,9 @@ def test_long_inputs_are_split_and_stitched_in_order(vad):
     assert by_key["short"].segments is None  # under the limit: one pass, unchanged
     long = by_key["long"]
     assert len(long.segments) >= 3
-    starts = [s["start"] for s in long.segments]
+    starts = [s.start for s in long.segments]
     assert starts == sorted(starts)
-    assert long.text == " ".join(s["text"] for s in long.segments)
+    assert long.text == " ".join(s.text for s in long.segments)
     assert long.duration == pytest.approx(56.0)
     assert any("no word timestamps" in n for n in long.notes)
     assert by_key["silent"].text == "" and by_key["silent"].segments == ()
@@ -301,7 +301,7 @@ def test_long_inputs_are_split_and_stitched_in_order(vad):
     assert row["segments"][0].keys() == {"start", "end", "text"}
     assert "segments" not in by_key["short"].to_json()  # ordinary rows keep their shape
     cues = parse_srt(srt(transcript_cues(long)))
-    assert [c[2] for c in cues] == [s["text"] for s in long.segments]
+    assert [c[2] for c in cues] == [s.text for s in long.segments]
     assert len(parse_vtt(vtt(transcript_cues(long)))) == len(cues)
 
 
@@ -455,7 +455,7 @@ class _OwnTimes(FakeTranscriber):
                     r.key,
                     r.text,
                     r.duration,
-                    segments=({"start": 0.5, "end": None, "speaker": 1, "text": r.text},),
+                    segments=(Segment(0.5, None, r.text, speaker=1),),
                 )
                 for r in batch
             ]
@@ -466,10 +466,10 @@ def test_a_models_own_segment_times_are_moved_to_the_input_clock():
     [result] = [
         r for b in LongAudio(_OwnTimes()).transcribe(from_arrays({"k": audio}, SR)) for r in b
     ]
-    assert [s["speaker"] for s in result.segments] == [1, 1]
-    assert result.segments[0]["start"] == pytest.approx(0.5, abs=BOUNDARY_TOL_S)
-    assert result.segments[1]["start"] == pytest.approx(23.5, abs=BOUNDARY_TOL_S)
-    assert result.segments[1]["end"] is None
+    assert [s.speaker for s in result.segments] == [1, 1]
+    assert result.segments[0].start == pytest.approx(0.5, abs=BOUNDARY_TOL_S)
+    assert result.segments[1].start == pytest.approx(23.5, abs=BOUNDARY_TOL_S)
+    assert result.segments[1].end is None
     cues = transcript_cues(result)
     assert cues[0].end == cues[1].start and cues[1].end == result.duration
     assert "own segment timestamps" in result.notes[0]

@@ -7,8 +7,7 @@ import json
 import jiwer
 import pytest
 
-from asrctl.errors import InputError, OptionsError
-from asrctl.scoring import (
+from asrctl.bench.scoring import (
     alignment,
     infer_language,
     make_spec,
@@ -19,6 +18,7 @@ from asrctl.scoring import (
     tokens,
     worst,
 )
+from asrctl.errors import InputError, OptionsError
 
 
 def counts(u) -> tuple[int, int, int, int, int]:

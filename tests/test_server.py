@@ -23,11 +23,12 @@ from starlette.testclient import WebSocketDenialResponse
 
 from asrctl.adapters.fun_asr_nano import FunAsrNanoAdapter
 from asrctl.errors import OptionsError
+from asrctl.results import Segment, Transcript
 from asrctl.server import formats
 from asrctl.server.app import create_app
 from asrctl.server.batching import BatcherClosed, EncoderBatcher
 from asrctl.server.endpointing import EnergyEndpointer
-from asrctl.server.engine import Progress, Result
+from asrctl.server.engine import Progress
 from asrctl.server.metrics import Metrics
 from asrctl.server.options import RealtimeOptions, ServerOptions
 from asrctl.server.state import ServerState
@@ -61,7 +62,9 @@ class FakeModel:
             yield Progress(text[:end])
         avg = -0.5 if decode.logprobs else None
         duration = round(len(audio) / SR, 3)
-        result = Result(text, (1, 2, 3), "stop", duration, 30, 4, avg, decode.temperature)
+        result = Transcript(
+            "", text, duration, (1, 2, 3), "stop", prompt_tokens=30, audio_tokens=4, avg_logprob=avg
+        )
         yield Progress(text, result)
 
     async def check_health(self) -> None:
@@ -128,6 +131,22 @@ def test_fields_reach_the_model(app_client):
     assert app_client.model.calls[-1][1].hotwords == ("b", "c", "a")
 
 
+def test_every_sampling_field_is_honoured(app_client):
+    """No sampling field is silently dropped (OpenAI SDK and vLLM clients send them)."""
+    fields = {
+        "max_completion_tokens": "4", "top_p": "0.5", "top_k": "7", "repetition_penalty": "1.2",
+        "frequency_penalty": "0.3", "presence_penalty": "-0.4",
+    }  # fmt: skip
+    assert post(app_client, **fields).status_code == 200
+    decode = app_client.model.calls[-1][2]
+    assert (decode.max_tokens, decode.top_p, decode.top_k) == (4, 0.5, 7)
+    assert (decode.repetition_penalty, decode.frequency_penalty, decode.presence_penalty) == (
+        1.2, 0.3, -0.4
+    )  # fmt: skip
+    post(app_client, max_tokens="9")
+    assert app_client.model.calls[-1][2].max_tokens == 9
+
+
 def test_stream_sends_deltas_then_done(app_client):
     response = post(app_client, stream="true")
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -154,6 +173,11 @@ def test_stream_failure_is_an_error_event(app_client):
         ({"timestamp_granularities[]": "word"}, AUTH, 400, "timestamp_granularities[]"),
         ({"language": "xx"}, AUTH, 400, "language"),
         ({"temperature": "3"}, AUTH, 400, "temperature"),
+        ({"top_p": "2"}, AUTH, 400, "top_p"),
+        ({"max_completion_tokens": "0"}, AUTH, 400, "max_tokens"),
+        ({"max_tokens": "many"}, AUTH, 400, "max_tokens"),
+        ({"repetition_penalty": "nan"}, AUTH, 400, "repetition_penalty"),
+        ({"seed": "²"}, AUTH, 400, "seed"),
         ({"stream": "maybe"}, AUTH, 400, "stream"),
         ({"stream": "true", "response_format": "srt"}, AUTH, 400, "stream"),
         ({"include[]": "logprobs"}, AUTH, 400, "include[]"),
@@ -322,8 +346,8 @@ def test_batcher_groups_concurrent_jobs_and_isolates_failures():
 
 def test_subtitles_and_helpers():
     segments = [
-        formats.Segment(0, 0.0, 3723.5, "a --> b\n\nc", ()),
-        formats.Segment(1, 3723.5, 3724.0, "  ", ()),
+        Segment(0.0, 3723.5, "a --> b\n\nc"),
+        Segment(3723.5, 3724.0, "  "),
     ]
     assert formats.srt(segments) == "1\n00:00:00,000 --> 01:02:03,500\na -> b\nc\n"
     assert formats.vtt(segments) == "WEBVTT\n\n00:00:00.000 --> 01:02:03.500\na -> b\nc\n"

@@ -10,14 +10,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
+from asrctl import engine as engine_module
 from asrctl.adapters.base import PromptOptions
-from asrctl.adapters.registry import load_adapter
+from asrctl.engine import EngineOptions
 from asrctl.errors import OptionsError
-from asrctl.export import export_llm
 from asrctl.server.engine import AsyncModel, DecodeOptions
-from asrctl.transcribe import prompt_positions
 
 SR = 16000
 
@@ -42,15 +40,18 @@ def _noise(seconds: float) -> np.ndarray:
     return (0.1 * np.random.default_rng(0).standard_normal(round(SR * seconds))).astype(np.float32)
 
 
-def test_too_long_audio_is_refused_before_encoding(fun_asr_tiny: Path) -> None:
+def test_too_long_audio_is_refused_before_encoding(
+    fun_asr_tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A prompt longer than max_model_len is an OptionsError (a 400 through ServerState)
     naming its positions and the limit, raised before the encoder runs; the next request
     is served."""
     pytest.importorskip("vllm")  # AsyncModel.stream builds vLLM's SamplingParams
-    adapter = load_adapter(fun_asr_tiny)
-    llm_dir = export_llm(adapter).llm_dir
-    real = adapter.audio_encoder("cpu", torch.float32)
+    engine = FakeAsyncLLM(max_model_len=1)
+    monkeypatch.setattr(engine_module, "start_vllm", lambda *a, **k: engine)
     encoded: list[int] = []
+
+    real = None
 
     class Spy:
         word_timing = False
@@ -59,17 +60,17 @@ def test_too_long_audio_is_refused_before_encoding(fun_asr_tiny: Path) -> None:
             encoded.extend(len(w) for w in waves)
             return real.encode(waves, timing=timing)
 
-    encoder = Spy()
-
     async def scenario() -> tuple[OptionsError, str, int, int]:
-        engine = FakeAsyncLLM(max_model_len=1)
-        model = AsyncModel(
-            adapter, llm_dir, encoder, engine, "float32",
-            batch_window_s=0.0, encoder_batch_size=4, max_tokens=8,
+        model = await AsyncModel.start(
+            fun_asr_tiny, EngineOptions(), device="cpu", batch_window_s=0.0,
+            encoder_batch_size=4, max_tokens=8,
         )  # fmt: skip
-        one_second = prompt_positions(adapter, model.embed_text, PromptOptions(), SR)
-        twenty = prompt_positions(adapter, model.embed_text, PromptOptions(), 20 * SR)
-        model.max_model_len = one_second + 4
+        nonlocal real
+        real = model.pipeline.encoder
+        model.pipeline.encoder = Spy()  # type: ignore[assignment]
+        one_second = model.pipeline.prompt_positions(SR, PromptOptions())
+        twenty = model.pipeline.prompt_positions(20 * SR, PromptOptions())
+        engine.model_config.max_model_len = one_second + 4
         try:
             with pytest.raises(OptionsError) as info:
                 await model.transcribe(_noise(20.0), PromptOptions(), DecodeOptions())

@@ -84,7 +84,7 @@ def test_default_batch_size_is_large_on_a_gpu_only(monkeypatch, gpu, size):
 
 
 def test_encoder_dtype_names_the_choices():
-    from asrctl.transcribe import ENCODER_DTYPES, resolve_encoder_dtype
+    from asrctl.pipeline import ENCODER_DTYPES, resolve_encoder_dtype
 
     assert resolve_encoder_dtype("bfloat16") is torch.bfloat16
     assert resolve_encoder_dtype("float32") is torch.float32

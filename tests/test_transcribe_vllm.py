@@ -78,7 +78,8 @@ def test_greedy_tokens_equal_transformers_generate(transcriber, hf_llm, audios):
     assert [type(r) for r in results] == [Transcript] * len(DURATIONS)
     options = PromptOptions()
     for r, audio in zip(results, audios, strict=True):
-        prompt = transcriber.build_prompt(transcriber.encode([audio], 1)[0], options)
+        (encoded,) = transcriber.pipeline.encode([audio], [options])
+        prompt = encoded.prompt
         assert list(r.token_ids) == _hf_tokens(hf_llm, prompt), f"utterance {r.key}"
     assert len({r.token_ids for r in results}) > len(results) // 2  # outputs depend on audio
 

@@ -18,7 +18,7 @@ from asrctl.fixtures import fun_asr_nano
 from asrctl.inputs import from_arrays
 from asrctl.models.ctc_words import word_times
 from asrctl.models.fun_asr_ctc import forced_align
-from asrctl.results import Transcript
+from asrctl.results import Transcript, Word
 from asrctl.segment import NO_WORD_TIMES, LongAudio
 from asrctl.transcribe import TranscribeOptions, Transcriber
 from tests.speechlike import recording
@@ -64,8 +64,7 @@ def _reference_words(transcriber, audio: np.ndarray, text: str) -> list[dict]:
     ids = tokenizer.encode(text)
     (spans,) = forced_align([log_probs[:, [head.blank_id, *ids]]], [ids])
     return [
-        {"word": w.word, "start": w.start, "end": w.end, "score": round(w.score, 3)}
-        for w in word_times(text, tokenizer, spans)
+        Word(w.word, w.start, w.end, round(w.score, 3)) for w in word_times(text, tokenizer, spans)
     ]
 
 
@@ -80,10 +79,10 @@ def test_words_equal_an_independent_alignment(transcriber) -> None:
         assert list(r.words) == _reference_words(transcriber, audio, r.text)
         if r.words:
             timed += 1
-            assert "".join(w["word"] for w in r.words) == "".join(r.text.split())
-            starts = [w["start"] for w in r.words]
+            assert "".join(w.word for w in r.words) == "".join(r.text.split())
+            starts = [w.start for w in r.words]
             assert starts == sorted(starts)
-            assert all(0 <= w["start"] < w["end"] <= r.duration + 0.06 for w in r.words)
+            assert all(0 <= w.start < w.end <= r.duration + 0.06 for w in r.words)
     assert timed >= 2  # random text of 8 tokens fits 3 s and more of 60 ms frames
 
 
@@ -101,8 +100,8 @@ def test_long_audio_words_are_on_the_input_clock(transcriber) -> None:
     (r,) = [r for batch in long_audio.transcribe(items, opts) for r in batch]
     assert isinstance(r, Transcript) and r.segments and r.words is not None
     assert NO_WORD_TIMES.format(title="Fun-ASR-Nano") not in r.notes
-    later = [w for w in r.words if w["start"] >= r.segments[-1]["start"]]
-    earlier = [w for w in r.words if w["end"] <= r.segments[0]["end"] + 0.06]
+    later = [w for w in r.words if w.start >= r.segments[-1].start]
+    earlier = [w for w in r.words if w.end <= r.segments[0].end + 0.06]
     assert later and earlier  # both segments' words, the second's shifted past the first
     assert len(later) + len(earlier) == len(r.words)
-    assert truth[1][0] - 0.5 <= r.segments[-1]["start"]
+    assert truth[1][0] - 0.5 <= r.segments[-1].start

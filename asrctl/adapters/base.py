@@ -14,13 +14,19 @@ embedding table and splices the audio in between. An adapter never hard-codes to
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from asrctl.models.encoder import AudioEncoder
+
 if TYPE_CHECKING:
     import torch
+
+    from asrctl.results import Segment
+
+__all__ = ["Adapter", "AudioEncoder", "Family", "LlmExport", "Prompt", "PromptOptions"]
 
 
 @dataclass(frozen=True)
@@ -74,35 +80,6 @@ class Family:
     max_audio_seconds: float | None  # longest input one pass accepts (None: no limit)
     languages: Mapping[str, str] = field(default_factory=dict)  # code -> name used in prompts
     repetition_penalty: float = 1.0  # default decoding penalty (1.0: none); see Engine.generate
-
-
-class AudioEncoder(ABC):
-    """Turns a batch of waveforms into LLM-space embeddings, one tensor per utterance."""
-
-    @abstractmethod
-    def __call__(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Encode float32 mono waveforms at the family's sample rate.
-
-        Returns one ``(n_audio_tokens, llm_hidden)`` tensor per input, in input order.
-        """
-
-    @property
-    def word_timing(self) -> bool:
-        """True when this encoder can time words (e.g. Fun-ASR-Nano with its CTC head)."""
-        return False
-
-    def encode(
-        self, waves: Sequence[torch.Tensor], *, timing: bool = False
-    ) -> tuple[list[torch.Tensor], list[object] | None]:
-        """The embeddings, plus per-utterance alignment data (kept on the CPU until the text
-        is known) when ``timing`` is asked and :attr:`word_timing` holds; else None."""
-        return self(waves), None
-
-    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[dict]]:
-        """Word timestamps of each text, aligned to its utterance's ``timing`` data from
-        :meth:`encode`: ``[{word, start, end, score}]`` in seconds from the utterance start,
-        ``[]`` where the text cannot be aligned. Only called when :attr:`word_timing` holds."""
-        raise NotImplementedError(f"{type(self).__name__} gives no word timestamps")
 
 
 class Adapter(ABC):
@@ -173,7 +150,7 @@ class Adapter(ABC):
         """Clean the decoded text (default: strip)."""
         return text.strip()
 
-    def parse_output(self, text: str) -> tuple[str, list[dict]]:
+    def parse_output(self, text: str) -> tuple[str, list[Segment]]:
         """The transcript and its segments (speaker, timestamps) from the decoded text.
 
         Default: ``(postprocess(text), [])``; families with structured output override it.

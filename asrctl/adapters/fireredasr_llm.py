@@ -267,7 +267,7 @@ class FireRedAsrLlmAdapter(Adapter):
         return problems
 
     def _check_cmvn(self, idim: int | None) -> list[str]:
-        from asrctl.features import load_kaldi_cmvn
+        from asrctl.models.features import load_kaldi_cmvn
 
         try:
             cmvn = load_kaldi_cmvn(self.model_dir / "cmvn.ark")
@@ -340,8 +340,8 @@ class FireRedAsrLlmAdapter(Adapter):
             )
 
     def audio_encoder(self, device: str, dtype: torch.dtype) -> AudioEncoder:
-        from asrctl.features import load_kaldi_cmvn
         from asrctl.models.conformer import ConformerConfig, FireRedAudio
+        from asrctl.models.features import load_kaldi_cmvn
 
         config = ConformerConfig.from_args(self.encoder_package["args"])
         return FireRedAudio.from_checkpoint(

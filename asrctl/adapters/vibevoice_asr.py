@@ -42,6 +42,7 @@ from asrctl.adapters.base import (
     RequiredFile,
 )
 from asrctl.errors import AsrctlError, OptionsError
+from asrctl.results import Segment
 
 if TYPE_CHECKING:
     import torch
@@ -450,11 +451,14 @@ class VibeVoiceAsrAdapter(Adapter):
             suffix=SUFFIX.format(instruction=instruction),
         )
 
-    def parse_output(self, text: str) -> tuple[str, list[dict]]:
+    def parse_output(self, text: str) -> tuple[str, list[Segment]]:
         clean, segments, problem = parse_transcription(text)
         if problem:
             log.warning("VibeVoice-ASR: %s%s", problem, "" if segments else "; kept as plain text")
-        return clean, segments
+        return clean, [
+            Segment(start=s["start"], end=s["end"], text=s["text"], speaker=s["speaker"])
+            for s in segments
+        ]
 
     def postprocess(self, text: str) -> str:
         return parse_transcription(text)[0]

@@ -48,6 +48,12 @@ def transcribe_options(
     max_in_flight: int | None = None,
     word_timestamps: bool = True,
     encoder_batch_seconds: float | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    repetition_penalty: float | None = None,
+    raw_text: bool = False,
 ) -> TranscribeOptions:
     """The transcription settings from the shared flags (``batch_size``, ``max_in_flight``
     and ``encoder_batch_seconds`` None: the defaults)."""
@@ -60,6 +66,12 @@ def transcribe_options(
         batch_size=batch_size or default_batch_size(),
         max_tokens=max_tokens,
         word_timestamps=word_timestamps,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        repetition_penalty=repetition_penalty,
+        raw_text=raw_text,
     )
     if encoder_batch_seconds is not None:
         options = replace(options, encoder_batch_seconds=encoder_batch_seconds)

@@ -82,6 +82,41 @@ MaxTokensOpt = Annotated[
     int | None,
     typer.Option("--max-tokens", min=1, help="Most tokens generated per utterance (default: 512)."),
 ]
+# decoding (transcribe, bench): DecodeOptions' fields
+TemperatureOpt = Annotated[
+    float,
+    typer.Option("--temperature", min=0.0, max=2.0, help="0 decodes greedily; above 0 samples."),
+]
+TopPOpt = Annotated[
+    float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (1: off).")
+]
+TopKOpt = Annotated[
+    int | None, typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens.")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed (temperature > 0).")]
+RepetitionPenaltyOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--repetition-penalty",
+        help="Penalty on generated tokens (1: none; default: the family's, 3.0 for FireRed).",
+    ),
+]
+RawTextOpt = Annotated[
+    bool,
+    typer.Option(
+        "--raw-text",
+        help="Text exactly as decoded (no clean-up, parsing or repetition guard), "
+        "to diff against the original pipelines.",
+    ),
+]
+SamplingOverrideOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sampling-override",
+        help="Decoding settings that beat what clients send, as JSON or a JSON file: "
+        """'{"temperature": 0, "repetition_penalty": 1.1}'.""",
+    ),
+]
 ResumeOpt = Annotated[
     bool,
     typer.Option("--resume", help="Skip keys already in OUT/results.jsonl and append the rest."),

@@ -35,15 +35,21 @@ from asrctl.cli._options import (
     NoItnOpt,
     OptionalModelOpt,
     RateOpt,
+    RawTextOpt,
     RefOpt,
     RepeatOpt,
+    RepetitionPenaltyOpt,
     RequestsOpt,
     RequestTimeoutOpt,
+    SeedOpt,
     ServerModelOpt,
     ServerOpt,
     T2sOpt,
+    TemperatureOpt,
     TensorParallelOpt,
     TimeLimitOpt,
+    TopKOpt,
+    TopPOpt,
     WarmupOpt,
     WorstOpt,
     WsOpt,
@@ -77,6 +83,12 @@ def bench(
     no_itn: NoItnOpt = False,
     batch_size: BatchSizeOpt = None,
     max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = None,
+    seed: SeedOpt = None,
+    repetition_penalty: RepetitionPenaltyOpt = None,
+    raw_text: RawTextOpt = False,
     device: DeviceOpt = None,
     encoder_dtype: EncoderDtypeOpt = "float32",
     cache_dir: CacheDirOpt = None,
@@ -92,7 +104,7 @@ def bench(
 
     items = iter_inputs(inputs)
     if server is not None:
-        from asrctl.loadtest import LoadOptions
+        from asrctl.bench.loadtest import LoadOptions
 
         levels = _numbers(concurrency, int, "--concurrency")
         rates = _numbers(rate, float, "--rate")
@@ -113,7 +125,7 @@ def bench(
         return
     if model is None:
         raise OptionsError("bench needs --model DIR (or --server URL for a load test)")
-    from asrctl.bench import BenchOptions
+    from asrctl.bench.offline import BenchOptions
 
     options = transcribe_options(
         language=language,
@@ -121,6 +133,12 @@ def bench(
         no_itn=no_itn,
         batch_size=batch_size,
         max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        repetition_penalty=repetition_penalty,
+        raw_text=raw_text,
     )
     engine = engine_options(
         dtype=dtype,
@@ -156,7 +174,7 @@ def _numbers(text: str | None, kind: type, name: str) -> tuple:
 def _references(ref: Path | None, inputs: list[str], items) -> dict[str, str]:
     """--ref, else each Kaldi data dir's whole `text` (keys without audio included), else
     the texts the inputs carry (jsonl manifests)."""
-    from asrctl.scoring import read_references
+    from asrctl.bench.scoring import read_references
 
     if ref is not None:
         return read_references(ref)
@@ -173,7 +191,7 @@ def _references(ref: Path | None, inputs: list[str], items) -> dict[str, str]:
 
 
 def _spec(refs: dict[str, str], language: str | None, metric: str | None, t2s: bool):
-    from asrctl.scoring import base_language, infer_language, make_spec
+    from asrctl.bench.scoring import base_language, infer_language, make_spec
 
     scoring_language = base_language(language)
     if scoring_language is None and refs:
@@ -187,9 +205,9 @@ def _offline(items, refs, spec, model, options, load, timing, n_worst, output_di
     """Transcribe and score offline; ``load``: the Transcriber's keyword arguments."""
     from dataclasses import asdict
 
-    from asrctl import benchreport
-    from asrctl.bench import run_offline
-    from asrctl.scoring import score
+    from asrctl.bench import report as benchreport
+    from asrctl.bench.offline import run_offline
+    from asrctl.bench.scoring import score
     from asrctl.transcribe import Transcriber
 
     with _output.err.status("loading the model…"):
@@ -231,8 +249,8 @@ def _offline(items, refs, spec, model, options, load, timing, n_worst, output_di
 
 
 def _server(items, options, output_dir: Path) -> None:
-    from asrctl import benchreport
-    from asrctl.loadtest import load_clips, run_load_test
+    from asrctl.bench import report as benchreport
+    from asrctl.bench.loadtest import load_clips, run_load_test
 
     clips = load_clips(items, pcm=options.ws)
     _output.info(f"load test of {options.url}: {len(clips)} clips")
@@ -254,7 +272,8 @@ def _server(items, options, output_dir: Path) -> None:
 
 
 def _chart(report: dict, output_dir: Path) -> Path | None:
-    from asrctl import benchplot, benchreport
+    from asrctl.bench import plot as benchplot
+    from asrctl.bench import report as benchreport
 
     if not benchplot.available():
         _output.info("chart skipped: matplotlib is not installed (pip install 'asrctl[plot]')")

@@ -22,6 +22,7 @@ from asrctl.cli._options import (
     MaxUploadMbOpt,
     ModelOpt,
     PortOpt,
+    SamplingOverrideOpt,
     ServedModelNameOpt,
     ServeVadOpt,
     ShutdownTimeoutOpt,
@@ -54,10 +55,12 @@ def serve(
     max_num_seqs: MaxNumSeqsOpt = None,
     enforce_eager: EnforceEagerOpt = False,
     vad: ServeVadOpt = False,
+    sampling_override: SamplingOverrideOpt = None,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
     from asrctl.cli._common import engine_options
+    from asrctl.pipeline import SamplingOverride
     from asrctl.server.app import serve as run_server
     from asrctl.server.options import ServerOptions
 
@@ -76,6 +79,9 @@ def serve(
         encoder_dtype=encoder_dtype,
         cache_dir=cache_dir,
         vad=vad,
+        sampling_override=(
+            SamplingOverride.parse(sampling_override) if sampling_override else SamplingOverride()
+        ),
     )
     engine = engine_options(
         dtype=dtype,

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asrctl.adapters.base import AudioEncoder
-from asrctl.features import Cmvn, FbankOptions, fbank, num_frames
+from asrctl.models.encoder import AudioEncoder
+from asrctl.models.features import Cmvn, FbankOptions, fbank, num_frames
 from asrctl.models.padding import pad_short, shortest_input
 
 __all__ = [

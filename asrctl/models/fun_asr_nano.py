@@ -11,17 +11,17 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from asrctl.adapters.base import AudioEncoder
-from asrctl.features import FbankOptions, apply_lfr, fbank, lfr_length, num_frames
 from asrctl.models.ctc_tokenizer import CtcTokenizer
 from asrctl.models.ctc_words import word_times
+from asrctl.models.encoder import AudioEncoder
+from asrctl.models.features import FbankOptions, apply_lfr, fbank, lfr_length, num_frames
 from asrctl.models.fun_asr_ctc import CtcFrames, FunAsrCtcHead
 from asrctl.models.funasr_adaptor import (
     FunAsrAdaptor,
@@ -31,6 +31,7 @@ from asrctl.models.funasr_adaptor import (
 )
 from asrctl.models.padding import pad_short, shortest_input
 from asrctl.models.sensevoice import SenseVoiceEncoder, SenseVoiceEncoderConfig
+from asrctl.results import Word
 
 log = logging.getLogger("asrctl")
 
@@ -210,7 +211,7 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         frames: list[object] = [f.to("cpu") for f in self.ctc_head(enc, enc_lens)]
         return embeds, frames
 
-    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[dict]]:
+    def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[Word]]:
         """Force-align each text's CTC tokens to its frames, in one batch; words in seconds."""
         head, tokenizer = self.ctc_head, self.ctc_tokenizer
         if head is None or tokenizer is None:
@@ -221,6 +222,9 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         with torch.inference_mode():
             spans = head.align(frames, [tokenizer.encode(t) for t in texts])
         return [
-            [{**asdict(w), "score": round(w.score, 3)} for w in word_times(text, tokenizer, s)]
+            [
+                Word(w.word, w.start, w.end, round(w.score, 3))
+                for w in word_times(text, tokenizer, s)
+            ]
             for text, s in zip(texts, spans, strict=True)
         ]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from asrctl.adapters.base import AudioEncoder
+from asrctl.models.encoder import AudioEncoder
 from asrctl.models.padding import pad_short, shortest_input
 
 log = logging.getLogger("asrctl")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from asrctl.adapters.base import AudioEncoder
+from asrctl.models.encoder import AudioEncoder
 
 SAMPLE_RATE = 24000
 TARGET_DBFS = -25.0

@@ -188,6 +188,7 @@ async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOp
         batch_window_s=options.batch_window_ms / 1000,
         encoder_batch_size=options.encoder_batch_size,
         max_tokens=options.max_tokens,
+        sampling_override=options.sampling_override,
         on_batch=metrics.on_encoder_batch,
     )
     state = ServerState.create(model, options, Path(model_dir), metrics)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import dataclass
 
-from asrctl.server.engine import Result
-from asrctl.writers import clock, srt, vtt  # noqa: F401  (shared with `transcribe --format`)
+from asrctl.results import Segment, Transcript, Word
+from asrctl.writers import clock, srt, transcript_cues, vtt  # noqa: F401  (shared with `transcribe --format`)
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 NO_TIMESTAMPS_NOTE = (
@@ -26,25 +25,19 @@ VAD_NOTE = (
 )
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A stretch of audio and its text (seconds)."""
-
-    id: int
-    start: float
-    end: float
-    text: str
-    tokens: tuple[int, ...]
-
-
-def segments_of(result: Result) -> list[Segment]:
-    """The VAD segments of a segmented result, else one spanning the audio."""
-    if result.segments is not None:
-        return list(result.segments)
-    return [Segment(0, 0.0, result.duration, result.text, result.token_ids)]
+def segments_of(result: Transcript) -> list[Segment]:
+    """The result's segments (VAD or the model's own), else one spanning the audio; times
+    a model left out are filled from its neighbours (as the subtitle writers do)."""
+    if result.segments is None:
+        return [Segment(0.0, result.duration, result.text, result.token_ids)]
+    cues = transcript_cues(result)
+    return [
+        Segment(c.start, c.end, s.text, s.tokens, s.speaker)
+        for s, c in zip(result.segments, cues, strict=True)
+    ]
 
 
-def notes_of(result: Result, model_title: str) -> list[str]:
+def notes_of(result: Transcript, model_title: str) -> list[str]:
     if result.segments is not None:
         note = VAD_NOTE.format(model=model_title)
     else:
@@ -54,11 +47,11 @@ def notes_of(result: Result, model_title: str) -> list[str]:
     return [note]
 
 
-def usage_duration(result: Result) -> dict:
+def usage_duration(result: Transcript) -> dict:
     return {"type": "duration", "seconds": result.duration}
 
 
-def usage_tokens(result: Result) -> dict:
+def usage_tokens(result: Transcript) -> dict:
     """OpenAI's token usage: input = prompt positions (text + audio), output = generated."""
     return {
         "type": "tokens",
@@ -72,11 +65,13 @@ def usage_tokens(result: Result) -> dict:
     }
 
 
-def json_body(result: Result) -> dict:
+def json_body(result: Transcript) -> dict:
     return {"text": result.text, "usage": usage_duration(result)}
 
 
-def verbose_json_body(result: Result, language: str | None, model_title: str) -> dict:
+def verbose_json_body(
+    result: Transcript, language: str | None, model_title: str, temperature: float = 0.0
+) -> dict:
     """OpenAI's ``verbose_json`` (``TranscriptionVerbose``), segments included.
 
     ``no_speech_prob`` is null: the model does not estimate it. ``notes`` says how the
@@ -89,18 +84,18 @@ def verbose_json_body(result: Result, language: str | None, model_title: str) ->
         "text": result.text,
         "segments": [
             {
-                "id": s.id,
+                "id": i,
                 "seek": 0,
                 "start": s.start,
                 "end": s.end,
                 "text": s.text,
                 "tokens": list(s.tokens),
-                "temperature": result.temperature,
+                "temperature": temperature,
                 "avg_logprob": result.avg_logprob,
                 "compression_ratio": compression_ratio(s.text),
                 "no_speech_prob": None,
             }
-            for s in segments_of(result)
+            for i, s in enumerate(segments_of(result))
         ],
         **({"words": [_word(w) for w in result.words]} if result.words is not None else {}),
         "usage": usage_duration(result),
@@ -108,12 +103,12 @@ def verbose_json_body(result: Result, language: str | None, model_title: str) ->
     }
 
 
-def _word(w: dict) -> dict:
+def _word(w: Word) -> dict:
     """OpenAI's ``TranscriptionWord`` (word, start, end) plus the alignment's score."""
-    return {"word": w["word"], "start": w["start"], "end": w["end"], "score": w["score"]}
+    return w.to_json()
 
 
-def text_body(result: Result) -> str:
+def text_body(result: Transcript) -> str:
     return result.text + "\n"
 
 
@@ -133,5 +128,5 @@ def delta_event(delta: str) -> dict:
     return {"type": "transcript.text.delta", "delta": delta}
 
 
-def done_event(result: Result) -> dict:
+def done_event(result: Transcript) -> dict:
     return {"type": "transcript.text.done", "text": result.text, "usage": usage_tokens(result)}

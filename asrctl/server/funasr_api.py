@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from asrctl.adapters.base import PromptOptions
+from asrctl.results import Word
 from asrctl.server import formats
 from asrctl.server.engine import DecodeOptions
 from asrctl.server.errors import ApiError
@@ -61,7 +62,7 @@ async def asr(request: Request) -> JSONResponse:
     finally:
         await form.close()
     words = timestamp and state.model.word_timing
-    result = await state.transcribe(ENDPOINT, audio, prompt, DecodeOptions(words=words))
+    result = await state.transcribe(ENDPOINT, audio, prompt, DecodeOptions(word_timestamps=words))
     elapsed = time.perf_counter() - start
     segments = [
         {"text": s.text, "start": s.start, "end": s.end} for s in formats.segments_of(result)
@@ -80,11 +81,11 @@ async def asr(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-def _attach_words(segments: list[dict], words: tuple[dict, ...]) -> None:
+def _attach_words(segments: list[dict], words: tuple[Word, ...]) -> None:
     """FunASR's per-segment ``words``: each word goes to the last segment starting at or
     before it."""
     for seg in segments:
         seg["words"] = []
     for w in words:
-        seg = next((s for s in reversed(segments) if s["start"] <= w["start"]), segments[0])
-        seg["words"].append({"word": w["word"], "start": w["start"], "end": w["end"]})
+        seg = next((s for s in reversed(segments) if s["start"] <= w.start), segments[0])
+        seg["words"].append({"word": w.word, "start": w.start, "end": w.end})

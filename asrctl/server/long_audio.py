@@ -3,8 +3,9 @@
 The upload (already decoded in memory, capped by ``--max-upload-mb``) is run through
 Silero VAD in the decode pool; its segments are transcribed concurrently through the
 shared engine (they batch with every other request) and joined in time order into one
-:class:`~asrctl.server.engine.Result` whose ``segments`` carry each segment's times, text
-and tokens. Speech-free audio gives an empty text without calling the model.
+:class:`~asrctl.results.Transcript` (:func:`asrctl.segment.stitch`, as batch transcription
+does) whose ``segments`` carry each segment's times, text and tokens. Speech-free audio
+gives an empty text without calling the model.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import threading
 import numpy as np
 
 from asrctl.adapters.base import PromptOptions
-from asrctl.segment import join_texts, shifted
-from asrctl.server.engine import DecodeOptions, Result
-from asrctl.server.formats import Segment
+from asrctl.pipeline import DecodeOptions
+from asrctl.results import Transcript
+from asrctl.segment import stitch
 from asrctl.vad import SileroVad, VadOptions, detect_array
 
 _vad: SileroVad | None = None
@@ -34,7 +35,7 @@ def _spans(audio: np.ndarray, sample_rate: int, max_segment: float):
 
 async def transcribe_segmented(
     state, endpoint: str, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
-) -> Result:
+) -> Transcript:
     sr = state.model.sample_rate
     limit = state.model.adapter.family.max_audio_seconds
     loop = asyncio.get_running_loop()
@@ -47,30 +48,4 @@ async def transcribe_segmented(
             for s in spans
         )
     )
-    segments = tuple(
-        Segment(i, s.start, s.end, r.text, r.token_ids)
-        for i, (s, r) in enumerate(zip(spans, parts, strict=True))
-    )
-    logprobs = [(r.avg_logprob, len(r.token_ids)) for r in parts if r.avg_logprob is not None]
-    n = sum(k for _, k in logprobs)
-    return Result(
-        text=join_texts(r.text for r in parts),
-        token_ids=tuple(t for r in parts for t in r.token_ids),
-        finish_reason="length" if any(r.finish_reason == "length" for r in parts) else "stop",
-        duration=round(len(audio) / sr, 3),
-        prompt_tokens=sum(r.prompt_tokens for r in parts),
-        audio_tokens=sum(r.audio_tokens for r in parts),
-        avg_logprob=sum(a * k for a, k in logprobs) / n if n else None,
-        temperature=decode.temperature,
-        segments=segments,
-        words=_words(spans, parts),
-    )
-
-
-def _words(spans, parts: list[Result]) -> tuple[dict, ...] | None:
-    """Every segment's words moved to the upload's clock (None unless all have words)."""
-    if not parts or any(r.words is None for r in parts):
-        return None
-    return tuple(
-        shifted(w, s.start) for s, r in zip(spans, parts, strict=True) for w in r.words or ()
-    )
+    return stitch("", len(audio) / sr, spans, parts, state.title)

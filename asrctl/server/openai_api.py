@@ -23,17 +23,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.datastructures import FormData
 
 from asrctl.adapters.base import PromptOptions
+from asrctl.errors import OptionsError
+from asrctl.pipeline import DecodeOptions
+from asrctl.results import Transcript
 from asrctl.server import formats
-from asrctl.server.engine import DecodeOptions, Result
 from asrctl.server.errors import ApiError
 from asrctl.server.state import ServerState
 from asrctl.server.uploads import decode_upload, form_bool, form_list, form_text, read_form
 
 ENDPOINT = "/v1/audio/transcriptions"
 MAX_PROMPT_CHARS = 2000
-MAX_TEMPERATURE = 2.0
 _HOTWORD_SPLIT = re.compile(r"[,，、;；\n]+")
-_DIGITS = re.compile(r"[0-9]+")
 _UNSUPPORTED = {
     "include[]": "`include` is not available: no logprobs are returned",
     "include": "`include` is not available: no logprobs are returned",
@@ -126,18 +126,38 @@ def parse_request(form: FormData, state: ServerState) -> TranscriptionRequest:
     )
     state.check_prompt(PromptOptions(language=language), "language")
     state.check_prompt(prompt, "prompt")
-    temperature = _float(form_text(form, "temperature"), "temperature", default=0.0)
-    if not 0.0 <= temperature <= MAX_TEMPERATURE:
-        raise ApiError(
-            400, f"temperature must be between 0 and {MAX_TEMPERATURE:g}", param="temperature"
-        )
-    decode = DecodeOptions(
-        temperature=temperature,
-        seed=_seed(form_text(form, "seed")),
+    decode = decode_options(
+        form,
         logprobs=response_format == "verbose_json",
-        words=words and response_format == "verbose_json",
+        word_timestamps=words and response_format == "verbose_json",
     )
     return TranscriptionRequest(model, response_format, language, prompt, decode, stream)
+
+
+# Sampling fields a client may send, each honoured (DecodeOptions' field of that name);
+# max_completion_tokens is the newer name of max_tokens.
+_FLOAT_FIELDS = ("temperature", "top_p", "repetition_penalty", "frequency_penalty",
+                 "presence_penalty")  # fmt: skip
+_INT_FIELDS = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens",
+               "top_k": "top_k", "seed": "seed"}  # fmt: skip
+
+
+def decode_options(form: FormData, **fixed: bool) -> DecodeOptions:
+    """The request's sampling fields as DecodeOptions; a field out of range → 400 naming it."""
+    values: dict[str, float | int | bool] = dict(fixed)
+    for name in _FLOAT_FIELDS:
+        value = form_text(form, name)
+        if value is not None and value.strip():
+            values[name] = _float(value, name, default=0.0)
+    for name, field_name in _INT_FIELDS.items():
+        value = form_text(form, name)
+        if value is not None and value.strip():
+            values[field_name] = _int(value, name)
+    try:
+        return DecodeOptions(**values)  # type: ignore[arg-type]
+    except OptionsError as e:
+        param = next((n for n in (*_FLOAT_FIELDS, *_INT_FIELDS) if str(e).startswith(n)), None)
+        raise ApiError(400, str(e), param=param) from None
 
 
 def hotwords_from(form: FormData) -> tuple[str, ...]:
@@ -154,13 +174,15 @@ def hotwords_from(form: FormData) -> tuple[str, ...]:
     return tuple(dict.fromkeys(w for w in words if w))
 
 
-def render(req: TranscriptionRequest, result: Result, model_title: str) -> Response:
+def render(req: TranscriptionRequest, result: Transcript, model_title: str) -> Response:
     """The response body in the requested format."""
     fmt = req.response_format
     if fmt == "json":
         return JSONResponse(formats.json_body(result))
     if fmt == "verbose_json":
-        return JSONResponse(formats.verbose_json_body(result, req.language, model_title))
+        return JSONResponse(
+            formats.verbose_json_body(result, req.language, model_title, req.decode.temperature)
+        )
     if fmt == "text":
         body = formats.text_body(result)
     elif fmt == "srt":
@@ -228,15 +250,13 @@ def _float(value: str | None, name: str, *, default: float) -> float:
     return number
 
 
-def _seed(value: str | None) -> int | None:
-    if value is None or not value.strip():
-        return None
-    # ASCII digits only: str.isdigit() also accepts "²", which int() then rejects
-    if not _DIGITS.fullmatch(value.strip()) or int(value) >= 2**63:
+def _int(value: str, name: str) -> int:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) >= 2**63:
         raise ApiError(
-            400, f"seed must be an integer from 0 to 2**63-1, not {value[:30]!r}", param="seed"
+            400, f"{name} must be an integer from 0 to 2**63-1, not {value[:30]!r}", param=name
         )
-    return int(value)
+    return int(text)
 
 
 def _check_granularities(form: FormData, model_title: str, word_timing: bool) -> bool:

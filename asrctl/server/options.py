@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asrctl.errors import OptionsError
-from asrctl.transcribe import resolve_encoder_dtype
+from asrctl.pipeline import SamplingOverride, resolve_encoder_dtype
 
 MIB = 1 << 20
 
@@ -61,6 +61,8 @@ class ServerOptions:
         realtime: settings of ``/ws`` sessions.
         vad: accept uploads longer than the model's per-pass limit, split them at pauses
             (Silero VAD) and stitch the texts back (segments with their times).
+        sampling_override: decoding settings pinned by the operator; they beat what
+            clients send, on every endpoint.
     """
 
     host: str = "127.0.0.1"
@@ -78,6 +80,7 @@ class ServerOptions:
     cache_dir: Path | None = None
     realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
     vad: bool = False
+    sampling_override: SamplingOverride = field(default_factory=SamplingOverride)
 
     def __post_init__(self) -> None:
         self._verify()

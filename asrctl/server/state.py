@@ -15,8 +15,10 @@ import numpy as np
 
 from asrctl.adapters.base import PromptOptions
 from asrctl.errors import EngineError, OptionsError
+from asrctl.pipeline import DecodeOptions
+from asrctl.results import Transcript
 from asrctl.server.batching import BatcherClosed
-from asrctl.server.engine import AsyncModel, DecodeOptions, Progress, Result
+from asrctl.server.engine import AsyncModel, Progress
 from asrctl.server.errors import ApiError
 from asrctl.server.metrics import Metrics
 from asrctl.server.options import ServerOptions
@@ -129,7 +131,7 @@ class ServerState:
 
     async def transcribe(
         self, endpoint: str, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
-    ) -> Result:
+    ) -> Transcript:
         if self.needs_segmenting(audio):
             from asrctl.server.long_audio import transcribe_segmented
 
@@ -144,7 +146,7 @@ class ServerState:
 
     async def transcribe_one(
         self, endpoint: str, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
-    ) -> Result:
+    ) -> Transcript:
         async for progress in self.stream(endpoint, audio, prompt, decode):
             if progress.result is not None:
                 return progress.result

@@ -15,9 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from asrctl import envinfo
-from asrctl.bench import OfflineRun
-from asrctl.loadtest import Clip, Level, LoadOptions
-from asrctl.scoring import MISSING_SHOWN, Score, UtteranceScore, alignment, worst
+from asrctl.bench.loadtest import Clip, Level, LoadOptions
+from asrctl.bench.offline import OfflineRun
+from asrctl.bench.scoring import MISSING_SHOWN, Score, UtteranceScore, alignment, worst
 
 SCHEMA = 1  # bump when bench.json changes incompatibly
 REPORT = "bench.json"
