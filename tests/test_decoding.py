@@ -19,8 +19,8 @@ from asrctl.server import decoding
 from asrctl.server.decoding import TooLong, decode_untrusted, sniff
 
 SDP = (
-    b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
-    b"m=audio 5004 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n\xff"
+    b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=\xff\nc=IN IP4 127.0.0.1\nt=0 0\n"
+    b"m=audio 5004 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"
 )
 
 

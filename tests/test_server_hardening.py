@@ -54,8 +54,10 @@ def test_concat_script_upload_reads_no_file(client, tmp_path, monkeypatch) -> No
 
 def test_sdp_upload_is_refused_at_once(client) -> None:
     """#2: a 150-byte SDP upload stalled decoding and opened UDP ports."""
-    sdp = b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=x\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\xff"
-    sdp += b"m=audio 5004 RTP/AVP 0\r\n"
+    sdp = (
+        b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=\xff\nc=IN IP4 127.0.0.1\nt=0 0\n"
+        b"m=audio 5004 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"
+    )  # before the fix: FFmpeg bound UDP ports and waited ~10 s for packets
     start = time.perf_counter()
     assert error_of(post(client, sdp), 400)["code"] == "invalid_audio"
     assert time.perf_counter() - start < 1.0
