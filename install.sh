@@ -6,7 +6,7 @@
 #   so they are removed afterwards (vLLM runs without them; asrctl never uses them).
 # Usage: ./install.sh [--no-test]      (test extras are installed unless --no-test)
 # Test extras include the reference implementations the parity tests compare against;
-# funasr and fireredasr are installed without their dependency trees (they would pull
+# funasr, fireredasr and fasr-asr-firered (FireRedASR2) are installed without their dependency trees (they would pull
 # torchaudio, modelscope and more): the parts the tests import need only what the `test`
 # extra lists plus peft/accelerate (installed here with --no-deps for the same reason).
 set -euo pipefail
@@ -17,7 +17,7 @@ EXTRAS=test
 pip() { "$PY" -m pip "$@"; }
 
 install_references() {
-  [ -n "$EXTRAS" ] && pip install --no-deps "funasr==1.4.16" "fireredasr==0.0.2" \
+  [ -n "$EXTRAS" ] && pip install --no-deps "funasr==1.4.16" "fireredasr==0.0.2" "fasr-asr-firered==0.5.8" \
     "peft==0.21.2" "accelerate==1.15.0"
   return 0
 }

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asrctl.results import Failure, Transcript
+
 
 class AsrctlError(Exception):
     """Base class of every error asrctl raises on purpose.
@@ -49,3 +54,24 @@ class EngineError(AsrctlError):
 
 class OptionsError(AsrctlError):
     """An option value is invalid (e.g. an unsupported language for a family)."""
+
+
+class MainGuardError(AsrctlError):
+    """A script started a model without the ``if __name__ == "__main__":`` guard
+    (see :mod:`asrctl.mainguard`)."""
+
+
+class TranscriptionError(AsrctlError):
+    """Some inputs of a library call could not be transcribed. ``failures`` names each one
+    and why; ``results`` holds every result in input order (a ``Failure`` where one
+    failed)."""
+
+    def __init__(self, failures: list[Failure], results: list[Transcript | Failure]) -> None:
+        shown = "\n".join(f"  - {f.error}" for f in failures[:10])
+        more = f"\n  … and {len(failures) - 10} more" if len(failures) > 10 else ""
+        super().__init__(
+            f"{len(failures)} of {len(results)} inputs could not be transcribed:\n{shown}{more}",
+            hint='pass errors="return" to get Failure objects in the list instead',
+        )
+        self.failures = failures
+        self.results = results

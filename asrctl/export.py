@@ -14,15 +14,20 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from asrctl.adapters._hf import config_dtype, set_dtype
 from asrctl.adapters.base import Adapter
 from asrctl.adapters.registry import load_adapter
-from asrctl.errors import AsrctlError
+from asrctl.errors import AsrctlError, ModelDirError
+from asrctl.llm_check import check_llm
 
 log = logging.getLogger("asrctl")
 
@@ -40,6 +45,9 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 _CHUNK = 8 << 20  # bytes read per hash update
+TMP_PREFIX = "llm.tmp-"
+_OWNER = re.compile(r"^llm\.tmp-(?P<host>.+)-(?P<pid>\d+)-[^-]*$")
+_FOREIGN_TMP_AGE_S = 86400  # another host's unfinished export is left alone this long
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,11 @@ def _write_llm(adapter: Adapter, dest: Path) -> None:
 
     export = adapter.llm_export()
     dest.mkdir(parents=True)
-    (dest / "config.json").write_text(json.dumps(export.config, indent=2))
+    config = dict(export.config)
+    dtype = config_dtype(config)  # transformers 5's "dtype" first, then "torch_dtype"
+    if dtype is not None:
+        set_dtype(config, dtype)  # both spellings agree, whichever a reader looks at
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
     for name in TOKENIZER_FILES:
         src = export.tokenizer_dir / name
         if src.is_file():
@@ -128,6 +140,13 @@ def _write_llm(adapter: Adapter, dest: Path) -> None:
             t = t.clone()  # tied weights saved shared (lm_head = embed_tokens): safetensors refuses
         storages.add(t.untyped_storage().data_ptr())
         tensors[name] = t
+    problems = check_llm(
+        export.config,
+        {n: tuple(t.shape) for n, t in tensors.items()},
+        config_name=export.config_source,
+    )
+    if problems:
+        raise ModelDirError(str(adapter.model_dir), problems)
     save_file(tensors, str(dest / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
@@ -152,7 +171,8 @@ def export_llm(
     step(f"exporting the LLM to {root / 'llm'}")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix="llm.tmp-", dir=root))
+        remove_stale_temps(root)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(), dir=root))
     except OSError as e:
         raise AsrctlError(
             f"cannot write the export cache {root}: {e}",
@@ -165,6 +185,48 @@ def export_llm(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return PreparedModel(adapter.model_dir, family, root / "llm", reused=False)
+
+
+def _tmp_prefix() -> str:
+    """``llm.tmp-HOST-PID-``: the owner, so a later run knows whether it is still alive."""
+    return f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(root: Path) -> list[Path]:
+    """Remove ``llm.tmp-*`` folders a killed export left in ``root``; return them.
+
+    A folder whose owner (host and pid in its name) is a live process on this host is an
+    export in progress and is kept; one from another host is kept for a day; one without an
+    owner in its name (written by an older asrctl) is removed.
+    """
+    removed = []
+    host = socket.gethostname()
+    for path in root.glob(TMP_PREFIX + "*"):
+        m = _OWNER.match(path.name)
+        if m and m["pid"] != str(os.getpid()):
+            if m["host"] == host and _alive(int(m["pid"])):
+                continue
+            try:
+                age = time.time() - path.stat().st_mtime
+            except OSError:
+                continue
+            if m["host"] != host and age < _FOREIGN_TMP_AGE_S:
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d unfinished export(s) in %s", len(removed), root)
+    return removed
 
 
 def _write_setup_files(adapter: Adapter) -> None:

@@ -45,6 +45,7 @@ from asrctl.engine import AsyncEngine, Decoding, Engine, EngineOptions, Generati
 from asrctl.errors import EngineError, OptionsError
 from asrctl.export import PreparedModel, export_llm
 from asrctl.guard import truncate_loops
+from asrctl.models.encoder import AudioEncoder
 from asrctl.results import Transcript
 
 if TYPE_CHECKING:
@@ -387,7 +388,7 @@ class Pipeline:
         return raw if options.raw_text else self._parse(raw)[0]
 
     def _parse(self, raw: str) -> tuple[str, tuple, bool]:
-        text, segments = self.adapter.parse_output(raw.removesuffix("\ufffd"))
+        text, segments = self.adapter.parse_output(raw.rstrip("\ufffd"))
         text, truncated = truncate_loops(text)
         return text, tuple(segments), truncated
 

@@ -216,6 +216,7 @@ def model_checks(model_dir: str | Path, cache_dir: Path | None = None) -> list[C
     checks.append(Check("required files", OK, f"{len(adapter.required)} present, configs parse"))
     return [
         *checks,
+        check_layout(adapter),
         check_shapes(adapter),
         check_tokenizer(adapter),
         check_export(adapter, cache_dir),
@@ -240,6 +241,18 @@ def check_symlinks(path: Path) -> Check:
         fix = "restore the link targets, or replace each link with the file it should point to"
         return Check("symlinks", FAIL, "broken: " + "; ".join(broken), fix)
     return Check("symlinks", OK, f"{good} resolve" if good else "none")
+
+
+def check_layout(adapter) -> Check:
+    """The on-disk layout the adapter recognised and the tensor groups it found."""
+    try:
+        layout = getattr(adapter, "layout", None) or "release"
+        groups = adapter.tensor_groups() if hasattr(adapter, "tensor_groups") else {}
+    except Exception as e:  # a corrupt checkpoint raises anything
+        log.debug("layout check failed", exc_info=True)
+        return Check("layout", FAIL, f"cannot read the checkpoint: {e}", "re-download it")
+    found = "; ".join(f"{name} ({n})" for name, n in groups.items())
+    return Check("layout", OK, f"{layout}\ntensor groups: {found or 'not listed'}")
 
 
 def check_shapes(adapter) -> Check:

@@ -7,7 +7,7 @@ arrow (either would end or break the cue).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -22,8 +22,10 @@ class Cue(Protocol):
     text: str
 
 
-def srt(segments: Sequence[Cue]) -> str:
-    """A SubRip file: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, blank-line separated."""
+def srt(segments: Transcript | Sequence[Cue]) -> str:
+    """A SubRip file: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, blank-line separated.
+    Takes a transcript (its segments, or one cue spanning it) or the cues themselves."""
+    segments = _cues(segments)
     cues = [
         f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{cue_text(s.text)}\n"
         for i, s in enumerate(non_empty(segments), start=1)
@@ -31,13 +33,29 @@ def srt(segments: Sequence[Cue]) -> str:
     return "\n".join(cues)
 
 
-def vtt(segments: Sequence[Cue]) -> str:
-    """A WebVTT file: the ``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues."""
+def vtt(segments: Transcript | Sequence[Cue]) -> str:
+    """A WebVTT file: the ``WEBVTT`` header, then ``HH:MM:SS.mmm --> HH:MM:SS.mmm`` cues.
+    Takes a transcript or the cues themselves, as :func:`srt`."""
+    segments = _cues(segments)
     cues = [
         f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{cue_text(s.text)}\n"
         for s in non_empty(segments)
     ]
     return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def _cues(source: Transcript | Sequence[Cue]) -> Sequence[Cue]:
+    from asrctl.results import Transcript
+
+    return transcript_cues(source) if isinstance(source, Transcript) else source
+
+
+def jsonl(results: Iterable[Transcript]) -> str:
+    """``results.jsonl`` lines of transcripts (one JSON object a line, as ``transcribe``
+    writes them)."""
+    import json
+
+    return "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in results)
 
 
 def clock(seconds: float, decimal_marker: str) -> str:

@@ -54,3 +54,50 @@ def make_wav(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+# engine settings that keep the tiny fixture fast on a CPU
+TINY_ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024, "max_tokens": 8}
+
+
+@pytest.fixture(scope="session")
+def asr_tiny(fun_asr_tiny: Path):
+    """``asrctl.load`` of the tiny fixture (real vLLM), shared by test_api and test_examples
+    so the session starts one engine for both; do not close it."""
+    import asrctl
+
+    with asrctl.load(fun_asr_tiny, **TINY_ENGINE) as asr:
+        yield asr
+
+
+@pytest.fixture
+def fake_server():
+    """The real server app over test_server's stand-in model (no engine), served by uvicorn
+    in a thread on a free loopback port; yields the ``http://127.0.0.1:PORT/v1`` base URL.
+    The API key is ``sk-x``."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from test_server import FakeModel
+
+    from asrctl.server.app import create_app
+    from asrctl.server.metrics import Metrics
+    from asrctl.server.options import ServerOptions
+    from asrctl.server.state import ServerState
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = ServerOptions(served_model_names=("tiny",), api_keys=("sk-x",), port=port)
+    state = ServerState.create(FakeModel(), options, Path("/m"), Metrics())
+    server = uvicorn.Server(uvicorn.Config(create_app(state), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(10)

@@ -58,7 +58,9 @@ def test_export_contents(fun_asr_copy: Path) -> None:
     assert prepared.llm_dir == fun_asr_copy.resolve() / ".asrctl" / "llm"
     config = json.loads((prepared.llm_dir / "config.json").read_text())
     source = json.loads((fun_asr_copy / LLM / "config.json").read_text())
-    assert config == {**source, "architectures": ["Qwen3ForCausalLM"]}
+    dtype = source.get("dtype") or source["torch_dtype"]  # both spellings, one value
+    expected = {**source, "architectures": ["Qwen3ForCausalLM"], "dtype": dtype}
+    assert config == expected | {"torch_dtype": dtype}
     for name in TOKENIZER_FILES:
         assert (prepared.llm_dir / name).read_bytes() == (fun_asr_copy / LLM / name).read_bytes()
     exported = load_file(_weights(prepared.llm_dir))

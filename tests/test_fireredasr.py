@@ -107,7 +107,8 @@ def test_fixture_layout(firered_tiny: Path) -> None:
     assert stats.dtype == np.float64 and stats.shape == (2, 81) and stats[0, 80] >= 1
 
     enc = load_checkpoint(firered_tiny / "asr_encoder.pth.tar")
-    assert set(enc) == {"args"} and isinstance(enc["args"], argparse.Namespace)
+    assert set(enc) == {"args", "model_state_dict"} and isinstance(enc["args"], argparse.Namespace)
+    assert {k.split(".")[0] for k in enc["model_state_dict"]} == {"encoder"}  # v1: the AED's
     pkg = load_checkpoint(firered_tiny / "model.pth.tar")
     assert isinstance(pkg["args"], argparse.Namespace)
     assert pkg["args"].use_lora and not pkg["args"].freeze_llm

@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import re
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,11 +44,15 @@ class FakeModel:
     """Transcribes any audio as ``heard N samples``, growing five characters a step."""
 
     def __init__(self) -> None:
-        self.adapter = FunAsrNanoAdapter(Path("unused"))
+        folder = Path(tempfile.mkdtemp(prefix="fake-model-"))  # the adapter reads its prompt
+        (folder / "config.yaml").write_text("model: FunASRNano\n")  # settings from here
+        self.adapter = FunAsrNanoAdapter(folder)
         self.sample_rate = SR
         self.batcher = SimpleNamespace(depth=0)
         self.calls: list[tuple[int, object, object]] = []
         self.word_timing = False
+        self.llm_dir = Path("/models/x/.asrctl/llm")
+        self.max_model_len = 1024
 
     def check_prompt(self, options) -> None:
         self.adapter.prompt(options)
@@ -156,6 +161,21 @@ def test_stream_sends_deltas_then_done(app_client):
     assert events[-1]["usage"]["input_token_details"] == {"audio_tokens": 4, "text_tokens": 26}
 
 
+def test_stream_in_vllm_format_for_vllm_clients(app_client):
+    """``vllm bench serve --backend openai-audio`` sends vLLM's stream fields and parses
+    ``choices[0].delta.content`` chunks, usage and [DONE]."""
+    fields = {"stream_include_usage": "True", "stream_continuous_usage_stats": "True"}
+    response = post(app_client, stream="true", language="en", max_completion_tokens="32", **fields)
+    lines = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line) for line in lines[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "heard 16000 samples"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33}
+    cards = app_client.get("/v1/models", headers=AUTH).json()["data"]
+    assert cards[0]["id"] == "tiny" and cards[0]["root"].endswith(".asrctl/llm")
+
+
 def test_stream_failure_is_an_error_event(app_client):
     response = post(app_client, stream="true", prompt="boom")
     assert response.status_code == 200
@@ -230,7 +250,11 @@ def test_funasr_asr(app_client):
     assert body["segments"] == [{"text": "heard 16000 samples", "start": 0.0, "end": 1.0}]
     assert body["processing_time"] >= 0 and "rtf" in body and body["notes"]
     assert app_client.model.calls[-1][1].hotwords == ("a", "b")
-    assert post(app_client, path="/asr", spk="true").status_code == 400
+    spk = post(app_client, path="/asr", spk="true", language="中文")  # FunASR's client
+    assert spk.status_code == 200 and "speaker" in spk.json()["notes"][-1]
+    assert app_client.model.calls[-1][1].language == "zh"
+    assert post(app_client, path="/asr", language="English").status_code == 200
+    assert app_client.model.calls[-1][1].language == "en"
 
 
 def test_models_health_metrics(app_client):
@@ -284,6 +308,52 @@ def test_websocket_protocol(app_client):
     with pytest.raises(WebSocketDenialResponse):
         with app_client.websocket_connect("/ws"):
             pass
+
+
+def realtime_client(model, **realtime):
+    options = ServerOptions(served_model_names=("tiny",), realtime=RealtimeOptions(**realtime))
+    return TestClient(create_app(ServerState.create(model, options, Path("/m"), Metrics())))
+
+
+def test_websocket_session_cap_and_idle_timeout():
+    with realtime_client(FakeModel(), max_sessions=1, idle_timeout_s=0.3) as client:
+        with client.websocket_connect("/ws") as ws:
+            with pytest.raises(WebSocketDenialResponse) as denied:
+                with client.websocket_connect("/ws"):
+                    pass
+            assert denied.value.status_code == 503
+            assert denied.value.json()["error"]["code"] == "too_many_sessions"
+            ws.send_text("START")
+            assert ws.receive_json() == {"event": "started"}
+            message = ws.receive_json()  # nothing sent for 0.3 s
+            assert message["event"] == "error" and "idle" in message["error"]
+            assert ws.receive()["type"] == "websocket.close"
+        with client.websocket_connect("/ws") as ws:  # the slot is free again
+            ws.send_text("START")
+            assert ws.receive_json() == {"event": "started"}
+        assert "asrctl_websocket_sessions 0.0" in client.get("/metrics").text
+    with pytest.raises(OptionsError, match="ws-max-sessions"):
+        RealtimeOptions(max_sessions=0)
+
+
+def test_websocket_resamples_16khz_pcm_to_the_model_rate():
+    """VibeVoice-ASR runs at 24 kHz: /ws PCM is 16 kHz, resampled, times stay true."""
+    model = FakeModel()
+    model.sample_rate = 24000
+    speech = 0.1 * np.random.default_rng(3).standard_normal(2 * SR)
+    with realtime_client(model) as client, client.websocket_connect("/ws") as ws:
+        ws.send_text("START")
+        ws.receive_json()
+        for i in range(0, len(speech), 1600):
+            ws.send_bytes(pcm16(speech[i : i + 1600]))
+        ws.send_text("STOP")
+        while (message := ws.receive_json()).get("event") != "stopped":
+            final = message
+    assert final["is_final"] and final["duration_ms"] == 2000
+    (sentence,) = final["sentences"]
+    assert sentence["end"] == 2000 and sentence["start"] == 0
+    n = int(sentence["text"].split()[1])  # the model heard the sentence at 24 kHz
+    assert n == 48000
 
 
 def test_energy_endpointer_locks_at_silence_and_cuts_long_speech():

@@ -17,7 +17,7 @@ from test_server import AUTH, KEY, SR, FakeModel, post
 from asrctl.server.app import RedactSecrets, _log_config, create_app
 from asrctl.server.metrics import Metrics
 from asrctl.server.options import ServerOptions
-from asrctl.server.state import VAD_MAX_AUDIO_SECONDS, ServerState
+from asrctl.server.state import LONG_AUDIO_SECONDS, ServerState
 
 
 def client_for(**options) -> TestClient:
@@ -83,7 +83,7 @@ def test_every_accepted_format_transcribes(client, fmt) -> None:
 
 def test_vad_server_caps_audio_by_default() -> None:
     with client_for(vad=True) as c:
-        assert c.app.state.asr.limits.max_seconds == VAD_MAX_AUDIO_SECONDS
+        assert c.app.state.asr.limits.max_seconds == LONG_AUDIO_SECONDS
     with client_for(vad=True, max_audio_seconds=90) as c:
         assert c.app.state.asr.limits.max_seconds == 90
 

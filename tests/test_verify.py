@@ -59,6 +59,17 @@ def test_a_good_model_directory_passes(fun_asr_copy):
     assert result.exit_code == 0, result.output
 
 
+def test_layout_and_tensor_groups_are_reported(fun_asr_copy):
+    check = by_name(verify.model_checks(fun_asr_copy))["layout"]
+    assert check.status == "ok"
+    assert "FunASR release" in check.detail
+    for group in ("audio_encoder (", "audio_adaptor (", "llm ("):
+        assert group in check.detail, check.detail
+    result = run_verify("--model", str(fun_asr_copy))
+    [row] = [r for r in _rows(result.output) if r.split("│")[1].strip() == "layout"]
+    assert "FunASR release" in row and " ok " in row
+
+
 def test_no_export_yet_is_a_warning(fun_asr_copy):
     check = by_name(verify.model_checks(fun_asr_copy))["LLM export"]
     assert check.status == "warn" and "asrctl setup" in check.fix

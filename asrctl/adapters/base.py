@@ -45,6 +45,9 @@ class PromptOptions:
     language: str | None = None  # a code such as "zh"; None or "auto" lets the model decide
     hotwords: tuple[str, ...] = ()  # words or phrases to bias recognition towards
     itn: bool = True  # inverse text normalisation (numbers as digits, punctuation)
+    # the caller's own instruction (chat clients' text), for families whose prompt takes
+    # one (Family.chat_text == "instruction"); None: the family's own
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,13 @@ class LlmExport:
         config: the LLM's config.json content (must name a ``...ForCausalLM`` architecture).
         tokenizer_dir: folder whose tokenizer/generation files are copied next to the weights.
         sources: files whose content determines the export (hashed into the manifest).
+        config_source: where ``config`` comes from, as named in error messages.
     """
 
     config: dict
     tokenizer_dir: Path
     sources: tuple[Path, ...]
+    config_source: str = "config.json"
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,10 @@ class Family:
     max_audio_seconds: float | None  # longest input one pass accepts (None: no limit)
     languages: Mapping[str, str] = field(default_factory=dict)  # code -> name used in prompts
     repetition_penalty: float = 1.0  # default decoding penalty (1.0: none); see Engine.generate
+    # how a chat client's text enters the prompt: "hotwords" (context words),
+    # "instruction" (PromptOptions.instruction) or "none" (ignored: no text prompt)
+    chat_text: str = "hotwords"
+    writes_segments: bool = False  # the model writes structured segments (parse_output)
 
 
 class Adapter(ABC):

@@ -13,6 +13,9 @@ Faithful to the ``fireredasr`` package (FireRedASR v1; FireRedASR2-LLM uses the 
   (``W + alpha/r * B @ A``, alpha 16 and r 64 hard-coded by FireRedASR), exported as a stock
   ``Qwen2ForCausalLM``. The LoRA is applied only when ``args.use_lora`` and not
   ``args.freeze_llm``, as in the reference.
+* FireRedASR2-LLM (2026) ships the same files, but ``asr_encoder.pth.tar`` holds only the
+  args and ``Qwen2-7B-Instruct/`` is a folder inside the repo; its pipeline lower-cases the
+  text, and so does :meth:`postprocess` when the encoder file has no weights.
 * Decoding: greedy with ``repetition_penalty`` 3.0 by default (the reference's recommended
   setting, which it pairs with beam 3; beam search has no prompt-embeddings path in vLLM),
   on generated tokens only, like transformers' ``generate(inputs_embeds=...)``; at most as
@@ -129,6 +132,7 @@ class FireRedAsrLlmAdapter(Adapter):
         sample_rate=16000,
         max_audio_seconds=30.0,
         repetition_penalty=REPETITION_PENALTY,
+        chat_text="none",
     )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile(
@@ -138,7 +142,8 @@ class FireRedAsrLlmAdapter(Adapter):
         RequiredFile("cmvn.ark", "Kaldi CMVN statistics"),
         RequiredFile(
             LLM_DIR,
-            "the Qwen2-7B-Instruct folder; link it: ln -s ../Qwen2-7B-Instruct",
+            "the Qwen2-7B-Instruct folder (FireRedASR2-LLM ships it; for FireRedASR-LLM-L "
+            "link it: ln -s ../Qwen2-7B-Instruct)",
             is_dir=True,
         ),
         RequiredFile(f"{LLM_DIR}/config.json", "Qwen2 LLM config"),
@@ -230,6 +235,39 @@ class FireRedAsrLlmAdapter(Adapter):
                 full[name] = tensor
         return full, lora
 
+    @property
+    def version(self) -> int:
+        """2 for FireRedASR2-LLM, whose asr_encoder.pth.tar holds only the args, else 1."""
+        return 1 if self.encoder_package.get("model_state_dict") else 2
+
+    @property
+    def layout(self) -> str:
+        """The release recognised (for ``asrctl verify``)."""
+        kind = (
+            "FireRedASR-LLM v1 layout (asr_encoder.pth.tar holds the AED weights)"
+            if self.version == 1
+            else "FireRedASR2-LLM layout (asr_encoder.pth.tar holds only args; the encoder "
+            "comes from model.pth.tar)"
+        )
+        where = "a symlink" if self.llm_dir.is_symlink() else "a folder inside the repo"
+        return f"{kind}; {LLM_DIR}/ is {where}"
+
+    def tensor_groups(self) -> dict[str, int]:
+        """Tensor count per module of model.pth.tar, plus the LLM's own (``asrctl verify``)."""
+        from safetensors import safe_open
+
+        groups: dict[str, int] = {}
+        for key in self.package.get("model_state_dict") or {}:
+            group = "llm (LoRA)" if ".lora_" in key else key.split(".")[0]
+            groups[f"model.pth.tar: {group}"] = groups.get(f"model.pth.tar: {group}", 0) + 1
+        for key in self.encoder_package.get("model_state_dict") or {}:
+            group = f"asr_encoder.pth.tar: {key.split('.')[0]}"
+            groups[group] = groups.get(group, 0) + 1
+        for path in llm_weight_files(self.llm_dir):
+            with safe_open(str(path), framework="pt") as f:
+                groups[f"{LLM_DIR}"] = groups.get(LLM_DIR, 0) + len(list(f.keys()))
+        return groups
+
     # -- the contract --------------------------------------------------------------------
 
     def check_contents(self) -> list[str]:
@@ -313,7 +351,12 @@ class FireRedAsrLlmAdapter(Adapter):
         sources += [index] if index.is_file() else []
         sources += llm_weight_files(self.llm_dir)
         sources += [self.llm_dir / n for n in TOKENIZER_FILES if (self.llm_dir / n).is_file()]
-        return LlmExport(config=config, tokenizer_dir=self.llm_dir, sources=tuple(sources))
+        return LlmExport(
+            config=config,
+            tokenizer_dir=self.llm_dir,
+            sources=tuple(sources),
+            config_source=f"{LLM_DIR}/config.json",
+        )
 
     def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Base weights with model.pth.tar's LLM tensors applied: overrides, then LoRA merged."""
@@ -370,6 +413,11 @@ class FireRedAsrLlmAdapter(Adapter):
                 hint="drop --language or pass auto",
             )
         return Prompt(prefix=PREFIX, suffix=SUFFIX)
+
+    def postprocess(self, text: str) -> str:
+        """Stripped; lower-cased for FireRedASR2-LLM, as its ``FireRedAsr2.transcribe`` does."""
+        text = text.strip()
+        return text.lower() if self.version == 2 else text
 
     def max_new_tokens(self, n_audio_tokens: int) -> int | None:
         """The reference decodes at most as many tokens as there are audio tokens."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -35,10 +37,11 @@ LLM_DIR = "Qwen3-0.6B"
 
 # The prompt, as FunASR builds it (funasr/models/fun_asr_nano): system turn, then the user
 # instruction followed by the audio, then the assistant turn opens.
-PREFIX = (
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{instruction}"
-)
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+USER = "<|im_start|>user\n{instruction}"
+PREFIX = SYSTEM + USER
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+NO_THINK = "<think>\n\n</think>\n\n"
 INSTRUCTION = "语音转写"
 INSTRUCTION_WITH_LANGUAGE = "语音转写成{language}"
 NO_ITN = "，不进行文本规整"
@@ -53,10 +56,54 @@ _JUNK = re.compile(r"<\|[^|>]*\|>|/sil")
 _SPACES = re.compile(r"\s+")
 
 
+@dataclass(frozen=True)
+class PromptSettings:
+    """What ``config.yaml`` sets that FunASR's ``FunASRNano.inference`` reads into the prompt.
+
+    AutoModel passes the config's keys to ``inference`` as keyword defaults:
+    ``dataset_conf.sys_prompt`` (False: no system turn), ``dataset_conf.do_think`` (False:
+    an empty ``<think>`` block opens the answer), ``infer_with_assistant_input`` (True: the
+    user turn is left open, no assistant turn), ``prev_text`` (the answer's start, also
+    prepended to the output), ``language``/``hotwords`` (defaults for the instruction) and
+    ``max_length`` (new tokens, 512 by default).
+    """
+
+    sys_prompt: bool = True
+    do_think: bool = True
+    assistant_input: bool = False
+    prev_text: str = ""
+    language: str | None = None
+    hotwords: tuple[str, ...] = ()
+    max_length: int | None = None
+
+    @classmethod
+    def from_config(cls, config: dict) -> PromptSettings:
+        dataset = config.get("dataset_conf") or {}
+        dataset = dataset if isinstance(dataset, dict) else {}
+        hotwords = config.get("hotwords") or ()
+        max_length = config.get("max_length")
+        return cls(
+            sys_prompt=bool(dataset.get("sys_prompt", True)),
+            do_think=bool(dataset.get("do_think", True)),
+            assistant_input=bool(config.get("infer_with_assistant_input", False)),
+            prev_text=str(config.get("prev_text") or ""),
+            language=None if config.get("language") is None else str(config["language"]),
+            hotwords=tuple(str(h) for h in hotwords) if isinstance(hotwords, list) else (),
+            max_length=int(max_length) if isinstance(max_length, int) else None,
+        )
+
+
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if path.stat().st_size == 0:
+        raise EOFError("the file is empty")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     return obj.get("state_dict", obj) if isinstance(obj, dict) else {}
 
 
@@ -81,9 +128,11 @@ class FunAsrNanoAdapter(Adapter):
         conf = model_dir / "config.yaml"
         if conf.is_file() and conf.stat().st_size < (1 << 20):
             try:
-                data = yaml.safe_load(conf.read_text())
+                text = conf.read_text()
+                data = yaml.safe_load(text)
             except (yaml.YAMLError, UnicodeDecodeError):
-                return False
+                # a broken config.yaml beside the checkpoint: claim it, so check() names the error
+                return (model_dir / "model.pt").exists() or (model_dir / LLM_DIR).exists()
             return isinstance(data, dict) and data.get("model") == "FunASRNano"
         return (model_dir / "model.pt").exists() and (model_dir / LLM_DIR).exists()
 
@@ -92,7 +141,14 @@ class FunAsrNanoAdapter(Adapter):
         return yaml.safe_load((self.model_dir / "config.yaml").read_text()) or {}
 
     def check_contents(self) -> list[str]:
-        problems = []
+        try:
+            config = yaml.safe_load((self.model_dir / "config.yaml").read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            detail = " ".join(str(e).split())
+            return [f"config.yaml: not valid YAML ({detail})"]
+        if not isinstance(config, dict):
+            return [f"config.yaml: expected a mapping of settings, found {type(config).__name__}"]
+        problems = self._check_checkpoint()
         for block in ("audio_encoder_conf", "audio_adaptor_conf", "frontend_conf"):
             if not isinstance(self.config.get(block), dict):
                 problems.append(f"config.yaml: missing the {block} block")
@@ -106,6 +162,36 @@ class FunAsrNanoAdapter(Adapter):
         except ValueError as e:
             problems.append(f"{LLM_DIR}/config.json: not valid JSON ({e})")
         return problems
+
+    def _check_checkpoint(self) -> list[str]:
+        """model.pt loads as a torch checkpoint holding the three modules."""
+        try:
+            state = _load_state(self.model_dir / "model.pt")
+        except Exception as e:  # torch.load raises many types on a truncated or foreign file
+            if isinstance(e, pickle.UnpicklingError):
+                first = "it does not unpickle to tensors"
+            else:
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+            return [
+                "model.pt: not a loadable torch checkpoint (truncated, empty or another kind "
+                f"of file; {type(e).__name__}: {first}); re-download it"
+            ]
+        prefixes = ("audio_encoder.", "audio_adaptor.", "llm.")
+        missing = [p for p in prefixes if not any(k.startswith(p) for k in state)]
+        return [f"model.pt: no {p}* tensors" for p in missing]
+
+    def tensor_groups(self) -> dict[str, int]:
+        """Tensor count per module of model.pt (for ``asrctl verify``)."""
+        groups: dict[str, int] = {}
+        for key in _load_state(self.model_dir / "model.pt"):
+            group = key.split(".")[0]
+            groups[group] = groups.get(group, 0) + 1
+        return groups
+
+    @property
+    def layout(self) -> str:
+        """The on-disk layout recognised (for ``asrctl verify``)."""
+        return "FunASR release (model.pt + config.yaml + Qwen3-0.6B/)"
 
     def verify(self) -> list[str]:
         """Tensor shapes of model.pt against config.yaml and the Qwen3 config (asrctl verify)."""
@@ -121,7 +207,12 @@ class FunAsrNanoAdapter(Adapter):
 
         sources = [self.model_dir / "model.pt", llm_dir / "config.json"]
         sources += [llm_dir / n for n in TOKENIZER_FILES if (llm_dir / n).is_file()]
-        return LlmExport(config=config, tokenizer_dir=llm_dir, sources=tuple(sources))
+        return LlmExport(
+            config=config,
+            tokenizer_dir=llm_dir,
+            sources=tuple(sources),
+            config_source=f"{LLM_DIR}/config.json",
+        )
 
     def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in _load_state(self.model_dir / "model.pt").items():
@@ -141,23 +232,43 @@ class FunAsrNanoAdapter(Adapter):
 
         return audio_positions(self.config, num_samples)
 
+    @functools.cached_property
+    def settings(self) -> PromptSettings:
+        return PromptSettings.from_config(self.config)
+
     def prompt(self, options: PromptOptions) -> Prompt:
+        settings = self.settings
         instruction = ""
-        if options.hotwords:
-            instruction += HOTWORDS.format(hotwords=", ".join(options.hotwords))
-        language = self._language_name(options.language)
+        hotwords = options.hotwords or settings.hotwords
+        if hotwords:
+            instruction += HOTWORDS.format(hotwords=", ".join(hotwords))
+        if options.language is None and settings.language is not None:
+            language = self._language_name(settings.language, verbatim=True)
+        else:
+            language = self._language_name(options.language)
         instruction += (
             INSTRUCTION_WITH_LANGUAGE.format(language=language) if language else INSTRUCTION
         )
         if not options.itn:
             instruction += NO_ITN
-        return Prompt(prefix=PREFIX.format(instruction=instruction + "："), suffix=SUFFIX)
+        user = USER.format(instruction=instruction + "：")
+        prefix = (SYSTEM if settings.sys_prompt else "") + user
+        suffix = "" if settings.assistant_input else SUFFIX
+        if not settings.do_think:
+            suffix += NO_THINK
+        return Prompt(prefix=prefix, suffix=suffix + settings.prev_text)
 
-    def _language_name(self, language: str | None) -> str | None:
+    def max_new_tokens(self, n_audio_tokens: int) -> int | None:
+        """config.yaml's ``max_length`` (FunASR's max_new_tokens), if it sets one."""
+        return self.settings.max_length
+
+    def _language_name(self, language: str | None, *, verbatim: bool = False) -> str | None:
         if language is None or language.lower() == "auto":
             return None
         if language in LANGUAGES.values():
             return language
+        if verbatim and language.lower() not in LANGUAGES:
+            return language  # config.yaml's language goes into the prompt as written
         try:
             return LANGUAGES[language.lower()]
         except KeyError:
@@ -167,4 +278,5 @@ class FunAsrNanoAdapter(Adapter):
             ) from None
 
     def postprocess(self, text: str) -> str:
-        return _SPACES.sub(" ", _JUNK.sub(" ", text)).strip()
+        # FunASR prepends prev_text to the decoded answer
+        return _SPACES.sub(" ", _JUNK.sub(" ", self.settings.prev_text + text)).strip()

@@ -2,9 +2,14 @@
 
 Faithful to transformers' ``GlmAsrProcessor`` + ``GlmAsrForConditionalGeneration``:
 
-* Files: ``config.json`` (``model_type: glmasr``), ``model.safetensors`` with the legacy
-  prefixes ``audio_tower.*``, ``multi_modal_projector.*`` and ``language_model.*``, the
-  tokenizer, ``chat_template.jinja`` and ``preprocessor_config.json`` (WhisperFeatureExtractor,
+* Files: ``config.json`` (``model_type: glmasr``), ``model.safetensors`` (or shards with
+  an index) with the release prefixes ``audio_tower.*``, ``multi_modal_projector.*`` and
+  ``language_model.*`` — or any other naming transformers' ``from_pretrained`` loads
+  (``language_model.model.model.*`` from ``save_pretrained``, the in-memory
+  ``model.audio_tower.*``/``model.language_model.*``; see :mod:`asrctl.adapters._hf`), the
+  tokenizer, ``chat_template.jinja`` and ``preprocessor_config.json`` (or transformers 5's
+  ``processor_config.json``, whose ``audio_token`` and ``default_transcription_prompt`` are
+  honoured too) (WhisperFeatureExtractor,
   128 mel bins).
 * Audio (``asrctl.models.glm_asr``): Whisper log-mel in 30 s windows with a mask, the
   encoder with partial rotary embeddings (transformers' ``GlmAsrEncoder``, which loads the
@@ -33,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from asrctl.adapters._hf import Checkpoint, KeyLayout, config_dtype, set_dtype, weight_files
 from asrctl.adapters.base import (
     Adapter,
     AudioEncoder,
@@ -52,7 +58,7 @@ WEIGHTS = "model.safetensors"
 AUDIO_TOKEN = "<|pad|>"  # GlmAsrProcessor's audio_token default
 TRANSCRIBE_PROMPT = "Please transcribe this audio into text"  # its default_transcription_prompt
 MAX_AUDIO_SECONDS = 655.0  # GlmAsrProcessor's max_audio_len (≈ 8192 LLM positions)
-LLM_PREFIX = "language_model."
+KEYS = KeyLayout(audio=("audio_tower", "multi_modal_projector"))
 CONVERT_HINT = (
     "this is the older remote-code GLM-ASR-Nano layout (AutoModelForCausalLM with "
     "trust_remote_code, config.merge_factor); asrctl needs the transformers-native layout "
@@ -107,14 +113,13 @@ class GlmAsrAdapter(Adapter):
         title="GLM-ASR-Nano",
         sample_rate=16000,
         max_audio_seconds=MAX_AUDIO_SECONDS,
+        chat_text="instruction",
     )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile("config.json", "GlmAsrConfig (model_type glmasr)"),
-        RequiredFile(WEIGHTS, "weights: audio_tower.*, multi_modal_projector.*, language_model.*"),
         RequiredFile("tokenizer.json", "the GLM tokenizer"),
         RequiredFile("tokenizer_config.json", "the tokenizer's settings"),
         RequiredFile("chat_template.jinja", "the chat template that places the audio"),
-        RequiredFile("preprocessor_config.json", "WhisperFeatureExtractor settings (128 mels)"),
     )
 
     @classmethod
@@ -134,8 +139,27 @@ class GlmAsrAdapter(Adapter):
         return _read_json(self.model_dir / "config.json") or {}
 
     @functools.cached_property
+    def processor(self) -> dict:
+        """``processor_config.json`` (transformers 5 ``GlmAsrProcessor.save_pretrained``)."""
+        return _read_json(self.model_dir / "processor_config.json") or {}
+
+    @functools.cached_property
     def preprocessor(self) -> dict:
-        return _read_json(self.model_dir / "preprocessor_config.json") or {}
+        """The feature extractor's settings: ``preprocessor_config.json``, or the
+        ``feature_extractor`` block of ``processor_config.json`` (transformers 5 writes that)."""
+        own = _read_json(self.model_dir / "preprocessor_config.json")
+        if own is not None:
+            return own
+        block = self.processor.get("feature_extractor")
+        return block if isinstance(block, dict) else {}
+
+    @property
+    def audio_token(self) -> str:
+        return str(self.processor.get("audio_token") or AUDIO_TOKEN)
+
+    @property
+    def transcribe_prompt(self) -> str:
+        return str(self.processor.get("default_transcription_prompt") or TRANSCRIBE_PROMPT)
 
     @property
     def text_config(self) -> dict:
@@ -160,7 +184,12 @@ class GlmAsrAdapter(Adapter):
         if text_type != "llama":
             problems.append(f"config.json: text_config.model_type should be llama, not {text_type}")
         pre = self.preprocessor
-        if (
+        if not pre:
+            problems.append(
+                "missing preprocessor_config.json (or processor_config.json with a "
+                "feature_extractor block) — WhisperFeatureExtractor settings (128 mels)"
+            )
+        elif (
             pre.get("feature_extractor_type", "WhisperFeatureExtractor")
             != "WhisperFeatureExtractor"
         ):
@@ -169,7 +198,7 @@ class GlmAsrAdapter(Adapter):
                 f"WhisperFeatureExtractor, not {pre.get('feature_extractor_type')!r}"
             )
         mels = (self.config.get("audio_config") or {}).get("num_mel_bins", 128)
-        if int(pre.get("feature_size", 80)) != int(mels):
+        if pre and int(pre.get("feature_size", 80)) != int(mels):
             problems.append(
                 f"preprocessor_config.json: feature_size {pre.get('feature_size')} differs "
                 f"from audio_config.num_mel_bins {mels}"
@@ -187,13 +216,14 @@ class GlmAsrAdapter(Adapter):
             tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         except Exception as e:  # tokenizers raises a bare Exception on bad files
             return [f"tokenizer.json: cannot be loaded ({e})"]
-        audio_id = tok.token_to_id(AUDIO_TOKEN)
+        token = self.audio_token
+        audio_id = tok.token_to_id(token)
         if audio_id is None:
-            return [f"tokenizer.json: no {AUDIO_TOKEN} token (the audio placeholder)"]
+            return [f"tokenizer.json: no {token} token (the audio placeholder)"]
         expected = self.config.get("audio_token_id", audio_id)
         if expected != audio_id:
             return [
-                f"config.json: audio_token_id {expected} is not {AUDIO_TOKEN} "
+                f"config.json: audio_token_id {expected} is not {token} "
                 f"(id {audio_id} in tokenizer.json)"
             ]
         try:
@@ -202,25 +232,49 @@ class GlmAsrAdapter(Adapter):
             return [str(e)]
         return []
 
-    def _check_keys(self) -> list[str]:
-        from safetensors import safe_open
+    @functools.cached_property
+    def checkpoint(self) -> Checkpoint:
+        """The weights under release names, whichever layout transformers wrote."""
+        return Checkpoint.open(self.model_dir, KEYS)
 
+    @property
+    def layout(self) -> str:
+        """The on-disk layout recognised (for ``asrctl verify``)."""
+        return f"transformers glmasr, {self.checkpoint.layout}"
+
+    def tensor_groups(self) -> dict[str, int]:
+        """Tensor count per module, under release names (for ``asrctl verify``)."""
+        return self.checkpoint.groups()
+
+    def _check_keys(self) -> list[str]:
         try:
-            with safe_open(str(self.model_dir / WEIGHTS), framework="pt") as f:
-                keys = set(f.keys())
-        except Exception as e:  # safetensors raises its own error types
-            return [f"{WEIGHTS}: cannot be read ({e})"]
+            files = weight_files(self.model_dir)
+        except (ValueError, KeyError) as e:
+            return [f"model.safetensors.index.json: unreadable ({e})"]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            return [
+                f"missing weights file {n} — {WEIGHTS} or the shards of "
+                "model.safetensors.index.json (audio_tower.*, multi_modal_projector.*, "
+                "language_model.*)"
+                for n in absent
+            ]
+        try:
+            checkpoint = self.checkpoint
+        except ValueError as e:
+            return [str(e)]
         needed = (
             "audio_tower.conv1.weight",
             "multi_modal_projector.linear_1.weight",
             "multi_modal_projector.linear_2.weight",
             "language_model.model.embed_tokens.weight",
         )
-        missing = [k for k in needed if k not in keys]
+        missing = [k for k in needed if k not in checkpoint.names]
         if missing:
-            if any(k.startswith("audio_encoder.") for k in keys):
+            legacy = ("audio_encoder.", "model.audio_encoder.")
+            if any(k.startswith(legacy) for k in checkpoint.unknown):
                 return [f"{WEIGHTS}: {CONVERT_HINT}"]
-            return [f"{WEIGHTS}: missing {', '.join(missing)}"]
+            return [f"weights: missing {', '.join(missing)} (under any name transformers loads)"]
         return []
 
     # --- the LLM ----------------------------------------------------------------------
@@ -244,38 +298,28 @@ class GlmAsrAdapter(Adapter):
             "model_type": "llama",
             "tie_word_embeddings": self.tied,
         }
-        dtype = self.config.get("dtype") or self.config.get("torch_dtype")
-        if dtype and "dtype" not in config and "torch_dtype" not in config:
-            config["dtype"] = dtype
-        sources = [self.model_dir / WEIGHTS, self.model_dir / "config.json"]
+        # the checkpoint's dtype: the top-level one (what from_pretrained(dtype="auto") uses)
+        set_dtype(config, config_dtype(self.config, self.text_config) or "bfloat16")
+        index = self.model_dir / "model.safetensors.index.json"
+        sources = [*weight_files(self.model_dir), self.model_dir / "config.json"]
+        sources += [index] if index.is_file() else []
         sources += [self.model_dir / n for n in TOKENIZER_FILES if (self.model_dir / n).is_file()]
-        return LlmExport(config=config, tokenizer_dir=self.model_dir, sources=tuple(sources))
+        return LlmExport(
+            config=config,
+            tokenizer_dir=self.model_dir,
+            sources=tuple(sources),
+            config_source="config.json (text_config)",
+        )
 
     def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        from safetensors import safe_open
-
-        with safe_open(str(self.model_dir / WEIGHTS), framework="pt") as f:
-            for name in f.keys():
-                if not name.startswith(LLM_PREFIX):
-                    continue
-                key = name[len(LLM_PREFIX) :]
-                if key == "lm_head.weight" and self.tied:
-                    continue  # tied to model.embed_tokens.weight
-                yield key, f.get_tensor(name)
+        yield from self.checkpoint.llm_tensors(tied=self.tied)
 
     # --- audio and prompt ---------------------------------------------------------------
 
     def audio_encoder(self, device: str, dtype: torch.dtype) -> AudioEncoder:
-        from safetensors import safe_open
-
         from asrctl.models.glm_asr import GlmAsrAudio, WhisperFeatureOptions
 
-        with safe_open(str(self.model_dir / WEIGHTS), framework="pt") as f:
-            state = {
-                k: f.get_tensor(k)
-                for k in f.keys()
-                if k.startswith(("audio_tower.", "multi_modal_projector."))
-            }
+        state = dict(self.checkpoint.tensors(lambda n: n.startswith(KEYS.audio)))
         return GlmAsrAudio.from_checkpoint(
             self.config,
             WhisperFeatureOptions.from_config(self.preprocessor),
@@ -293,20 +337,30 @@ class GlmAsrAdapter(Adapter):
 
     @functools.cached_property
     def _rendered(self) -> tuple[str, str]:
-        template = (self.model_dir / "chat_template.jinja").read_text()
+        return self._render(self.transcribe_prompt)
+
+    @functools.cached_property
+    def _template(self) -> str:
+        return (self.model_dir / "chat_template.jinja").read_text()
+
+    def _render(self, instruction: str) -> tuple[str, str]:
+        """The prompt text around the audio: the model's chat template rendered for one
+        user message of the audio and ``instruction``."""
+        template = self._template
         messages = [
             {
                 "role": "user",
-                "content": [{"type": "audio"}, {"type": "text", "text": TRANSCRIBE_PROMPT}],
+                "content": [{"type": "audio"}, {"type": "text", "text": instruction}],
             }
         ]
         text = render_chat_template(template, messages, add_generation_prompt=True)
-        if text.count(AUDIO_TOKEN) != 1:
+        token = self.audio_token
+        if text.count(token) != 1:
             raise OptionsError(
-                f"chat_template.jinja: rendering one audio item gave {text.count(AUDIO_TOKEN)} "
-                f"{AUDIO_TOKEN} placeholders, expected 1"
+                f"chat_template.jinja: rendering one audio item gave {text.count(token)} "
+                f"{token} placeholders, expected 1"
             )
-        prefix, _, suffix = text.partition(AUDIO_TOKEN)
+        prefix, _, suffix = text.partition(token)
         return prefix, suffix
 
     def prompt(self, options: PromptOptions) -> Prompt:
@@ -317,5 +371,8 @@ class GlmAsrAdapter(Adapter):
                 "GLM-ASR-Nano detects the language itself", hint="drop --language or pass auto"
             )
         # itn: the model has no switch for it ("where the model supports it"): ignored.
-        prefix, suffix = self._rendered
+        if options.instruction is None:
+            prefix, suffix = self._rendered
+        else:  # a chat client's own instruction, as GLM-ASR's vLLM users send it
+            prefix, suffix = self._render(options.instruction)
         return Prompt(prefix=prefix, suffix=suffix)

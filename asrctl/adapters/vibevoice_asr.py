@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from asrctl.adapters._hf import Checkpoint, KeyLayout, config_dtype, set_dtype, weight_files
 from asrctl.adapters.base import (
     Adapter,
     AudioEncoder,
@@ -75,6 +76,15 @@ AUDIO_TOKENS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")  # added by the p
 QWEN_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 GENERATED_FILES = (*QWEN_FILES, "added_tokens.json", "special_tokens_map.json")
 HOP = 3200
+HF_KEYS = KeyLayout(
+    audio=("acoustic_tokenizer_encoder", "semantic_tokenizer_encoder", "multi_modal_projector")
+)
+ORIGINAL_AUDIO = (
+    "model.acoustic_tokenizer",
+    "model.semantic_tokenizer",
+    "model.acoustic_connector",
+    "model.semantic_connector",
+)
 MAX_SECONDS = 3600.0
 _START = ("Start", "Start time", "start_time", "start")
 _END = ("End", "End time", "end_time", "end")
@@ -268,6 +278,7 @@ class VibeVoiceAsrAdapter(Adapter):
         title="VibeVoice-ASR",
         sample_rate=24000,
         max_audio_seconds=MAX_SECONDS,
+        writes_segments=True,
     )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile("config.json", "VibeVoice config (model_type vibevoice or vibevoice_asr)"),
@@ -297,11 +308,19 @@ class VibeVoiceAsrAdapter(Adapter):
         return dict(self.config.get("text_config" if self.hf_layout else "decoder_config") or {})
 
     def weight_files(self) -> list[Path]:
-        index = self.model_dir / "model.safetensors.index.json"
-        if index.is_file():
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [self.model_dir / n for n in names]
-        return [self.model_dir / "model.safetensors"]
+        return weight_files(self.model_dir)
+
+    @functools.cached_property
+    def checkpoint(self) -> Checkpoint:
+        """The -HF weights under release names, whichever layout transformers wrote."""
+        return Checkpoint.open(self.model_dir, HF_KEYS)
+
+    @property
+    def layout(self) -> str:
+        """The on-disk layout recognised (for ``asrctl verify``)."""
+        if not self.hf_layout:
+            return "original microsoft/VibeVoice-ASR (model.*, lm_head.weight)"
+        return f"transformers vibevoice_asr, {self.checkpoint.layout}"
 
     def check_contents(self) -> list[str]:
         problems = []
@@ -331,11 +350,52 @@ class VibeVoiceAsrAdapter(Adapter):
             for f in files
             if not f.is_file()
         ]
+        if not problems:
+            problems += self._check_weights()
         if not (self.model_dir / "tokenizer.json").is_file():
             problems.append(f"missing tokenizer.json. {TOKENIZER_HINT}")
         else:
             problems += self._check_tokenizer()
         return problems
+
+    def _check_weights(self) -> list[str]:
+        """Headers readable; every audio module present (the LLM is checked at export)."""
+        if self.hf_layout:
+            try:
+                groups = self.checkpoint.groups()
+            except ValueError as e:
+                return [str(e)]
+            wanted = HF_KEYS.audio
+        else:
+            from safetensors import safe_open
+
+            groups = {}
+            for path in self.weight_files():
+                try:
+                    with safe_open(str(path), framework="pt") as f:
+                        for key in f.keys():
+                            group = ".".join(key.split(".")[:2])
+                            groups[group] = groups.get(group, 0) + 1
+                except Exception as e:  # safetensors raises its own error types
+                    return [f"{path.name}: not a readable safetensors file ({e})"]
+            wanted = ORIGINAL_AUDIO
+        missing = [g for g in wanted if g not in groups]
+        return [f"weights: no {g}.* tensors" for g in missing]
+
+    def tensor_groups(self) -> dict[str, int]:
+        """Tensor count per module (for ``asrctl verify``), under release names for -HF."""
+        if self.hf_layout:
+            return self.checkpoint.groups()
+        from safetensors import safe_open
+
+        groups: dict[str, int] = {}
+        for path in self.weight_files():
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    depth = 3 if key.startswith("model.language_model.") else 2
+                    group = ".".join(key.split(".")[:depth])
+                    groups[group] = groups.get(group, 0) + 1
+        return groups
 
     def _check_tokenizer(self) -> list[str]:
         from tokenizers import Tokenizer
@@ -366,13 +426,22 @@ class VibeVoiceAsrAdapter(Adapter):
         ids = self._special_ids
         # the answer ends with <|im_end|>; the -HF generation config names <|endoftext|>
         config["eos_token_id"] = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-        config.setdefault("torch_dtype", self.config.get("torch_dtype", "bfloat16"))
+        # the checkpoint's dtype: the top-level one (what from_pretrained(dtype="auto") uses)
+        set_dtype(config, config_dtype(self.config, self.text_config) or "bfloat16")
+        if self.hf_layout:
+            config["tie_word_embeddings"] = self.tied
         sources = [self.model_dir / "config.json", *self.weight_files()]
         index = self.model_dir / "model.safetensors.index.json"
         if index.is_file():
             sources.append(index)
         sources += [self.model_dir / n for n in TOKENIZER_FILES if (self.model_dir / n).is_file()]
-        return LlmExport(config=config, tokenizer_dir=self.model_dir, sources=tuple(sources))
+        block = "text_config" if self.hf_layout else "decoder_config"
+        return LlmExport(
+            config=config,
+            tokenizer_dir=self.model_dir,
+            sources=tuple(sources),
+            config_source=f"config.json ({block})",
+        )
 
     def _tensors(self, want) -> Iterator[tuple[str, torch.Tensor]]:
         from safetensors import safe_open
@@ -383,7 +452,18 @@ class VibeVoiceAsrAdapter(Adapter):
                     if want(name):
                         yield name, f.get_tensor(name)
 
+    @property
+    def tied(self) -> bool:
+        return bool(
+            self.config.get(
+                "tie_word_embeddings", self.text_config.get("tie_word_embeddings", False)
+            )
+        )
+
     def llm_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        if self.hf_layout:
+            yield from self.checkpoint.llm_tensors(tied=self.tied)
+            return
         prefix = "model.language_model."
         for name, t in self._tensors(lambda n: n.startswith(prefix) or n == "lm_head.weight"):
             yield ("model." + name[len(prefix) :] if name.startswith(prefix) else name), t
@@ -414,10 +494,8 @@ class VibeVoiceAsrAdapter(Adapter):
         acoustic, semantic = self.encoder_dims()
         state = {}
         if self.hf_layout:
-            for name, t in self._tensors(
-                lambda n: not n.startswith(("model.language_model.", "lm_head"))
-            ):
-                mapped = hf_to_original(name.removeprefix("model."))
+            for name, t in self.checkpoint.tensors(lambda n: not n.startswith("language_model.")):
+                mapped = hf_to_original(name)
                 if mapped is not None:
                     state[mapped] = t
         else:

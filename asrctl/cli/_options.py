@@ -117,6 +117,13 @@ SamplingOverrideOpt = Annotated[
         """'{"temperature": 0, "repetition_penalty": 1.1}'.""",
     ),
 ]
+AllowedMediaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--allowed-local-media-path",
+        help="Let chat requests name file:// audio under this folder (off by default).",
+    ),
+]
 ResumeOpt = Annotated[
     bool,
     typer.Option("--resume", help="Skip keys already in OUT/results.jsonl and append the rest."),
@@ -383,6 +390,34 @@ ServeVadOpt = Annotated[
         "--vad",
         help="Accept audio longer than the model's window: split it at pauses (Silero VAD) "
         "and answer with the stitched text and segment times.",
+        rich_help_panel=SERVER,
+    ),
+]
+EmbeddingCacheMbOpt = Annotated[
+    float,
+    typer.Option(
+        "--embedding-cache-mb",
+        min=0,
+        help="Memory (MiB) for recent audio embeddings: the same audio sent again is not "
+        "encoded again (0: off).",
+        rich_help_panel=SERVER,
+    ),
+]
+WsMaxSessionsOpt = Annotated[
+    int,
+    typer.Option(
+        "--ws-max-sessions",
+        min=1,
+        help="Most /ws (live) sessions open at once; more are refused with 503.",
+        rich_help_panel=SERVER,
+    ),
+]
+WsIdleTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--ws-idle-timeout",
+        min=0.001,
+        help="Seconds a /ws session may send nothing before it is closed.",
         rich_help_panel=SERVER,
     ),
 ]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 
 from asrctl.cli._options import (
+    AllowedMediaOpt,
     ApiKeyOpt,
     BatchWindowMsOpt,
     CacheDirOpt,
     DeviceOpt,
     DtypeOpt,
+    EmbeddingCacheMbOpt,
     EncoderBatchSizeOpt,
     EncoderDtypeOpt,
     EnforceEagerOpt,
@@ -27,6 +29,8 @@ from asrctl.cli._options import (
     ServeVadOpt,
     ShutdownTimeoutOpt,
     TensorParallelOpt,
+    WsIdleTimeoutOpt,
+    WsMaxSessionsOpt,
 )
 
 API_KEY_ENV = "ASRCTL_API_KEY"
@@ -56,13 +60,17 @@ def serve(
     enforce_eager: EnforceEagerOpt = False,
     vad: ServeVadOpt = False,
     sampling_override: SamplingOverrideOpt = None,
+    allowed_local_media_path: AllowedMediaOpt = None,
+    ws_max_sessions: WsMaxSessionsOpt = 100,
+    ws_idle_timeout: WsIdleTimeoutOpt = 60.0,
+    embedding_cache_mb: EmbeddingCacheMbOpt = 256.0,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
     from asrctl.cli._common import engine_options
     from asrctl.pipeline import SamplingOverride
     from asrctl.server.app import serve as run_server
-    from asrctl.server.options import ServerOptions
+    from asrctl.server.options import RealtimeOptions, ServerOptions
 
     options = ServerOptions(
         host=host,
@@ -79,9 +87,12 @@ def serve(
         encoder_dtype=encoder_dtype,
         cache_dir=cache_dir,
         vad=vad,
+        allowed_local_media_path=allowed_local_media_path,
         sampling_override=(
             SamplingOverride.parse(sampling_override) if sampling_override else SamplingOverride()
         ),
+        embedding_cache_mb=embedding_cache_mb,
+        realtime=RealtimeOptions(max_sessions=ws_max_sessions, idle_timeout_s=ws_idle_timeout),
     )
     engine = engine_options(
         dtype=dtype,

@@ -23,8 +23,9 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from asrctl.embedding_cache import CachedEncoder, EmbeddingCache
 from asrctl.engine import EngineOptions
-from asrctl.server import funasr_api, openai_api, realtime
+from asrctl.server import chat_api, funasr_api, openai_api, openai_realtime, realtime
 from asrctl.server.engine import AsyncModel
 from asrctl.server.errors import ApiError, install_handlers
 from asrctl.server.metrics import Metrics, endpoint_label
@@ -33,7 +34,8 @@ from asrctl.server.state import ServerState
 
 log = logging.getLogger("asrctl.server")
 
-UPLOAD_PATHS = ("/v1/audio/transcriptions", "/asr")
+UPLOAD_PATHS = ("/v1/audio/transcriptions", "/asr", "/v1/chat/completions")
+BASE64_PATHS = ("/v1/chat/completions",)  # audio inline as base64: 4/3 of its size
 # Routes that need the key when one is set; /health and /metrics stay open for probes
 # and scrapers (/metrics shows no paths or versions: see Metrics.render).
 PROTECTED_PATHS = (*UPLOAD_PATHS, "/openapi.json")
@@ -60,8 +62,10 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.asr = state
     install_handlers(app)
     app.include_router(openai_api.router)
+    app.include_router(chat_api.router)
     app.include_router(funasr_api.router)
     app.include_router(realtime.router)
+    app.include_router(openai_realtime.router)
 
     @app.get("/health")
     async def health() -> Response:
@@ -96,6 +100,7 @@ class Gatekeeper:
         self.app = app
         self.state = state
         self.max_body = state.options.max_upload_bytes + FORM_OVERHEAD
+        self.max_base64_body = state.options.max_upload_bytes * 4 // 3 + FORM_OVERHEAD
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -117,7 +122,7 @@ class Gatekeeper:
             if error is not None:
                 await error.response()(scope, receive, send_status)
                 return
-            await self.app(scope, self._counting(receive), send_status)
+            await self.app(scope, self._counting(receive, self._cap(scope["path"])), send_status)
         except _TooLarge:
             if status["code"] is None:
                 await self._too_large().response()(scope, receive, send_status)
@@ -142,7 +147,7 @@ class Gatekeeper:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         length = headers.get("content-length", "")
-        if path in UPLOAD_PATHS and length.isdigit() and int(length) > self.max_body:
+        if path in UPLOAD_PATHS and length.isdigit() and int(length) > self._cap(path):
             return self._too_large()
         return None
 
@@ -155,7 +160,10 @@ class Gatekeeper:
             code="file_too_large",
         )
 
-    def _counting(self, receive: Any) -> Any:
+    def _cap(self, path: str) -> int:
+        return self.max_base64_body if path in BASE64_PATHS else self.max_body
+
+    def _counting(self, receive: Any, cap: int) -> Any:
         seen = 0
 
         async def counted() -> dict:
@@ -163,7 +171,7 @@ class Gatekeeper:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
+                if seen > cap:
                     raise _TooLarge
             return message
 
@@ -191,6 +199,9 @@ async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOp
         sampling_override=options.sampling_override,
         on_batch=metrics.on_encoder_batch,
     )
+    if options.embedding_cache_mb > 0:  # the same audio sent again is not encoded again
+        cache = EmbeddingCache(int(options.embedding_cache_mb * (1 << 20)))
+        model.pipeline.encoder = CachedEncoder(model.encoder, model.sample_rate, cache)
     state = ServerState.create(model, options, Path(model_dir), metrics)
     config = uvicorn.Config(
         create_app(state),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from asrctl.adapters.base import Adapter, PromptOptions
 from asrctl.engine import AsyncEngine, EngineOptions, Generation
 from asrctl.errors import EngineError, OptionsError
+from asrctl.models.encoder import AudioEncoder
 from asrctl.pipeline import DecodeOptions, Encoded, Pipeline, SamplingOverride, engine_failure
 from asrctl.results import Transcript
 from asrctl.server.batching import BatcherClosed, EncoderBatcher
@@ -120,6 +121,11 @@ class AsyncModel:
     @property
     def sample_rate(self) -> int:
         return self.pipeline.sample_rate
+
+    @property
+    def llm_dir(self) -> Path:
+        """The exported LLM folder vLLM runs (config and tokenizer)."""
+        return self.pipeline.prepared.llm_dir
 
     @property
     def max_model_len(self) -> int:

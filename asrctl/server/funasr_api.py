@@ -1,12 +1,13 @@
 """``POST /asr``: FunASR's offline service (``funasr-server``, ``serve_vllm.py``).
 
-Multipart ``file``, ``language``, ``hotwords`` (comma-separated) and ``timestamp``; the
-reply is FunASR's ``{text, segments: [{text, start, end}], duration, processing_time,
-rtf}``. FunASR runs a VAD first and returns one segment per speech stretch; asrctl
-transcribes the upload in one pass (up to the model's limit), so it returns one segment
-spanning the audio (``serve --vad``: one per VAD segment). ``timestamp=true`` adds each
-segment's ``words: [{word, start, end}]`` where the model times words (Fun-ASR-Nano with
-its CTC head), else a ``notes`` entry; speakers (``spk=true``) are refused with a 400.
+Multipart ``file``, ``language`` (a code or a name: ``zh``, ``中文``, ``English``),
+``hotwords`` (comma-separated), ``timestamp`` and ``spk``; the reply is FunASR's ``{text,
+segments: [{text, start, end}], duration, processing_time, rtf}``. As FunASR's service
+does, audio longer than the model's window is split by VAD (one segment per speech
+stretch, up to ``--max-audio-seconds``, default an hour); shorter audio goes through in
+one pass as one segment. ``timestamp=true`` adds each segment's ``words: [{word, start,
+end}]`` where the model times words (Fun-ASR-Nano with its CTC head), else a ``notes``
+entry; ``spk=true`` is accepted with a ``notes`` entry saying no speaker labels are given.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from asrctl.server.state import ServerState
 from asrctl.server.uploads import decode_upload, form_bool, form_text, read_form
 
 ENDPOINT = "/asr"
+SPK_NOTE = "speaker labels (spk) are not available yet: segments carry no speaker"
 
 router = APIRouter()
 
@@ -37,13 +39,7 @@ async def asr(request: Request) -> JSONResponse:
     start = time.perf_counter()
     form = await read_form(request)
     try:
-        if form_bool(form, "spk"):
-            raise ApiError(
-                400,
-                "speaker diarization (spk) is not available",
-                param="spk",
-                code="unsupported_value",
-            )
+        spk = form_bool(form, "spk")
         timestamp = form_bool(form, "timestamp")
         hotwords = form_text(form, "hotwords") or ""
         if len(hotwords) > MAX_PROMPT_CHARS:
@@ -51,18 +47,19 @@ async def asr(request: Request) -> JSONResponse:
                 400, f"hotwords may hold at most {MAX_PROMPT_CHARS} characters", param="hotwords"
             )
         prompt = PromptOptions(
-            language=(form_text(form, "language") or "").strip() or None,
+            language=state.language(form_text(form, "language")),
             hotwords=tuple(w.strip() for w in hotwords.split(",") if w.strip()),
         )
         state.check_prompt(PromptOptions(language=prompt.language), "language")
         state.check_prompt(prompt, "hotwords")
-        audio = await decode_upload(
-            form, limits=state.limits, sample_rate=state.model.sample_rate, pool=state.pool
+        audio = await decode_upload(  # long audio is split by VAD, as FunASR's service does
+            form, limits=state.long_limits, sample_rate=state.model.sample_rate, pool=state.pool
         )
     finally:
         await form.close()
     words = timestamp and state.model.word_timing
-    result = await state.transcribe(ENDPOINT, audio, prompt, DecodeOptions(word_timestamps=words))
+    decode = DecodeOptions(word_timestamps=words)
+    result = await state.transcribe(ENDPOINT, audio, prompt, decode, vad=True)
     elapsed = time.perf_counter() - start
     segments = [
         {"text": s.text, "start": s.start, "end": s.end} for s in formats.segments_of(result)
@@ -76,8 +73,11 @@ async def asr(request: Request) -> JSONResponse:
         "processing_time": round(elapsed, 3),
         "rtf": round(elapsed / result.duration, 4) if result.duration > 0 else 0,
     }
-    if timestamp:
-        body["notes"] = formats.notes_of(result, state.title)
+    notes = formats.notes_of(result, state.title) if timestamp else []
+    if spk:  # FunASR's clients always send it: accepted, and said what it gives
+        notes.append(SPK_NOTE)
+    if notes:
+        body["notes"] = notes
     return JSONResponse(body)
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -61,6 +63,9 @@ class TranscriptionRequest:
     prompt: PromptOptions
     decode: DecodeOptions
     stream: bool
+    # "vllm": vLLM's transcription chunks (``choices[0].delta.content``, usage, [DONE]),
+    # for clients that send vLLM's stream fields (``vllm bench serve``); else OpenAI's
+    stream_format: str = "openai"
 
 
 @router.post(ENDPOINT)
@@ -84,8 +89,9 @@ async def create_transcription(request: Request) -> Response:
             code="unsupported_value",
         )
     if req.stream:
+        events = _vllm_chunks if req.stream_format == "vllm" else _events
         return StreamingResponse(
-            _events(state, audio, req),
+            events(state, audio, req),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -120,18 +126,22 @@ def parse_request(form: FormData, state: ServerState) -> TranscriptionRequest:
     words = _check_granularities(form, state.title, state.model.word_timing)
     language = (form_text(form, "language") or "").strip() or None
     prompt = PromptOptions(
-        language=language,
+        language=state.language(language),
         hotwords=hotwords_from(form),
         itn=not form_bool(form, "no_itn"),
     )
-    state.check_prompt(PromptOptions(language=language), "language")
+    state.check_prompt(PromptOptions(language=prompt.language), "language")
     state.check_prompt(prompt, "prompt")
     decode = decode_options(
         form,
         logprobs=response_format == "verbose_json",
         word_timestamps=words and response_format == "verbose_json",
     )
-    return TranscriptionRequest(model, response_format, language, prompt, decode, stream)
+    vllm_fields = ("stream_include_usage", "stream_continuous_usage_stats")
+    stream_format = "vllm" if any(form.get(n) is not None for n in vllm_fields) else "openai"
+    return TranscriptionRequest(
+        model, response_format, language, prompt, decode, stream, stream_format
+    )
 
 
 # Sampling fields a client may send, each honoured (DecodeOptions' field of that name);
@@ -170,6 +180,12 @@ def hotwords_from(form: FormData) -> tuple[str, ...]:
             f"prompt and keywords may hold at most {MAX_PROMPT_CHARS} characters",
             param="prompt",
         )
+    return split_hotwords(*texts)
+
+
+def split_hotwords(*texts: str) -> tuple[str, ...]:
+    """Hotwords of free text: split at commas, enumeration commas, semicolons and line
+    breaks; duplicates dropped, order kept."""
     words = (w.strip() for t in texts for w in _HOTWORD_SPLIT.split(t))
     return tuple(dict.fromkeys(w for w in words if w))
 
@@ -211,6 +227,11 @@ def _model_card(state: ServerState, name: str) -> dict:
         "object": "model",
         "created": state.created,
         "owned_by": "asrctl",
+        # as vLLM's cards: the folder holding the LLM's tokenizer (vllm bench serve loads
+        # its tokenizer from here when not given --model/--tokenizer)
+        "root": str(state.model.llm_dir),
+        "parent": None,
+        "max_model_len": state.model.max_model_len,
         "family": family.name,
         "max_audio_seconds": state.limits.max_seconds,
         "languages": sorted(family.languages),
@@ -236,6 +257,38 @@ async def _events(state: ServerState, audio, req: TranscriptionRequest) -> Async
                 yield formats.sse(formats.done_event(progress.result))
     except ApiError as e:
         yield formats.sse(e.body(), name="error")
+
+
+async def _vllm_chunks(state: ServerState, audio, req: TranscriptionRequest) -> AsyncIterator[str]:
+    """vLLM's transcription stream: ``transcription.chunk`` objects whose
+    ``choices[0].delta.content`` grows the text, a usage chunk, then ``data: [DONE]``."""
+    head = {
+        "id": f"trsc-{uuid.uuid4().hex}",
+        "object": "transcription.chunk",
+        "created": int(time.time()),
+        "model": req.model,
+    }
+    sent = ""
+    try:
+        async for progress in state.stream(ENDPOINT, audio, req.prompt, req.decode):
+            result = progress.result
+            text = result.text if result else progress.text.rstrip()
+            if len(text) > len(sent) and text.startswith(sent):
+                delta = {"content": text[len(sent) :]}
+                yield formats.sse({**head, "choices": [{"delta": delta, "finish_reason": None}]})
+                sent = text
+            if result is not None:
+                done = {"delta": {}, "finish_reason": result.finish_reason or "stop"}
+                yield formats.sse({**head, "choices": [done]})
+                usage = {
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": len(result.token_ids),
+                    "total_tokens": result.prompt_tokens + len(result.token_ids),
+                }
+                yield formats.sse({**head, "choices": [], "usage": usage})
+    except ApiError as e:
+        yield formats.sse(e.body())
+    yield "data: [DONE]\n\n"
 
 
 def _float(value: str | None, name: str, *, default: float) -> float:

@@ -26,6 +26,10 @@ class RealtimeOptions:
         speech_pad_s: audio kept before an utterance's first speech frame.
         max_utterance_s: an utterance is cut here even without silence (None: the
             model's own per-pass limit, else 20 s).
+        max_sessions: most ``/ws`` sessions open at once; more are refused (503) before
+            the upgrade (None: no cap).
+        idle_timeout_s: a session that sends nothing (no audio, no command) for this long
+            gets an error event and is closed.
     """
 
     first_partial_s: float = 0.48
@@ -36,6 +40,14 @@ class RealtimeOptions:
     min_silence_s: float = 0.5
     speech_pad_s: float = 0.2
     max_utterance_s: float | None = None
+    max_sessions: int | None = 100
+    idle_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_sessions is not None and self.max_sessions < 1:
+            raise OptionsError("--ws-max-sessions must be at least 1")
+        if not self.idle_timeout_s > 0:
+            raise OptionsError("--ws-idle-timeout must be greater than 0")
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,10 @@ class ServerOptions:
             (Silero VAD) and stitch the texts back (segments with their times).
         sampling_override: decoding settings pinned by the operator; they beat what
             clients send, on every endpoint.
+        allowed_local_media_path: chat requests may name ``file://`` audio under this
+            folder (None: never; the server reads no path a request names otherwise).
+        embedding_cache_mb: memory for the audio embeddings of recent requests, so the
+            same audio sent again is not encoded again (0: no cache).
     """
 
     host: str = "127.0.0.1"
@@ -81,6 +97,8 @@ class ServerOptions:
     realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
     vad: bool = False
     sampling_override: SamplingOverride = field(default_factory=SamplingOverride)
+    allowed_local_media_path: Path | None = None
+    embedding_cache_mb: float = 256.0
 
     def __post_init__(self) -> None:
         self._verify()
@@ -94,6 +112,8 @@ class ServerOptions:
             raise OptionsError("--max-audio-seconds must be positive")
         if not 0 <= self.batch_window_ms <= 1000:
             raise OptionsError("--batch-window-ms must be between 0 and 1000")
+        if self.embedding_cache_mb < 0:
+            raise OptionsError("--embedding-cache-mb must be 0 or more")
         if self.encoder_batch_size < 1:
             raise OptionsError("--encoder-batch-size must be at least 1")
         resolve_encoder_dtype(self.encoder_dtype)  # fails fast, naming the choices
@@ -106,6 +126,9 @@ class ServerOptions:
                 "an API key (--api-key or $ASRCTL_API_KEY) must not contain whitespace",
                 hint="pass several keys as repeated --api-key options",
             )
+        media = self.allowed_local_media_path
+        if media is not None and not media.is_dir():
+            raise OptionsError(f"--allowed-local-media-path {media} is not a folder")
         if any(not n.strip() for n in self.served_model_names):
             raise OptionsError("--served-model-name must not be empty")
 

@@ -1,7 +1,7 @@
 """``/ws``: live transcription over a WebSocket, in FunASR's realtime protocol.
 
 Client → server: text ``START``, optional ``LANGUAGE:zh`` and ``HOTWORDS:a,b``, binary
-frames of PCM16 little-endian mono audio at the model's rate (16 kHz), text ``STOP``.
+frames of PCM16 little-endian mono audio at 16 kHz (whatever the model's rate), text ``STOP``.
 
 Server → client (``funasr-realtime-server``'s shapes):
 
@@ -17,7 +17,12 @@ While an utterance is open, it is re-decoded from its start (cumulative re-encod
 FunASR does) once ``first_partial_s`` of it has arrived and then every
 ``partial_interval_s`` of new audio; one partial decode runs at a time per session, and
 sessions share the engine's batching with HTTP requests. When the endpointer closes the
-utterance it is decoded once more, in full, and locked as a sentence.
+utterance it is decoded once more, in full, and locked as a sentence. That logic lives in
+:class:`asrctl.streaming.StreamingSession` (shared with the library's ``ASR.stream``); this
+module is the transport: the protocol, PCM16 decoding, resampling 16 kHz PCM to the model's
+rate (VibeVoice-ASR: 24 kHz), the session cap (``max_sessions``: more are refused with 503
+before the upgrade) and the idle timeout (``idle_timeout_s`` without a message: an error
+event, then close code 1001).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 from fastapi import APIRouter, WebSocket
@@ -34,17 +40,19 @@ from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from asrctl.adapters.base import PromptOptions
-from asrctl.server.endpointing import make_endpointer
+from asrctl.audio import load_audio
 from asrctl.server.engine import DecodeOptions
 from asrctl.server.errors import ApiError, error_body
 from asrctl.server.openai_api import MAX_PROMPT_CHARS
 from asrctl.server.state import ServerState
+from asrctl.streaming import StreamingSession, StreamUpdate
 
 log = logging.getLogger("asrctl.server")
 
 ENDPOINT = "/ws"
-MIN_DECODE_S = 0.1  # shorter stretches are not worth a decode
+PCM_RATE = 16000  # the protocol's PCM rate, whatever the model's
 PCM16_FULL_SCALE = 32768.0
+IDLE_CLOSE_CODE = 1001  # "going away"
 
 router = APIRouter()
 
@@ -52,15 +60,48 @@ router = APIRouter()
 @router.websocket(ENDPOINT)
 async def realtime(websocket: WebSocket) -> None:
     state: ServerState = websocket.app.state.asr
+    async with live_session(websocket, state, ENDPOINT) as admitted:
+        if admitted:
+            await _run_session(state, websocket)
+
+
+@contextlib.asynccontextmanager
+async def live_session(
+    websocket: WebSocket, state: ServerState, endpoint: str
+) -> AsyncIterator[bool]:
+    """Admit a WebSocket session (its key, the server's session cap) and count it while it
+    lives; yields False when it was refused (the refusal already sent)."""
     metrics = state.metrics
     if not state.authorized(websocket.headers, websocket.query_params):
-        metrics.requests.labels(ENDPOINT, "401").inc()
+        metrics.requests.labels(endpoint, "401").inc()
         body = error_body(401, "missing or invalid API key", code="invalid_api_key")
         await websocket.send_denial_response(JSONResponse(body, status_code=401))
+        yield False
         return
-    await websocket.accept()
-    metrics.requests.labels(ENDPOINT, "101").inc()
-    metrics.ws_sessions.inc()
+    app_state = websocket.app.state
+    open_sessions = getattr(app_state, "ws_open", 0)
+    cap = state.options.realtime.max_sessions
+    if cap is not None and open_sessions >= cap:
+        metrics.requests.labels(endpoint, "503").inc()
+        message = f"too many live sessions (at most {cap}); try again later"
+        body = error_body(503, message, code="too_many_sessions")
+        await websocket.send_denial_response(JSONResponse(body, status_code=503))
+        yield False
+        return
+    app_state.ws_open = open_sessions + 1  # no await since the read: no race
+    try:
+        await websocket.accept()
+        metrics.requests.labels(endpoint, "101").inc()
+        metrics.ws_sessions.inc()
+        try:
+            yield True
+        finally:
+            metrics.ws_sessions.dec()
+    finally:
+        app_state.ws_open -= 1
+
+
+async def _run_session(state: ServerState, websocket: WebSocket) -> None:
     session = RealtimeSession(state, websocket)
     try:
         await session.run()
@@ -72,41 +113,42 @@ async def realtime(websocket: WebSocket) -> None:
             await session.send({"event": "error", "error": f"internal error: {e}"})
             await websocket.close(code=1011)
     finally:
-        await session.cancel_partial()
-        metrics.ws_sessions.dec()
+        await session.stream.cancel_partial()
 
 
 class RealtimeSession:
-    """One connection's audio, endpointer, locked sentences and partial text."""
+    """One connection: the protocol around a :class:`~asrctl.streaming.StreamingSession`."""
 
     def __init__(self, state: ServerState, websocket: WebSocket) -> None:
         self.state = state
         self.websocket = websocket
         self.options = state.options.realtime
-        self.rate = state.model.sample_rate
         self.prompt = PromptOptions()
         self._send_lock = asyncio.Lock()
-        self._partial_task: asyncio.Task | None = None
+        self.stream = StreamingSession(
+            self._decode,
+            PCM_RATE,
+            self.options,
+            model_max_s=state.model.adapter.family.max_audio_seconds,
+            on_update=self._send_update,
+        )
         self.reset()
 
     def reset(self) -> None:
-        family = self.state.model.adapter.family
-        self.endpointer = make_endpointer(self.options, self.rate, family.max_audio_seconds)
+        self.stream.reset()
         self.active = False
         self.warned = False
-        self.audio = np.zeros(0, dtype=np.float32)  # kept samples
-        self.audio_start = 0  # stream index of self.audio[0]
-        self.total = 0  # samples received
         self.odd_byte = b""
-        self.sentences: list[dict] = []
-        self.partial = ""
-        self.partial_start = 0
-        self.utterance = 0  # bumped at each lock; stale partials are dropped
-        self.decoded_to: int | None = None  # stream index of the last partial decode
 
     async def run(self) -> None:
+        idle = self.options.idle_timeout_s
         while True:
-            message = await self.websocket.receive()
+            try:
+                message = await asyncio.wait_for(self.websocket.receive(), idle)
+            except TimeoutError:
+                await self.send({"event": "error", "error": f"idle for {idle:g} s: closing"})
+                await self.websocket.close(code=IDLE_CLOSE_CODE)
+                return
             if message["type"] == "websocket.disconnect":
                 return
             if message.get("text") is not None:
@@ -118,7 +160,7 @@ class RealtimeSession:
         command, _, value = text.strip().partition(":")
         command = command.strip().upper()
         if command == "START":
-            await self.cancel_partial()
+            await self.stream.cancel_partial()
             self.reset()  # keeps LANGUAGE/HOTWORDS sent before START
             self.active = True
             await self.send({"event": "started"})
@@ -140,8 +182,8 @@ class RealtimeSession:
                 await self.send({"event": "hotwords_set", "hotwords": list(words)})
         elif command == "STOP":
             if self.active:
-                await self.send(await self.finish())
-            self.active = False
+                self.active = False
+                await self.send(message(await self.stream.finish()))
             await self.send({"event": "stopped"})
         else:
             await self.send({"event": "error", "error": f"unknown command {text.strip()[:40]!r}"})
@@ -156,88 +198,21 @@ class RealtimeSession:
         whole = len(data) - len(data) % 2
         self.odd_byte = data[whole:]
         samples = np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / PCM16_FULL_SCALE
-        self.audio = np.concatenate([self.audio, samples])
-        self.total += len(samples)
-        ended = self.endpointer.feed(samples)
-        for start, end in ended:
-            await self.lock(start, end)
-        if ended:
-            await self.send(self.result(is_final=False))
-        self._trim()
-        self._maybe_partial()
-
-    async def finish(self) -> dict:
-        """STOP: lock the utterance in progress and return the final result."""
-        await self.cancel_partial()
-        for start, end in self.endpointer.flush():
-            await self.lock(start, end)
-        return self.result(is_final=True)
-
-    async def lock(self, start: int, end: int) -> None:
-        """Decode a closed utterance in full and add it to the sentences."""
-        await self.cancel_partial()
-        self.utterance += 1
-        self.partial, self.decoded_to = "", None
-        text = await self._decode(start, end, max_tokens=None)
-        if text:
-            self.sentences.append({"text": text, "start": self._ms(start), "end": self._ms(end)})
-
-    def result(self, *, is_final: bool) -> dict:
-        """A result message; ``partial_start_ms`` is where the open utterance (if any)
-        began, else the end of the audio so far, as in FunASR."""
-        if is_final:
-            partial, partial_start = "", 0
-        elif self.partial:
-            partial, partial_start = self.partial, self._ms(self.partial_start)
-        else:
-            start = self.endpointer.speech_start
-            partial, partial_start = "", self._ms(self.total if start is None else start)
-        return {
-            "sentences": list(self.sentences),
-            "partial": partial,
-            "partial_start_ms": partial_start,
-            "duration_ms": self._ms(self.total),
-            "is_final": is_final,
-        }
+        await self.stream.feed(samples)
 
     async def send(self, message: dict) -> None:
         async with self._send_lock:
             await self.websocket.send_text(json.dumps(message, ensure_ascii=False))
 
-    async def cancel_partial(self) -> None:
-        task, self._partial_task = self._partial_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async def _send_update(self, update: StreamUpdate) -> None:
+        if self.active:
+            await self.send(message(update))
 
-    def _maybe_partial(self) -> None:
-        start = self.endpointer.speech_start
-        if start is None or (self._partial_task is not None and not self._partial_task.done()):
-            return
-        if self.decoded_to is None or self.decoded_to < start:
-            due = self.total - start >= self.options.first_partial_s * self.rate
-        else:
-            due = self.total - self.decoded_to >= self.options.partial_interval_s * self.rate
-        if due:
-            self.decoded_to = self.total
-            self._partial_task = asyncio.create_task(
-                self._partial(self.utterance, start, self.total)
-            )
-
-    async def _partial(self, utterance: int, start: int, end: int) -> None:
-        try:
-            text = await self._decode(start, end, max_tokens=self.options.partial_max_tokens)
-            if utterance == self.utterance and self.active:
-                self.partial, self.partial_start = text, start
-                await self.send(self.result(is_final=False))
-        except Exception:  # the socket went away mid-decode: the session loop ends it
-            log.debug("partial decode dropped", exc_info=True)
-
-    async def _decode(self, start: int, end: int, *, max_tokens: int | None) -> str:
-        lo = max(0, start - self.audio_start)
-        audio = self.audio[lo : max(lo, end - self.audio_start)]
-        if len(audio) < MIN_DECODE_S * self.rate:
-            return ""
+    async def _decode(self, audio: np.ndarray, max_tokens: int | None) -> str:
+        """Decode 16 kHz samples at the model's rate (resampled where it differs)."""
+        rate = self.state.model.sample_rate
+        if rate != PCM_RATE:
+            audio = load_audio(audio, sample_rate=rate, key="ws audio", source_rate=PCM_RATE)
         began = time.perf_counter()
         try:
             result = await self.state.transcribe(
@@ -258,15 +233,19 @@ class RealtimeSession:
         self.prompt = prompt
         return True
 
-    def _trim(self) -> None:
-        """Drop audio no utterance can still need (the open one, or the padding ahead)."""
-        start = self.endpointer.speech_start
-        keep = self.options.speech_pad_s + self.options.min_speech_s + 0.1
-        keep_from = start if start is not None else self.total - round(keep * self.rate)
-        drop = min(max(0, keep_from - self.audio_start), len(self.audio))
-        if drop:
-            self.audio = self.audio[drop:].copy()  # a view would keep the old buffer alive
-            self.audio_start += drop
 
-    def _ms(self, samples: int) -> int:
-        return round(samples * 1000 / self.rate)
+def message(update: StreamUpdate) -> dict:
+    """A result message in FunASR's shape (times in ms)."""
+    return {
+        "sentences": [
+            {"text": s.text, "start": _ms(s.start), "end": _ms(s.end)} for s in update.sentences
+        ],
+        "partial": update.partial,
+        "partial_start_ms": _ms(update.partial_start),
+        "duration_ms": _ms(update.duration),
+        "is_final": update.is_final,
+    }
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

@@ -8,11 +8,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from asrctl import languages
 from asrctl.adapters.base import PromptOptions
 from asrctl.errors import EngineError, OptionsError
 from asrctl.pipeline import DecodeOptions
@@ -25,9 +26,7 @@ from asrctl.server.options import ServerOptions
 from asrctl.server.uploads import AudioLimits
 
 DECODE_THREADS = 4  # uploads decoded at once (soundfile / PyAV release the GIL)
-# Longest upload by default where nothing else caps it (--vad without --max-audio-seconds):
-# decoding holds the audio in memory, ~0.7 GB an hour at 48 kHz before resampling.
-VAD_MAX_AUDIO_SECONDS = 3600.0
+LONG_AUDIO_SECONDS = 3600.0  # /asr (and --vad) split long audio by VAD up to this
 
 
 @dataclass
@@ -38,6 +37,7 @@ class ServerState:
     options: ServerOptions
     names: tuple[str, ...]  # served model names; the first is the default
     limits: AudioLimits
+    long_limits: AudioLimits  # routes that split long audio by VAD by default (/asr)
     metrics: Metrics = field(default_factory=Metrics)
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(
@@ -55,17 +55,25 @@ class ServerState:
         model_max = family.max_audio_seconds
         caps = [c for c in (options.max_audio_seconds, model_max) if c is not None]
         if options.vad:  # long uploads are segmented: only --max-audio-seconds caps them
-            caps = [options.max_audio_seconds or VAD_MAX_AUDIO_SECONDS]
+            caps = [options.max_audio_seconds or LONG_AUDIO_SECONDS]
         limits = AudioLimits(
             max_bytes=options.max_upload_bytes,
-            max_seconds=min(caps) if caps else VAD_MAX_AUDIO_SECONDS,
+            max_seconds=min(caps) if caps else LONG_AUDIO_SECONDS,
             model_title=family.title,
             model_max_seconds=model_max,
         )
+        long_limits = replace(limits, max_seconds=options.max_audio_seconds or LONG_AUDIO_SECONDS)
         names = options.served_model_names or (Path(model_dir).expanduser().resolve().name,)
         metrics.model_name = names[0]
         metrics.watch_queue(lambda: model.batcher.depth)
-        return cls(model=model, options=options, names=names, limits=limits, metrics=metrics)
+        return cls(
+            model=model,
+            options=options,
+            names=names,
+            limits=limits,
+            long_limits=long_limits,
+            metrics=metrics,
+        )
 
     @property
     def title(self) -> str:
@@ -100,6 +108,16 @@ class ServerState:
         given = token.strip().encode()
         return any(hmac.compare_digest(given, k.encode()) for k in self.options.api_keys)
 
+    def language(self, value: str | None) -> str | None:
+        """A client's language (code or name: ``en``, ``English``, ``中文``) as the family
+        takes it: None for auto, and for families that detect the language themselves
+        (no language table: GLM-ASR, VibeVoice-ASR, FireRedASR-LLM), whose clients send a
+        language anyway (``vllm bench serve`` always sends ``en``)."""
+        code = languages.normalize(value)
+        if not self.model.adapter.family.languages:
+            return None
+        return code
+
     def check_prompt(self, prompt: PromptOptions, param: str) -> None:
         try:
             self.model.check_prompt(prompt)
@@ -130,19 +148,28 @@ class ServerState:
                 raise ApiError(503, str(e), code="unavailable") from e
 
     async def transcribe(
-        self, endpoint: str, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
+        self,
+        endpoint: str,
+        audio: np.ndarray,
+        prompt: PromptOptions,
+        decode: DecodeOptions,
+        *,
+        vad: bool = False,
     ) -> Transcript:
-        if self.needs_segmenting(audio):
+        """One upload's transcript; audio longer than the model's window is split by VAD
+        with ``serve --vad``, or when the route asks (``vad``: FunASR's /asr)."""
+        if self.needs_segmenting(audio, vad=vad):
             from asrctl.server.long_audio import transcribe_segmented
 
             return await transcribe_segmented(self, endpoint, audio, prompt, decode)
         return await self.transcribe_one(endpoint, audio, prompt, decode)
 
-    def needs_segmenting(self, audio: np.ndarray) -> bool:
-        """With ``--vad``: whether the audio is longer than the model takes in one pass."""
+    def needs_segmenting(self, audio: np.ndarray, *, vad: bool = False) -> bool:
+        """With ``--vad`` (or ``vad``): whether the audio is longer than the model takes
+        in one pass."""
         limit = self.model.adapter.family.max_audio_seconds
         seconds = len(audio) / self.model.sample_rate
-        return self.options.vad and limit is not None and seconds > limit
+        return (vad or self.options.vad) and limit is not None and seconds > limit
 
     async def transcribe_one(
         self, endpoint: str, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions

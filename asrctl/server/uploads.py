@@ -115,20 +115,40 @@ async def decode_upload(
     if not isinstance(upload, UploadFile):
         raise ApiError(400, "the audio goes in a multipart file field named `file`", param="file")
     data = await upload.read()
-    name = upload_name(upload)
+    return await decode_audio(
+        data, upload_name(upload), limits=limits, sample_rate=sample_rate, pool=pool
+    )
+
+
+async def decode_audio(
+    data: bytes,
+    name: str,
+    *,
+    limits: AudioLimits,
+    sample_rate: int,
+    pool: Executor,
+    param: str = "file",
+) -> np.ndarray:
+    """Decode an upload's bytes (``name``: for messages only) to float32 mono at
+    ``sample_rate``, enforcing ``limits``; errors name ``param``.
+
+    Raises:
+        ApiError: 400 when the data is empty, text or undecodable; 413 when it is larger
+            or longer than the limits (the message states the limit).
+    """
     if not data:
-        raise ApiError(400, f"{name}: the file is empty", param="file", code="invalid_audio")
+        raise ApiError(400, f"{name}: the file is empty", param=param, code="invalid_audio")
     if len(data) > limits.max_bytes:
         raise ApiError(
             413,
             f"{name} is {len(data) / (1 << 20):.1f} MiB; the limit is "
             f"{limits.max_bytes / (1 << 20):g} MiB",
-            param="file",
+            param=param,
             code="file_too_large",
         )
     if looks_like_text(data[:TEXT_SNIFF_BYTES]):
         raise ApiError(
-            400, f"{name}: this is text, not an audio file", param="file", code="invalid_audio"
+            400, f"{name}: this is text, not an audio file", param=param, code="invalid_audio"
         )
     loop = asyncio.get_running_loop()
     try:
@@ -140,7 +160,7 @@ async def decode_upload(
         )
     except AudioError as e:
         message = f"could not decode the audio: {e}"
-        raise ApiError(400, message, param="file", code="invalid_audio") from None
+        raise ApiError(400, message, param=param, code="invalid_audio") from None
     except TooLong as e:
         raise limits.too_long(e.seconds, at_least=e.at_least) from None
 
