@@ -67,6 +67,9 @@ class EngineOptions:
     max_num_seqs: int | None = None
     enforce_eager: bool = False
     seed: int = 0
+    # CUDA graph batch sizes to capture (None: every size up to max_num_seqs, in vLLM's
+    # steps); fewer start faster, a decode step is padded to the next captured size
+    cuda_graph_sizes: tuple[int, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # any other vllm EngineArgs field
 
 
@@ -121,7 +124,10 @@ def engine_kwargs(llm_dir: Path, dtype_name: str, options: EngineOptions) -> dic
         # (256 sequences), which halved throughput on an H100 (BENCHMARKS.md).
         kwargs.setdefault("max_num_seqs", GPU_MAX_NUM_SEQS)
         kwargs.setdefault("max_num_batched_tokens", GPU_MAX_BATCHED_TOKENS)
-        if not options.enforce_eager:
+        if not options.enforce_eager and options.cuda_graph_sizes:
+            sizes = sorted(set(options.cuda_graph_sizes))
+            kwargs["compilation_config"] = {"cudagraph_capture_sizes": sizes}
+        elif not options.enforce_eager:
             # vLLM captures CUDA graphs for batches up to 512 only; wider decode steps
             # then run eagerly, launch-bound for a small LLM. Cover every batch size.
             kwargs["compilation_config"] = {"max_cudagraph_capture_size": kwargs["max_num_seqs"]}

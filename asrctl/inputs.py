@@ -8,7 +8,12 @@ Accepted specs, told apart by what is on disk:
   relative to the folder without its extension, with ``/`` replaced by ``__`` and whitespace by
   ``_`` (``a/b c.wav`` -> ``a__b_c``). Hidden files and folders (``.name``) are skipped;
 * a ``segments`` file: Kaldi segments, read with the ``wav.scp`` next to it;
-* a ``.jsonl`` file, or a text file whose first entry starts with ``{``: a JSON-lines manifest;
+* a folder written by Hugging Face ``datasets``' ``save_to_disk`` (a Dataset or a
+  DatasetDict): one item per row, read lazily (:mod:`asrctl.hf_datasets`);
+* a ``.jsonl`` file, or a text file whose first entry starts with ``{``: a JSON-lines manifest,
+  asrctl's own (``key``, ``audio``, ``start``, ``end``, ``text``) or NeMo's (``audio_filepath``,
+  ``offset``, ``duration``, ``text``; keyless lines are keyed by the file name, or
+  ``name-START-END`` in centiseconds where several lines cut the same file);
 * any other text file: ``wav.scp`` lines ``KEY VALUE``, where VALUE is a path, a shell command
   ending in ``|`` whose stdout is an audio file, or a Kaldi ark entry ``file.ark:OFFSET``.
 
@@ -26,6 +31,7 @@ import os
 import re
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,7 +54,8 @@ STDERR_TAIL_CHARS = 500  # characters of a failed pipe's stderr kept in the erro
 PIPE_CACHE_SIZE = 1  # pipe outputs kept for segments cut from the same recording
 PIPE_TIMEOUT_ENV = "ASRCTL_PIPE_TIMEOUT"  # seconds a wav.scp `cmd |` may run
 PIPE_TIMEOUT_S = 300.0  # its default
-KINDS = ("path", "pipe", "ark", "bytes", "array")  # what AudioItem.source holds
+# what AudioItem.source holds; "dataset": "<saved datasets folder>#<row>" (asrctl.hf_datasets)
+KINDS = ("path", "pipe", "ark", "bytes", "array", "dataset")
 _ARK_RE = re.compile(r"^(?P<path>\S+):(?P<offset>\d+)(?P<slice>\[[\d:,]*\])?$")
 
 
@@ -58,7 +65,7 @@ class AudioItem:
 
     key: str
     source: str | bytes | np.ndarray = field(repr=False)  # path, "cmd |", "f.ark:12", data
-    kind: str  # "path" | "pipe" | "ark" | "bytes" | "array"
+    kind: str  # one of KINDS
     start: float = 0.0  # seconds from the beginning of the source
     end: float | None = None  # seconds; None = to the end
     source_rate: int | None = None  # Hz, for arrays
@@ -79,6 +86,10 @@ class AudioItem:
             source = _pipe_bytes(str(source), self.key, cached=self.is_segment)
         elif self.kind == "ark":
             rate, source = _read_ark(str(source), self.key)
+        elif self.kind == "dataset":
+            from asrctl.hf_datasets import read_row
+
+            source, rate = read_row(str(source), self.key)
         return load_audio(
             source,
             sample_rate=sample_rate,
@@ -92,11 +103,18 @@ class AudioItem:
         """Return the length in seconds if known cheaply (never runs pipes), else ``None``."""
         if self.end is not None:
             return self.end - self.start
-        total = None
-        if self.kind == "array" and self.source_rate:
-            total = len(self.source) / self.source_rate
-        elif self.kind in ("path", "bytes"):
-            total = audio_duration(self.source)  # type: ignore[arg-type]
+        source, rate, total = self.source, self.source_rate, None
+        if self.kind == "dataset":  # reads the row's bytes (memory-mapped), never decodes
+            from asrctl.hf_datasets import read_row
+
+            try:
+                source, rate = read_row(str(source), self.key)
+            except AudioError:
+                return None
+        if isinstance(source, np.ndarray) and rate:
+            total = len(source) / rate
+        elif isinstance(source, bytes) or self.kind in ("path", "dataset"):
+            total = audio_duration(source)  # type: ignore[arg-type]
         return None if total is None else max(0.0, total - self.start)
 
     @property
@@ -167,6 +185,10 @@ def _expand(path: Path) -> list[AudioItem]:
         if (path / "wav.scp").is_file():
             segments = path / "segments"
             return _from_kaldi(path / "wav.scp", segments if segments.is_file() else None)
+        from asrctl.hf_datasets import is_saved_dataset, items_from_dataset
+
+        if is_saved_dataset(path):
+            return items_from_dataset(path)
         return _from_folder(path)
     if path.name == "segments":
         if not (path.parent / "wav.scp").is_file():
@@ -237,7 +259,8 @@ def _parse_segments(
         start, end = _seconds(parts[2], where), _seconds(parts[3], where, allow_minus_one=True)
         if parts[1] not in recordings:
             raise InputError(f"{where}: recording {parts[1]!r} is not in {wav_scp}")
-        item = replace(recordings[parts[1]], key=parts[0], start=start, end=_end(start, end, where))
+        end = checked_end(start, end, where)
+        item = replace(recordings[parts[1]], key=parts[0], start=start, end=end)
         _add(items, item, where)
     return items
 
@@ -250,34 +273,67 @@ def _parse_text(path: Path) -> dict[str, str]:
     return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One parsed manifest line, before its key is settled."""
+
+    where: str
+    audio: str
+    key: str | None
+    start: float
+    end: float | None
+    text: str | None
+
+    @property
+    def stem(self) -> str:
+        return _path_key(Path(Path(self.audio).name))
+
+    @property
+    def segment_key(self) -> str:
+        """``stem-SSSSSSS-EEEEEEE`` (start and end in centiseconds, Kaldi style)."""
+        end = "end" if self.end is None else f"{round(self.end * 100):07d}"
+        return f"{self.stem}-{round(self.start * 100):07d}-{end}"
+
+
 def _from_manifest(path: Path, lines: list[tuple[int, str]]) -> list[AudioItem]:
+    """asrctl's jsonl and NeMo manifests. A line without a key is keyed by its file's
+    name; when several keyless lines cut the same file name (NeMo segments), each is
+    keyed ``stem-START-END`` (centiseconds), so keys stay unique and stable."""
+    entries = [_entry(line, f"{path}:{lineno}") for lineno, line in lines]
+    shared = Counter(e.stem for e in entries if e.key is None)
     items: dict[str, AudioItem] = {}
-    for lineno, line in lines:
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise InputError(f"{where}: expected a JSON object, got {line[:60]!r}")
-        audio = next((record[f] for f in AUDIO_FIELDS if f in record), None)
-        if not isinstance(audio, str) or not audio.strip():
-            raise InputError(f"{where}: expected an audio path in one of {', '.join(AUDIO_FIELDS)}")
-        key = next((record[f] for f in KEY_FIELDS if f in record), None)
-        key = _path_key(Path(Path(audio).name)) if key is None else str(key)
-        if not key or any(c.isspace() for c in key):
-            raise InputError(f"{where}: key {key!r} is empty or contains whitespace")
-        start = _field(record, ("start", "offset"), where) or 0.0
-        end = _field(record, ("end",), where)
-        length = _field(record, ("duration",), where)
-        if end is None and length is not None:
-            end = start + length
-        text = record.get("text")
-        if text is not None and not isinstance(text, str):
-            raise InputError(f"{where}: 'text' must be a string")
-        source, kind = _source(audio, path.parent, cwd_first=False)
-        _add(items, AudioItem(key, source, kind, start, _end(start, end, where), text=text), where)
+    for e in entries:
+        key = e.key if e.key is not None else e.stem
+        if e.key is None and shared[e.stem] > 1:
+            key = e.segment_key
+        source, kind = _source(e.audio, path.parent, cwd_first=False)
+        _add(items, AudioItem(key, source, kind, e.start, e.end, text=e.text), e.where)
     return list(items.values())
+
+
+def _entry(line: str, where: str) -> _Entry:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: expected a JSON object, got {line[:60]!r}")
+    audio = next((record[f] for f in AUDIO_FIELDS if f in record), None)
+    if not isinstance(audio, str) or not audio.strip():
+        raise InputError(f"{where}: expected an audio path in one of {', '.join(AUDIO_FIELDS)}")
+    key = next((record[f] for f in KEY_FIELDS if f in record), None)
+    if key is not None and (not str(key) or any(c.isspace() for c in str(key))):
+        raise InputError(f"{where}: key {str(key)!r} is empty or contains whitespace")
+    start = _field(record, ("start", "offset"), where) or 0.0
+    end = _field(record, ("end",), where)
+    length = _field(record, ("duration",), where)
+    if end is None and length is not None:
+        end = start + length
+    text = record.get("text")
+    if text is not None and not isinstance(text, str):
+        raise InputError(f"{where}: 'text' must be a string")
+    end = checked_end(start, end, where)
+    return _Entry(where, audio, None if key is None else str(key), start, end, text)
 
 
 def _source(value: str, base: Path, *, cwd_first: bool) -> tuple[str, str]:
@@ -448,7 +504,7 @@ def _field(record: dict, names: tuple[str, ...], where: str) -> float | None:
     return _seconds(str(value), where)
 
 
-def _end(start: float, end: float | None, where: str) -> float | None:
+def checked_end(start: float, end: float | None, where: str) -> float | None:
     if end is None or end == -1:
         return None
     if end <= start:

@@ -53,7 +53,9 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_MAX_TOKENS = 512  # the reference implementations' max_new_tokens
-ENCODER_DTYPES = ("float32", "bfloat16")  # audio encoder precisions with parity tests
+# audio encoder precisions: float32 (the references'), tf32 (float32 weights, TensorFloat-32
+# matmuls on a GPU; float32 elsewhere), bfloat16 (weights and activations)
+ENCODER_DTYPES = ("float32", "tf32", "bfloat16")
 MAX_TEMPERATURE = 2.0
 
 
@@ -200,15 +202,42 @@ class Encoded:
     timing: object | None = None  # the encoder's word-alignment data, when asked for
 
 
+@dataclass(frozen=True)
+class Startup:
+    """Where a pipeline's start-up time went (wall seconds)."""
+
+    setup_s: float  # detect the family, check the folder, export the LLM (or reuse it)
+    engine_s: float  # start vLLM: load weights, compile, capture CUDA graphs
+    encoder_s: float  # load the audio encoder
+
+    def __str__(self) -> str:
+        return (
+            f"setup {self.setup_s:.1f} s, vLLM {self.engine_s:.1f} s, "
+            f"encoder {self.encoder_s:.1f} s"
+        )
+
+
 def resolve_encoder_dtype(name: str) -> torch.dtype:
     """The torch dtype of an ``--encoder-dtype`` name: float32 (the references'
-    precision) or bfloat16 (faster on a GPU; every family's embeddings stay within 2 %
-    relative error of float32, tests/precision.py)."""
+    precision), tf32 (float32 weights; matmuls in TensorFloat-32 on a GPU, see
+    :func:`apply_encoder_precision`) or bfloat16 (faster on a GPU; every family's embeddings
+    stay within 2 % relative error of float32, tests/precision.py)."""
     if name not in ENCODER_DTYPES:
-        raise OptionsError(f"unknown --encoder-dtype {name!r}: use {' or '.join(ENCODER_DTYPES)}")
+        raise OptionsError(f"unknown --encoder-dtype {name!r}: use {', '.join(ENCODER_DTYPES)}")
     import torch
 
-    return getattr(torch, name)
+    return torch.float32 if name == "tf32" else getattr(torch, name)
+
+
+def apply_encoder_precision(name: str) -> torch.dtype:
+    """Resolve ``--encoder-dtype`` and set this process's float32 matmul precision to match
+    (TensorFloat-32 for ``tf32``, full float32 otherwise). The process is asrctl's own:
+    vLLM's engine core runs in another."""
+    import torch
+
+    dtype = resolve_encoder_dtype(name)
+    torch.set_float32_matmul_precision("high" if name == "tf32" else "highest")
+    return dtype
 
 
 def default_device() -> str:
@@ -243,8 +272,9 @@ class Pipeline:
         max_tokens_cap: int | None = None,
         sampling_override: SamplingOverride | None = None,
     ) -> None:
-        dtype = resolve_encoder_dtype(encoder_dtype)
+        dtype = apply_encoder_precision(encoder_dtype)
         self.sampling_override = sampling_override or SamplingOverride()
+        t0 = time.perf_counter()
         self.adapter: Adapter = load_adapter(model_dir)
         self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
         self.device = device or default_device()
@@ -254,12 +284,19 @@ class Pipeline:
         # vLLM can still fork its engine core (this process has not touched CUDA yet).
         llm_dir = self.prepared.llm_dir
         cls = AsyncEngine if asynchronous else Engine
+        t1 = time.perf_counter()
         self.engine: Engine | AsyncEngine = cls(llm_dir, engine_options or EngineOptions())
+        t2 = time.perf_counter()
         try:
             self.encoder: AudioEncoder = self.adapter.audio_encoder(self.device, dtype)
         except BaseException:
             self.engine.close()
             raise
+        self.startup = Startup(
+            setup_s=round(t1 - t0, 2),
+            engine_s=round(t2 - t1, 2),
+            encoder_s=round(time.perf_counter() - t2, 2),
+        )
 
     @property
     def sample_rate(self) -> int:

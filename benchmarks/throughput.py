@@ -25,6 +25,7 @@ Usage: python benchmarks/throughput.py --workdir /tmp/bench --n 2000 --size full
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -155,6 +156,23 @@ VARIANT_KEYS = {
     "max_in_flight": int,
     "switch_interval": float,
 }
+
+
+ERROR_SAMPLE = 64  # utterances whose embeddings are compared across encoder precisions
+
+
+def embeddings(asr, arrays, dtype_name: str) -> list:
+    """The audio embeddings of ``arrays`` in float32 on the CPU (one encoder pass each)."""
+    import torch
+
+    with torch.inference_mode():
+        return [e.float().cpu() for e in asr.encode(arrays, 16)]
+
+
+def relative_error(got: list, want: list) -> dict:
+    """||got - want|| / ||want|| per utterance: the worst and the mean."""
+    errors = [float((g - w).norm() / w.norm()) for g, w in zip(got, want, strict=True)]
+    return {"max": round(max(errors), 5), "mean": round(sum(errors) / len(errors), 5)}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -355,6 +373,7 @@ def main() -> int:
         help="vLLM's max_cudagraph_capture_size (asrctl's GPU default: max_num_seqs)",
     )
     ap.add_argument("--enforce-eager", action="store_true", help="CPU smoke runs")
+    ap.add_argument("--cuda-graph-sizes", default="", help="e.g. 1,2,4,...,1024 (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="time end_to_end this many times")
     ap.add_argument(
         "--warmup-all", action="store_true", help="warm up on every file, not the first 64"
@@ -370,6 +389,7 @@ def main() -> int:
     from asrctl.engine import EngineOptions
     from asrctl.fixtures import make_fixture
     from asrctl.inputs import from_arrays, iter_inputs
+    from asrctl.pipeline import apply_encoder_precision
     from asrctl.transcribe import TranscribeOptions, Transcriber
 
     model = args.workdir / f"{args.family}-{args.size}"
@@ -377,15 +397,20 @@ def main() -> int:
         make_fixture(args.family, model, size=args.size, seed=0)
     scp, durations = make_audio(args.workdir / "audio", args.n, seed=1)
     audio_s = sum(durations)
+    sizes = (
+        tuple(int(x) for x in args.cuda_graph_sizes.split(",")) if args.cuda_graph_sizes else None
+    )
     engine = EngineOptions(
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         enforce_eager=args.enforce_eager,
+        cuda_graph_sizes=sizes,
         extra=_extra_engine_args(args),
     )
     t = time.perf_counter()
     asr = Transcriber(model, engine_options=engine, encoder_dtype=args.encoder_dtype)
+    startup = asr.pipeline.startup
     load_s = time.perf_counter() - t
     options = TranscribeOptions(
         tokens_per_second=TOKENS_PER_SECOND,
@@ -430,8 +455,9 @@ def main() -> int:
 
     loads = {n: round(load_only(items, n), 2) for n in sorted({transcribe.LOADER_THREADS, 8})}
     other = {}
+    reference = embeddings(asr, arrays[:ERROR_SAMPLE], args.encoder_dtype)
     for dtype in filter(None, args.also_encoder_dtype.split(",")):
-        asr.encoder = asr.adapter.audio_encoder(asr.device, getattr(torch, dtype))
+        asr.encoder = asr.adapter.audio_encoder(asr.device, apply_encoder_precision(dtype))
         asr.encode([arrays[0]], 1)
         seconds, _ = _timed(asr, items, options)
         other[dtype] = {
@@ -439,6 +465,9 @@ def main() -> int:
             "rtfx": round(audio_s / seconds, 1),
             "encoder_only_seconds": round(
                 encoder_only(asr, arrays, args.encoder_batch_size, args.encoder_batch_seconds)[0], 2
+            ),
+            f"embedding_rel_error_vs_{args.encoder_dtype}": relative_error(
+                embeddings(asr, arrays[:ERROR_SAMPLE], dtype), reference
             ),
         }
     result = {
@@ -453,6 +482,7 @@ def main() -> int:
             "generated_tokens": sum(math.ceil(TOKENS_PER_SECOND * d) for d in durations),
         },
         "model_load_s": round(load_s, 1),
+        "startup": dataclasses.asdict(startup),
         "end_to_end": {
             "seconds": round(e2e_s, 2),
             "rtfx": round(audio_s / e2e_s, 1),

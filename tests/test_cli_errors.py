@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 class FakeTranscriber:
     def __init__(self, model, **kwargs) -> None:
         self.model = model
+        self.pipeline = SimpleNamespace(startup="stand-in")
 
     def __enter__(self) -> FakeTranscriber:
         return self

@@ -273,6 +273,26 @@ def test_bad_specs() -> None:
         AudioItem("k", "x.wav", "url")
 
 
+def test_nemo_manifest(tmp_path: Path) -> None:
+    """NeMo's fields; keyless lines cutting one file get start/end keys, others the name."""
+    wav(tmp_path / "audio" / "long.wav", 3.0)
+    wav(tmp_path / "audio" / "short.flac", 0.5)
+    records = [
+        {"audio_filepath": "audio/long.wav", "offset": 0.0, "duration": 1.5, "text": "a"},
+        {"audio_filepath": "audio/long.wav", "offset": 1.5, "duration": 1.25, "text": "b"},
+        {"audio_filepath": "audio/short.flac", "offset": None, "duration": 0.5, "text": "c"},
+    ]
+    manifest = write(tmp_path / "train_manifest.json", "\n".join(json.dumps(r) for r in records))
+    items = iter_inputs(manifest)  # NeMo's .json extension: told by its first character
+    assert [i.key for i in items] == ["long-0000000-0000150", "long-0000150-0000275", "short"]
+    assert [i.text for i in items] == ["a", "b", "c"]
+    assert [len(i.load(SR)) for i in items] == [SR * 3 // 2, SR * 5 // 4, SR // 2]
+    assert [i.duration() for i in items] == pytest.approx([1.5, 1.25, 0.5])
+    same_cut = write(tmp_path / "twice.jsonl", "\n".join(json.dumps(records[0]) for _ in "ab"))
+    with pytest.raises(InputError, match=r"twice\.jsonl:2: duplicate key 'long-0000000-0000150'"):
+        iter_inputs(same_cut)
+
+
 def test_wav_scp_pipe_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """issue 18 #13: `sleep 45 |` held up a whole batch; a pipe now has a time limit and
     its whole process group (the shell's children too) is killed."""

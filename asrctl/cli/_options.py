@@ -138,8 +138,9 @@ EncoderDtypeOpt = Annotated[
     str,
     typer.Option(
         "--encoder-dtype",
-        help="Audio encoder precision: float32 (the reference implementations') or bfloat16 "
-        "(faster on a GPU; embeddings within 2 % of float32).",
+        help="Audio encoder precision: float32 (the reference implementations'), tf32 "
+        "(float32 weights, TensorFloat-32 matmuls on a GPU) or bfloat16 (faster on a GPU; "
+        "embeddings within 2 % of float32).",
     ),
 ]
 CacheDirOpt = Annotated[
@@ -428,5 +429,84 @@ ShutdownTimeoutOpt = Annotated[
         min=0,
         help="Seconds a shutdown waits for in-flight requests.",
         rich_help_panel=SERVER,
+    ),
+]
+
+# scale-out (transcribe): asrctl.distributed
+SCALE = "Scale-out (Ray)"
+DataParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "--data-parallel",
+        "-dp",
+        min=1,
+        help="Pipeline replicas on this host, one per GPU (tensor-parallel-size GPUs each; "
+        "on CPU: processes), fed from one input list, on a local Ray cluster.",
+        rich_help_panel=SCALE,
+    ),
+]
+RayOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Shard the inputs over a Ray cluster's workers (pip install 'asrctl[ray]'). "
+        "The model folder must be at the same path on every node.",
+        rich_help_panel=SCALE,
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Cluster to join (HOST:6379 from `ray start --head`, or auto); default: "
+        "$RAY_ADDRESS, else a new local cluster.",
+        rich_help_panel=SCALE,
+    ),
+]
+NumWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-workers",
+        min=1,
+        show_default=False,
+        help="Pipeline replicas (default: one per --gpus-per-worker GPUs; 1 without GPUs).",
+        rich_help_panel=SCALE,
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-worker",
+        min=0.0,
+        show_default=False,
+        help="GPUs per replica (default: --tensor-parallel-size with GPUs, else 0).",
+        rich_help_panel=SCALE,
+    ),
+]
+CpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option(
+        "--cpus-per-worker", min=0.0, help="CPUs Ray reserves per replica.", rich_help_panel=SCALE
+    ),
+]
+ShardSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--shard-size",
+        min=1,
+        show_default=False,
+        help="Inputs per shard a worker takes (default: up to 2048, 4+ shards per worker).",
+        rich_help_panel=SCALE,
+    ),
+]
+ServeDataParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "--data-parallel",
+        "-dp",
+        min=1,
+        help="vLLM data parallelism: N engine replicas (tensor-parallel-size GPUs each) "
+        "behind this server, requests balanced by vLLM; the audio encoder runs once, here.",
+        rich_help_panel=ENGINE,
     ),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from asrctl.cli._options import (
     AllowedMediaOpt,
@@ -25,6 +26,7 @@ from asrctl.cli._options import (
     ModelOpt,
     PortOpt,
     SamplingOverrideOpt,
+    ServeDataParallelOpt,
     ServedModelNameOpt,
     ServeVadOpt,
     ShutdownTimeoutOpt,
@@ -64,6 +66,7 @@ def serve(
     ws_max_sessions: WsMaxSessionsOpt = 100,
     ws_idle_timeout: WsIdleTimeoutOpt = 60.0,
     embedding_cache_mb: EmbeddingCacheMbOpt = 256.0,
+    data_parallel: ServeDataParallelOpt = 1,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
     from asrctl.cli import _output
@@ -104,6 +107,8 @@ def serve(
     )
     if not options.api_keys and host not in LOOPBACK:
         _output.warn(f"no --api-key: every route is open to anyone who can reach {host}:{port}")
+    if data_parallel > 1:  # vLLM's own DP: N engine cores, one AsyncLLM front balancing them
+        engine = replace(engine, extra={**engine.extra, "data_parallel_size": data_parallel})
     _output.info(f"loading {model} and starting vLLM…")
     run_server(model, options, engine)
 

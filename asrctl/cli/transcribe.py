@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -14,6 +16,8 @@ from asrctl.cli._common import engine_options, transcribe_options
 from asrctl.cli._options import (
     BatchSizeOpt,
     CacheDirOpt,
+    CpusPerWorkerOpt,
+    DataParallelOpt,
     DeviceOpt,
     DtypeOpt,
     EncoderBatchSecondsOpt,
@@ -21,6 +25,7 @@ from asrctl.cli._options import (
     EnforceEagerOpt,
     FormatOpt,
     GpuMemOpt,
+    GpusPerWorkerOpt,
     HotwordsOpt,
     InputsArg,
     LanguageOpt,
@@ -31,11 +36,15 @@ from asrctl.cli._options import (
     ModelOpt,
     NoItnOpt,
     NoWordTimesOpt,
+    NumWorkersOpt,
     OutputDirOpt,
     RawTextOpt,
+    RayAddressOpt,
+    RayOpt,
     RepetitionPenaltyOpt,
     ResumeOpt,
     SeedOpt,
+    ShardSizeOpt,
     TemperatureOpt,
     TensorParallelOpt,
     TopKOpt,
@@ -88,10 +97,19 @@ def transcribe(
     format_: FormatOpt = None,
     vad: VadOpt = None,
     no_word_timestamps: NoWordTimesOpt = False,
+    data_parallel: DataParallelOpt = 1,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    num_workers: NumWorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    shard_size: ShardSizeOpt = None,
 ) -> None:
     """Transcribe audio files, folders, Kaldi data dirs or manifests with a model on vLLM."""
+    from asrctl.distributed import PipelineSpec, RayTranscriber
     from asrctl.errors import OptionsError
     from asrctl.inputs import iter_inputs
+    from asrctl.segment import LongAudio
     from asrctl.transcribe import Transcriber, resolve_encoder_dtype
     from asrctl.writers import parse_formats
 
@@ -123,6 +141,15 @@ def transcribe(
         max_num_seqs=max_num_seqs,
         enforce_eager=enforce_eager,
     )
+    cluster = cluster_options(
+        ray=ray,
+        data_parallel=data_parallel,
+        address=ray_address,
+        num_workers=num_workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        shard_size=shard_size,
+    )
     items = iter_inputs(inputs)
     subtitles = [f for f in formats if f in ("srt", "vtt")]
     if output_dir is None and subtitles and (len(items) != 1 or len(formats) != 1):
@@ -131,17 +158,30 @@ def transcribe(
             hint="pass --output-dir OUT to get OUT/<key>.srt / .vtt per input",
         )
 
-    def load() -> Transcriber:
-        return Transcriber(
-            model,
-            engine_options=engine,
-            device=device,
-            cache_dir=cache_dir,
-            encoder_dtype=encoder_dtype,
-        )
+    @contextmanager
+    def runner() -> Iterator[Any]:
+        """What ``_run`` transcribes with: Ray replicas, or the model in this process."""
+        if cluster is not None:
+            spec = PipelineSpec(model, engine, device, cache_dir, encoder_dtype, vad)
+            with _output.err.status("starting the Ray workers…"):
+                replicas = RayTranscriber(spec, cluster, on_info=_output.info)
+            with replicas:
+                yield replicas
+            return
+        with _output.err.status("loading the model…"):
+            transcriber = Transcriber(
+                model,
+                engine_options=engine,
+                device=device,
+                cache_dir=cache_dir,
+                encoder_dtype=encoder_dtype,
+            )
+        _output.info(f"model ready: {transcriber.pipeline.startup}")
+        with transcriber:
+            yield LongAudio(transcriber, vad=vad)
 
     try:
-        stats = _transcribe(items, options, output_dir, resume, formats, vad, load)
+        stats = _transcribe(items, options, output_dir, resume, formats, runner)
     except KeyboardInterrupt:
         if output_dir is None:
             raise
@@ -157,10 +197,9 @@ def transcribe(
         raise typer.Exit(1)
 
 
-def _transcribe(items, options, output_dir, resume, formats, vad, load):
-    """Open the output folder, load the model, run; the stats, or None if nothing to do."""
+def _transcribe(items, options, output_dir, resume, formats, runner):
+    """Open the output folder, start the model, run; the stats, or None if nothing to do."""
     from asrctl.results import ResultsDir
-    from asrctl.segment import LongAudio
 
     with ResultsDir(output_dir, resume=resume) if output_dir else nullcontext() as results:
         if results is not None:
@@ -172,11 +211,8 @@ def _transcribe(items, options, output_dir, resume, formats, vad, load):
         if not todo:
             _output.info("nothing to do")
             return None
-        with _output.err.status("loading the model…"):
-            transcriber = load()
-        with transcriber:
-            long_audio = LongAudio(transcriber, vad=vad)
-            return _run(long_audio, todo, options, results, formats, output_dir)
+        with runner() as run_on:
+            return _run(run_on, todo, options, results, formats, output_dir)
 
 
 def _recovered(results) -> None:
@@ -196,6 +232,50 @@ def _recovered(results) -> None:
             f"(garbage or a repeated key: line {numbers}{more}); moved to "
             f"{results.out_dir / REJECTED}, the {recovery.kept} valid rows are kept"
         )
+
+
+def cluster_options(
+    *,
+    ray: bool,
+    data_parallel: int,
+    address: str | None,
+    num_workers: int | None,
+    gpus_per_worker: float | None,
+    cpus_per_worker: float,
+    shard_size: int | None,
+):
+    """The scale-out settings, or None for the single-process run. ``--data-parallel N``
+    is ``--ray --num-workers N`` on a new local cluster."""
+    from asrctl.distributed import ClusterOptions
+    from asrctl.errors import OptionsError
+
+    if data_parallel > 1:
+        if ray or address or num_workers:
+            raise OptionsError(
+                "--data-parallel runs replicas on this host; for a cluster use --ray "
+                "--num-workers N instead (not both)"
+            )
+        return ClusterOptions(
+            address="local",
+            num_workers=data_parallel,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            shard_size=shard_size,
+        )
+    if not ray:
+        if address or num_workers or gpus_per_worker is not None or shard_size:
+            raise OptionsError(
+                "--ray-address, --num-workers, --gpus-per-worker and "
+                "--shard-size need --ray (or --data-parallel N)"
+            )
+        return None
+    return ClusterOptions(
+        address=address,
+        num_workers=num_workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        shard_size=shard_size,
+    )
 
 
 def _run(
