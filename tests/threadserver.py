@@ -21,6 +21,7 @@ from asrctl.server.options import ServerOptions
 from asrctl.server.state import ServerState
 
 START_TIMEOUT_S = 30
+KEEP_ALIVE_S = 300
 
 
 @dataclass
@@ -41,7 +42,14 @@ def thread_server(**options) -> Iterator[ThreadServer]:
     state = ServerState.create(FakeModel(), ServerOptions(**opts), Path("/models/x"), Metrics())
     port = free_port()
     config = uvicorn.Config(
-        create_app(state), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(state),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        # a pooled connection the server closes as the client reuses it is a ReadError
+        # for a POST (not retried); a long keep-alive keeps that race out of the tests
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="asrctl-test-server", daemon=True)
