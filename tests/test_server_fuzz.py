@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from media import FORMATS, encoded
-from test_server import AUTH
+from test_server import KEY
 from threadserver import thread_server
 
+AUTH = {"Authorization": f"Bearer {KEY}"}  # a dict of our own (see test_server_load)
 BUDGET_S = float(os.environ.get("ASRCTL_FUZZ_SECONDS", "60"))
 MAX_EXAMPLES = 5000  # the time budget ends the run first on CI machines
 REQUEST_TIMEOUT_S = 20.0  # an answer later than this is a hang

@@ -21,8 +21,11 @@ import numpy as np
 import pytest
 import websockets
 from media import encoded, pyav_encode
-from test_server import AUTH, SR, wav_bytes
+from test_server import KEY, SR, wav_bytes
 
+# test_server's AUTH dict is not used: Starlette's TestClient.websocket_connect adds its
+# own handshake headers to the dict it is given
+AUTH = {"Authorization": f"Bearer {KEY}"}
 CONCURRENCY = 48
 REQUESTS = 300
 WS_SESSIONS = 24
