@@ -22,9 +22,25 @@ install_references() {
   return 0
 }
 
+# The web page's browser tests (tests/test_ui.py) drive Debian's chromium through
+# chromium-driver. Best effort: without apt-get (or root) they are skipped, saying why.
+install_browser() {
+  [ -n "$EXTRAS" ] || return 0
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        chromium chromium-driver; } >/dev/null 2>&1 ||
+      echo "install.sh: could not install chromium (browser tests will be skipped)" >&2
+  else
+    echo "install.sh: no apt-get as root: browser tests will be skipped" >&2
+  fi
+  return 0
+}
+
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   pip install -e ".[gpu${EXTRAS:+,$EXTRAS}]"
   install_references
+  install_browser
   exit 0
 fi
 
@@ -38,5 +54,6 @@ if [ "$have_torch" != "$TORCH_CPU" ]; then
 fi
 pip install -e ".[cpu${EXTRAS:+,$EXTRAS}]" "torch==$TORCH_CPU"
 install_references
+install_browser
 pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "$PY" -c 'import torch, vllm; print("asrctl install ok: vllm", vllm.__version__, "torch", torch.__version__)'

@@ -335,9 +335,8 @@ def sampling_params(decoding: Decoding, *, streaming: bool) -> Any:
     engine decodes each finished request's ids once (vLLM's output loop would otherwise
     detokenize every sequence at every step in this process).
     """
-    from vllm.sampling_params import RequestOutputKind
-
-    params = _params_class()(
+    params_class, kinds = _params_classes()
+    params = params_class(
         temperature=decoding.temperature,
         seed=decoding.seed if decoding.temperature > 0 else None,
         top_p=decoding.top_p,
@@ -349,7 +348,7 @@ def sampling_params(decoding: Decoding, *, streaming: bool) -> Any:
         frequency_penalty=decoding.frequency_penalty,
         presence_penalty=decoding.presence_penalty,
         logprobs=0 if decoding.logprobs else None,
-        output_kind=RequestOutputKind.CUMULATIVE if streaming else RequestOutputKind.FINAL_ONLY,
+        output_kind=kinds.CUMULATIVE if streaming else kinds.FINAL_ONLY,
         detokenize=streaming,
         # params are built per request: vLLM's defensive deep copy (half the cost of
         # add_request, measured with cProfile) is not needed
@@ -358,10 +357,15 @@ def sampling_params(decoding: Decoding, *, streaming: bool) -> Any:
     return params
 
 
-def _params_class() -> Any:
-    from vllm import SamplingParams
-
-    return SamplingParams
+def _params_classes() -> tuple[Any, Any]:
+    """vLLM's ``SamplingParams`` and ``RequestOutputKind``; with ``$ASRCTL_FAKE_ENGINE`` set,
+    :mod:`asrctl.testing`'s stand-ins, so the fake engine runs without vLLM."""
+    if os.environ.get(FAKE_ENGINE_ENV):
+        from asrctl.testing import RequestOutputKind, SamplingParams
+    else:
+        from vllm import SamplingParams  # type: ignore[assignment]
+        from vllm.sampling_params import RequestOutputKind  # type: ignore[assignment]
+    return SamplingParams, RequestOutputKind
 
 
 class _EngineBase:

@@ -1,15 +1,19 @@
-"""Shared fixtures: the tiny Fun-ASR-Nano checkpoint and seeded test audio."""
+"""Shared fixtures: the tiny Fun-ASR-Nano checkpoint, seeded test audio, the fake engine
+(asrctl.testing, no vLLM) and the transformers reference that vLLM runs are checked against."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from asrctl.engine import FAKE_ENGINE_ENV
 from asrctl.fixtures import make_fixture
 
 
@@ -56,17 +60,114 @@ def make_wav(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asrctl's engine is asrctl.testing's deterministic fake, not vLLM, in this test and in
+    the ``python -m asrctl`` subprocesses it starts ($ASRCTL_FAKE_ENGINE)."""
+    monkeypatch.setenv(FAKE_ENGINE_ENV, "1")
+
+
+@pytest.fixture
+def asrctl_cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``asrctl_cli(*args)``: the command line run in this process as the console script
+    runs it (``asrctl.cli.app.main``: exit codes, stdout, stderr), without the caller's
+    ASRCTL_CACHE / ASRCTL_DEBUG; seconds faster than a ``python -m asrctl`` subprocess.
+    Anything main() lets escape (a traceback a user would see) is raised."""
+    from asrctl.cli.app import main
+
+    for name in ("ASRCTL_CACHE", "ASRCTL_DEBUG", "VLLM_LOGGING_STREAM", "VLLM_LOGGING_LEVEL"):
+        monkeypatch.delenv(name, raising=False)  # main() may set some: restored after
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        argv = [str(a) for a in args]
+        monkeypatch.setattr(sys, "argv", ["asrctl", *argv])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def fun_asr_llm_dir(fun_asr_tiny: Path) -> Path:
+    """The tiny fixture's exported LLM folder (what vLLM, or the fake engine, loads)."""
+    from asrctl.adapters.registry import load_adapter
+    from asrctl.export import export_llm
+
+    return export_llm(load_adapter(fun_asr_tiny)).llm_dir
+
+
+@pytest.fixture(scope="session")
+def reference_texts() -> Callable[..., list[str]]:
+    """``reference_texts(model_dir, paths, max_tokens)``: greedy transcripts of audio files
+    from transformers over asrctl's prompt embeddings (no vLLM), cleaned as asrctl cleans
+    them: what a vLLM run must print token for token."""
+
+    def texts(model_dir: Path, paths: Sequence[Path], max_tokens: int) -> list[str]:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from asrctl.adapters.base import PromptOptions
+        from asrctl.adapters.registry import load_adapter
+        from asrctl.audio import load_audio
+        from asrctl.engine import TextEmbedder
+        from asrctl.export import prepare
+        from asrctl.guard import truncate_loops
+
+        llm_dir = prepare(model_dir).llm_dir
+        adapter = load_adapter(model_dir)
+        encoder = adapter.audio_encoder("cpu", torch.float32)
+        embed = TextEmbedder(llm_dir, torch.float32)
+        prompt = adapter.prompt(PromptOptions())
+        llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32).eval()
+        out = []
+        with torch.inference_mode():
+            for path in paths:
+                audio = torch.from_numpy(load_audio(path, sample_rate=adapter.family.sample_rate))
+                emb = torch.cat([embed(prompt.prefix), encoder([audio])[0], embed(prompt.suffix)])
+                ids = llm.generate(
+                    inputs_embeds=emb[None],
+                    max_new_tokens=max_tokens,
+                    do_sample=False,
+                    attention_mask=torch.ones(1, len(emb)).long(),
+                )
+                decoded = embed.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
+                # vLLM's incremental detokenizer withholds a trailing, incomplete UTF-8
+                # sequence (cut by max_tokens); a one-shot decode shows it as U+FFFD. Every
+                # transcript then goes through the repetition guard (asrctl.guard).
+                text = adapter.postprocess(decoded.rstrip("\ufffd"))
+                out.append(truncate_loops(text)[0])
+        return out
+
+    return texts
+
+
 # engine settings that keep the tiny fixture fast on a CPU
 TINY_ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024, "max_tokens": 8}
 
 
 @pytest.fixture(scope="session")
 def asr_tiny(fun_asr_tiny: Path):
-    """``asrctl.load`` of the tiny fixture (real vLLM), shared by test_api and test_examples
-    so the session starts one engine for both; do not close it."""
+    """``asrctl.load`` of the tiny fixture on the fake engine (asrctl.testing: the library's
+    behaviour, not the model's, is under test), shared by test_api and test_examples; do not
+    close it. The README's Library block runs on real vLLM (test_examples)."""
+    import os
+
     import asrctl
 
-    with asrctl.load(fun_asr_tiny, **TINY_ENGINE) as asr:
+    os.environ[FAKE_ENGINE_ENV] = "1"
+    try:
+        asr = asrctl.load(fun_asr_tiny, **TINY_ENGINE)
+    finally:
+        os.environ.pop(FAKE_ENGINE_ENV, None)
+    with asr:
         yield asr
 
 

@@ -1,4 +1,5 @@
-"""``asrctl serve`` in a subprocess for a test module: started, awaited, always killed."""
+"""``asrctl serve`` for tests: in a subprocess (started, awaited, always killed), or its app
+in this process behind a TestClient."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -69,3 +71,50 @@ def _wait_healthy(srv: LiveServer) -> None:
             pass
         time.sleep(0.5)
     pytest.fail(f"server not healthy after {START_TIMEOUT_S} s:\n{srv.tail()}")
+
+
+@contextmanager
+def in_process_server(model_dir: Path, options: Any, engine_options: Any) -> Iterator[Any]:
+    """The app ``asrctl serve`` runs, in this process behind a ``TestClient`` (an
+    ``httpx.Client``: the openai SDK takes it as ``http_client``). As in ``serve()``, the
+    model and engine start inside the event loop that serves them: here in the app's
+    lifespan, on the TestClient's loop. ``client.asr`` is the ServerState."""
+    from fastapi.testclient import TestClient
+
+    from asrctl.server.app import create_app, start_state
+
+    served: dict[str, Any] = {}
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await served["app"](scope, receive, send)
+            return
+        await receive()  # lifespan.startup
+        try:
+            state = await start_state(model_dir, options, engine_options)
+        except Exception as e:
+            await send({"type": "lifespan.startup.failed", "message": repr(e)})
+            raise
+        served["state"], served["app"] = state, create_app(state)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await state.close()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    with TestClient(app) as client:
+        client.asr = served["state"]
+        yield client
+
+
+def multipart_body(data: bytes, model: str, boundary: str = "asrctltestboundary") -> bytes:
+    """A multipart/form-data transcription request (``model`` and ``file`` fields), for
+    tests that send the body themselves (slowly, in chunks)."""
+    return (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )

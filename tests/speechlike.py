@@ -22,6 +22,12 @@ VOWELS = (
 )
 
 
+def noise(seconds: float, seed: int = 0, sr: int = SR, level: float = 0.1) -> np.ndarray:
+    """Seeded white noise, float32: ``level`` times N(0, 1), ``round(seconds * sr)`` samples."""
+    rng = np.random.default_rng(seed)
+    return (level * rng.standard_normal(round(seconds * sr))).astype(np.float32)
+
+
 def reson(x, f, bw, sr=SR):
     r = np.exp(-np.pi * bw / sr)
     return lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / sr), r * r], x)

@@ -1,5 +1,5 @@
-"""The public API: ``asrctl.load`` and the ASR object (real vLLM for the engine tests, one
-engine for the session: ``asr_tiny`` in conftest), the ``__main__`` guard and input
+"""The public API: ``asrctl.load`` and the ASR object (on the fake engine, one for the
+session: ``asr_tiny`` in conftest), the ``__main__`` guard and input
 resolution (no engine)."""
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ def count_encoded(asr_tiny, monkeypatch):
     return encoded
 
 
-@pytest.mark.vllm
 def test_paths_folder_bytes_arrays_in_input_order(asr_tiny, tmp_path, count_encoded):
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -73,7 +72,6 @@ def test_paths_folder_bytes_arrays_in_input_order(asr_tiny, tmp_path, count_enco
     assert again[0].text == results[1].text and len(count_encoded) == 4
 
 
-@pytest.mark.vllm
 def test_failures_raise_naming_the_input_or_come_back(asr_tiny, tmp_path):
     good = noise(0.5, 5)
     with pytest.raises(
@@ -90,7 +88,6 @@ def test_failures_raise_naming_the_input_or_come_back(asr_tiny, tmp_path):
         asr_tiny.transcribe(good, sample_rate=SR, language="xx")
 
 
-@pytest.mark.vllm
 def test_long_input_goes_through_long_audio(asr_tiny, tmp_path):
     """Over Fun-ASR-Nano's 30 s per pass: split at pauses and stitched, as the CLI does."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -108,7 +105,6 @@ def test_long_input_goes_through_long_audio(asr_tiny, tmp_path):
     assert isinstance(whole, asrctl.Failure) and "at most 30 s per pass" in whole.error
 
 
-@pytest.mark.vllm
 def test_transcribe_async_inside_an_event_loop(asr_tiny, monkeypatch):
     """Sync and async calls share the one engine ``load`` started: none starts another."""
     import asrctl.engine
@@ -142,7 +138,6 @@ def test_transcribe_async_inside_an_event_loop(asr_tiny, monkeypatch):
     assert asr_tiny.model.engine is engine
 
 
-@pytest.mark.vllm
 def test_stream_yields_partials_then_the_final_transcript(asr_tiny):
     speech = np.concatenate([noise(1.5, 20), np.zeros(SR, dtype=np.float32), noise(1.0, 21)])
 

@@ -1,12 +1,14 @@
-"""``asrctl bench --server`` against a live ``asrctl serve`` on the tiny fixture.
+"""``asrctl bench --server`` against a live ``asrctl serve`` on the tiny fixture, its
+engine asrctl.testing's fake (the load tester only sees HTTP and WebSocket).
 
-One engine start: the server's. The load tester runs as users run it (subprocesses),
-over HTTP (closed loop and Poisson) and over ``/ws`` with audio paced in real time.
+The load tester runs as users run it (subprocesses), over HTTP (closed loop and Poisson)
+and over ``/ws`` with audio paced in real time.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +20,14 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).parent))
 from liveserver import live_server
 
-pytestmark = pytest.mark.vllm
-
-ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
+from asrctl.engine import FAKE_ENGINE_ENV
 
 
 @pytest.fixture(scope="module")
 def server(fun_asr_tiny, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    args = ["--model", str(fun_asr_tiny), "--max-tokens", "8", *ENGINE_FLAGS]
-    with live_server(args, log) as srv:
+    args = ["--model", str(fun_asr_tiny), "--max-tokens", "8", "--max-model-len", "1024"]
+    with live_server(args, log, env=os.environ | {FAKE_ENGINE_ENV: "1"}) as srv:
         yield srv.url
 
 

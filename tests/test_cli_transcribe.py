@@ -1,7 +1,10 @@
-"""``asrctl transcribe`` as a user runs it: a subprocess, real vLLM, files on disk.
+"""``asrctl transcribe`` as a user runs it: files on disk, stdout, stderr, exit codes.
 
-Each run starts its own engine (about 40 s on CI's CPU), so the module keeps to four runs:
-mixed good and bad inputs, a run killed mid-way, its resume, and stdout mode.
+Behaviour (outputs, formats, failures, exit codes) runs on asrctl.testing's fake engine
+through the CLI's entry point in this process (``asrctl_cli``), under a second a run; a run
+killed mid-way and resumed runs as subprocesses. One ``python -m asrctl`` run on real vLLM
+checks the transcripts against transformers token for token (about 40 s of engine start
+on CI's CPU).
 """
 
 from __future__ import annotations
@@ -17,62 +20,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-pytestmark = pytest.mark.vllm
+sys.path.insert(0, str(Path(__file__).parent))
+from clirun import ENGINE_FLAGS, run_asrctl
+from test_long_audio import parse_srt, parse_vtt
 
-ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
+from asrctl import testing
+
 MAX_TOKENS = 12
-
-
-def asrctl(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "asrctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        **kwargs,
-    )
+GOOD = ("a_wav16k", "b_flac", "c_wav8k", "d_stereo44k")
+BAD = ("x_missing", "y_corrupt", "z_nan")
 
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _reference_texts(model_dir: Path, wavs: dict[str, Path]) -> dict[str, str]:
-    """Greedy transcripts from transformers over asrctl's prompt embeddings (no vLLM)."""
-    from transformers import AutoModelForCausalLM
-
-    from asrctl.adapters.base import PromptOptions
-    from asrctl.adapters.registry import load_adapter
-    from asrctl.audio import load_audio
-    from asrctl.engine import TextEmbedder
-    from asrctl.export import prepare
-    from asrctl.guard import truncate_loops
-
-    llm_dir = prepare(model_dir).llm_dir
-    adapter = load_adapter(model_dir)
-    encoder = adapter.audio_encoder("cpu", torch.float32)
-    embed = TextEmbedder(llm_dir, torch.float32)
-    prompt = adapter.prompt(PromptOptions())
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32).eval()
-    texts = {}
-    with torch.inference_mode():
-        for key, path in wavs.items():
-            audio = torch.from_numpy(load_audio(path, sample_rate=16000))
-            emb = torch.cat([embed(prompt.prefix), encoder([audio])[0], embed(prompt.suffix)])
-            out = llm.generate(
-                inputs_embeds=emb[None],
-                max_new_tokens=MAX_TOKENS,
-                do_sample=False,
-                attention_mask=torch.ones(1, len(emb)).long(),
-            )
-            decoded = embed.tokenizer.decode(out[0].tolist(), skip_special_tokens=True)
-            # vLLM's incremental detokenizer withholds a trailing, incomplete UTF-8
-            # sequence (cut by --max-tokens); a one-shot decode shows it as U+FFFD.
-            # ... and every transcript goes through the repetition guard (asrctl.guard)
-            texts[key] = truncate_loops(adapter.postprocess(decoded.rstrip("\ufffd")))[0]
-    return texts
+def _kaldi(path: Path) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in path.read_text().splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -102,44 +67,101 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def test_transcribe_writes_results_and_names_bad_inputs(fun_asr_tiny, data_dir, tmp_path):
-    out = tmp_path / "out"
-    run = asrctl(
-        "transcribe",
-        str(data_dir / "wav.scp"),
-        "--model",
-        str(fun_asr_tiny),
-        "-o",
-        str(out),
-        "--max-tokens",
-        str(MAX_TOKENS),
-        "-b",
-        "3",
-        *ENGINE_FLAGS,
-    )
+def _check_mixed_run(run: subprocess.CompletedProcess, out: Path, good: tuple[str, ...]) -> dict:
+    """What a run over good and broken inputs must leave; returns the texts by key."""
     assert run.returncode == 1, run.stderr
     assert run.stdout == ""  # data went to files; nothing else on stdout
-    for key in ("x_missing", "y_corrupt", "z_nan"):
+    for key in BAD:
         assert key in run.stderr
     assert "Traceback" not in run.stderr
-    assert "4 transcribed, 3 failed" in run.stderr and "RTFx" in run.stderr
+    assert f"{len(good)} transcribed, 3 failed" in run.stderr and "RTFx" in run.stderr
     rows = _rows(out / "results.jsonl")
-    assert sorted(r["key"] for r in rows) == ["a_wav16k", "b_flac", "c_wav8k", "d_stereo44k"]
-    assert {r["key"]: r["duration"] for r in rows} == {
-        "a_wav16k": 1.2,
-        "b_flac": 2.1,
-        "c_wav8k": 0.8,
-        "d_stereo44k": 1.7,
-    }
-    assert {r["key"] for r in _rows(out / "failed.jsonl")} == {"x_missing", "y_corrupt", "z_nan"}
-    text = dict(line.split(" ", 1) for line in (out / "text").read_text().splitlines())
+    assert sorted(r["key"] for r in rows) == sorted(good)
+    assert {r["key"] for r in _rows(out / "failed.jsonl")} == set(BAD)
+    text = _kaldi(out / "text")
     assert text == {r["key"]: r["text"] for r in rows}
-    wavs = {
-        k: Path(v)
-        for k, v in (line.split(" ", 1) for line in (data_dir / "wav.scp").read_text().splitlines())
-        if k in text
-    }
-    assert text == _reference_texts(fun_asr_tiny, wavs)
+    return text
+
+
+@pytest.mark.vllm
+def test_transcripts_equal_transformers_on_vllm(fun_asr_tiny, data_dir, tmp_path, reference_texts):
+    out = tmp_path / "out"
+    run = run_asrctl(
+        *("transcribe", str(data_dir / "wav.scp"), "--model", str(fun_asr_tiny), "-o", str(out)),
+        *("--max-tokens", str(MAX_TOKENS), "-b", "3", *ENGINE_FLAGS),
+        timeout=600,
+    )
+    text = _check_mixed_run(run, out, GOOD)
+    durations = {r["key"]: r["duration"] for r in _rows(out / "results.jsonl")}
+    assert durations == {"a_wav16k": 1.2, "b_flac": 2.1, "c_wav8k": 0.8, "d_stereo44k": 1.7}
+    wavs = {k: Path(v) for k, v in _kaldi(data_dir / "wav.scp").items() if k in text}
+    expected = reference_texts(fun_asr_tiny, list(wavs.values()), MAX_TOKENS)
+    assert text == dict(zip(wavs, expected, strict=True))
+
+
+def test_mixed_inputs_write_results_and_name_the_bad_ones(
+    asrctl_cli, fake_engine, fun_asr_tiny, data_dir, tmp_path
+):
+    scp = tmp_path / "wav.scp"
+    a_copy = f"e_copy {data_dir / 'a.wav'}\n"  # the same audio under another key
+    scp.write_text((data_dir / "wav.scp").read_text() + a_copy)
+    out = tmp_path / "out"
+    run = asrctl_cli(
+        *("transcribe", str(scp), "--model", str(fun_asr_tiny), "-o", str(out)),
+        *("--max-tokens", str(MAX_TOKENS), "-b", "3"),
+    )
+    text = _check_mixed_run(run, out, (*GOOD, "e_copy"))
+    rows = {r["key"]: r for r in _rows(out / "results.jsonl")}
+    assert {k: r["duration"] for k, r in rows.items()} == {
+        "a_wav16k": 1.2, "b_flac": 2.1, "c_wav8k": 0.8, "d_stereo44k": 1.7, "e_copy": 1.2,
+    }  # fmt: skip
+    assert text["e_copy"] == text["a_wav16k"]  # same audio, same text
+    assert len({text[k] for k in GOOD}) == len(GOOD)  # different audio, different text
+    for key in GOOD:
+        assert set(text[key].split()) <= set(testing.WORDS), text[key]
+        assert rows[key]["finish_reason"] == "stop" and 0 < rows[key]["num_tokens"] <= MAX_TOKENS
+    failures = {r["key"]: r["error"] for r in _rows(out / "failed.jsonl")}
+    assert "missing.wav" in failures["x_missing"] and "NaN" in failures["z_nan"]
+
+
+def test_stdout_modes_print_the_same_transcripts(
+    asrctl_cli, fake_engine, fun_asr_tiny, data_dir, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # the fake path must not need vLLM
+    wavs = [str(data_dir / "a.wav"), str(data_dir / "b.flac")]
+    model = ("--model", str(fun_asr_tiny))
+    plain = asrctl_cli("transcribe", *wavs, *model)
+    assert plain.returncode == 0, plain.stderr
+    text = _kaldi_lines(plain.stdout)
+    assert sorted(text) == ["a", "b"] and all(text.values())  # in completion order
+    jsonl = asrctl_cli("transcribe", *wavs, *model, "--format", "jsonl")
+    assert jsonl.returncode == 0, jsonl.stderr
+    assert {r["key"]: r["text"] for r in map(json.loads, jsonl.stdout.splitlines())} == text
+    srt = asrctl_cli("transcribe", wavs[0], *model, "--format", "srt")
+    assert srt.returncode == 0, srt.stderr
+    assert parse_srt(srt.stdout + "\n") == [(0.0, 1.2, text["a"])]
+    cut = asrctl_cli("transcribe", wavs[0], *model, "--max-tokens", "1")
+    assert cut.returncode == 0 and text["a"].startswith(_kaldi_lines(cut.stdout)["a"])
+
+
+def _kaldi_lines(stdout: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in stdout.splitlines())
+
+
+def test_output_dir_formats(asrctl_cli, fake_engine, fun_asr_tiny, data_dir, tmp_path):
+    out = tmp_path / "out"
+    run = asrctl_cli(
+        *("transcribe", str(data_dir / "a.wav"), str(data_dir / "c.wav")),
+        *("--model", str(fun_asr_tiny), "-o", str(out), "--format", "jsonl,srt", "-f", "vtt"),
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.srt", "a.vtt", "c.srt", "c.vtt", "failed.jsonl", "results.jsonl", "text",
+    ]  # fmt: skip
+    rows = {r["key"]: r for r in _rows(out / "results.jsonl")}
+    for key, seconds in (("a", 1.2), ("c", 0.8)):
+        assert parse_srt((out / f"{key}.srt").read_text()) == [(0.0, seconds, rows[key]["text"])]
+        assert parse_vtt((out / f"{key}.vtt").read_text()) == [(0.0, seconds, rows[key]["text"])]
 
 
 @pytest.fixture(scope="module")
@@ -155,52 +177,32 @@ def many(tmp_path_factory) -> Path:
     return root / "wav.scp"
 
 
-def test_killed_run_resumes_without_losing_or_duplicating_keys(fun_asr_tiny, many, tmp_path):
+def test_killed_run_resumes_without_losing_or_duplicating_keys(
+    asrctl_cli, fake_engine, fun_asr_tiny, many, tmp_path
+):
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "asrctl",
-        "transcribe",
-        str(many),
-        "--model",
-        str(fun_asr_tiny),
-        "-o",
-        str(out),
-        "-b",
-        "1",
-        "--max-tokens",
-        str(MAX_TOKENS),
-        *ENGINE_FLAGS,
-    ]
+    args = ("transcribe", str(many), "--model", str(fun_asr_tiny), "-o", str(out))
+    slow = os.environ | {"ASRCTL_FAKE_ENGINE": "delay=0.05"}  # ~0.3 s an utterance
+    # a subprocess, killed with its whole process group mid-way; the rest in this process
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        [sys.executable, "-m", "asrctl", *args, "-b", "1", "--max-tokens", str(MAX_TOKENS)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=slow,
     )
     results = out / "results.jsonl"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if results.exists() and results.read_text().count("\n") >= 3:
             break
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and vLLM's engine processes
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = results.read_text().count("\n")
     assert 3 <= done_before < 48, "the run must be killed mid-way"
 
-    again = asrctl(
-        "transcribe",
-        str(many),
-        "--model",
-        str(fun_asr_tiny),
-        "-o",
-        str(out),
-        "--resume",
-        "-b",
-        "16",
-        "--max-tokens",
-        str(MAX_TOKENS),
-        *ENGINE_FLAGS,
-    )
+    again = asrctl_cli(*args, "--resume", "-b", "16", "--max-tokens", str(MAX_TOKENS))
     assert again.returncode == 0, again.stderr
     assert f"{done_before} of 48 keys already done" in again.stderr
     keys = [r["key"] for r in _rows(results)]
@@ -208,34 +210,50 @@ def test_killed_run_resumes_without_losing_or_duplicating_keys(fun_asr_tiny, man
     text_keys = [line.split(" ", 1)[0] for line in (out / "text").read_text().splitlines()]
     assert sorted(text_keys) == sorted(keys)
 
-    refused = asrctl("transcribe", str(many), "--model", str(fun_asr_tiny), "-o", str(out))
+    refused = asrctl_cli(*args)
     assert refused.returncode != 0 and "--resume" in refused.stderr
-    nothing = asrctl(
-        "transcribe", str(many), "--model", str(fun_asr_tiny), "-o", str(out), "--resume"
-    )
+    nothing = asrctl_cli(*args, "--resume")
     assert nothing.returncode == 0 and "nothing to do" in nothing.stderr
 
 
-def test_without_output_dir_prints_kaldi_text_to_stdout(fun_asr_tiny, data_dir):
-    wav = data_dir / "a.wav"
-    run = asrctl(
-        "transcribe",
-        str(wav),
-        "--model",
-        str(fun_asr_tiny),
-        "--max-tokens",
-        str(MAX_TOKENS),
-        *ENGINE_FLAGS,
-    )
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].split(" ", 1)[0] == "a"
-    assert lines[0] == f"a {_reference_texts(fun_asr_tiny, {'a': wav})['a']}".rstrip()
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--encoder-dtype", "half"], 2, "--encoder-dtype 'half': use float32, tf32, bfloat16"),
+        (["--resume"], 2, "--resume needs --output-dir"),
+        (["--format", "docx"], 2, "--format 'docx' is not one of"),
+        (["--format", "srt", "{b}"], 2, "needs one input and one format"),
+        (["--language", "xx"], 2, "does not support language 'xx'"),
+        (["{missing}"], 4, "no such file or directory"),
+        (["{a}"], 4, "duplicate key 'a'"),
+        (["--model", "{nowhere}"], 3, "is not usable"),
+    ],
+)
+def test_exit_codes(asrctl_cli, fake_engine, fun_asr_tiny, data_dir, args, code, message):
+    paths = {"a": data_dir / "a.wav", "b": data_dir / "b.flac"}
+    paths |= {"missing": data_dir / "missing.wav", "nowhere": data_dir / "nowhere"}
+    args = [a.format(**paths) for a in args]
+    run = asrctl_cli("transcribe", str(paths["a"]), "--model", str(fun_asr_tiny), *args)
+    assert run.returncode == code, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert run.stdout == ""
 
 
-def test_unknown_encoder_dtype_fails_before_the_model_loads(tmp_path):
-    wav = tmp_path / "a.wav"
-    sf.write(wav, np.zeros(16000, np.float32), 16000)
-    got = asrctl("transcribe", str(wav), "--model", str(tmp_path), "--encoder-dtype", "half")
-    assert got.returncode == 2, got.stderr
-    assert "--encoder-dtype 'half': use float32 or bfloat16" in got.stderr
+def test_an_engine_that_fails_to_start_exits_5(asrctl_cli, fun_asr_tiny, data_dir, monkeypatch):
+    monkeypatch.setenv("ASRCTL_FAKE_ENGINE", "fail=start")
+    run = asrctl_cli("transcribe", data_dir / "a.wav", "--model", fun_asr_tiny)
+    assert run.returncode == 5, run.stderr
+    assert "engine: vLLM failed to start" in run.stderr and "ASRCTL_DEBUG" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.xfail(
+    strict=True, reason="an engine dying mid-run (EngineDeadError) escapes as a traceback"
+)
+def test_an_engine_dying_mid_run_is_an_engine_error(
+    asrctl_cli, fun_asr_tiny, data_dir, monkeypatch
+):
+    monkeypatch.setenv("ASRCTL_FAKE_ENGINE", "fail=step")
+    run = asrctl_cli("transcribe", data_dir / "a.wav", "--model", fun_asr_tiny)
+    assert run.returncode == 5, run.stderr
+    assert "Traceback" not in run.stderr

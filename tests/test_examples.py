@@ -87,7 +87,6 @@ def test_every_example_is_tested():
     assert names == tested
 
 
-@pytest.mark.vllm
 def test_folder_to_srt(shared, folder, tmp_path, monkeypatch, capsys):
     out = tmp_path / "subs"
     run(EXAMPLES / "folder_to_srt.py", "MODEL", folder, out, monkeypatch=monkeypatch)
@@ -99,7 +98,6 @@ def test_folder_to_srt(shared, folder, tmp_path, monkeypatch, capsys):
     assert str(out / "a.srt") in capsys.readouterr().out
 
 
-@pytest.mark.vllm
 def test_numpy_arrays(shared, folder, monkeypatch, capsys):
     paths = [folder / "a.wav", folder / "b.flac"]
     run(EXAMPLES / "numpy_arrays.py", "MODEL", *paths, monkeypatch=monkeypatch)
@@ -109,7 +107,6 @@ def test_numpy_arrays(shared, folder, monkeypatch, capsys):
     assert lines[2] == str([eval(s) for s in singles])  # the batch: same texts, same order
 
 
-@pytest.mark.vllm
 def test_async_concurrency(shared, folder, monkeypatch, capsys):
     run(
         EXAMPLES / "async_concurrency.py",
@@ -124,7 +121,6 @@ def test_async_concurrency(shared, folder, monkeypatch, capsys):
     assert out[3].startswith("3 files, 2.4 s of audio in ")
 
 
-@pytest.mark.vllm
 def test_stream_file(shared, tmp_path, monkeypatch, capsys):
     path = tmp_path / "talk.wav"
     audio = np.concatenate([speech(5, 1.0), np.zeros(SR, np.float32), speech(6, 0.8)])
@@ -135,7 +131,6 @@ def test_stream_file(shared, tmp_path, monkeypatch, capsys):
     assert any(line.startswith("partial") for line in lines[:-1])
 
 
-@pytest.mark.vllm
 def test_bench_folder(shared, tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     data.mkdir()

@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).parent))
 from clirun import run_asrctl
+from speechlike import noise
 
 from asrctl.adapters.base import PromptOptions
 from asrctl.adapters.glm_asr import GlmAsrAdapter
@@ -67,11 +68,6 @@ def processor(glm_tiny: Path):
         AutoTokenizer.from_pretrained(glm_tiny),
         chat_template=(glm_tiny / "chat_template.jinja").read_text(),
     )
-
-
-def _noise(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(round(SR * seconds))).astype(np.float32)
 
 
 # --- layout, detection, checks ------------------------------------------------------------
@@ -217,8 +213,8 @@ def test_setup_exports_llama(glm_copy: Path) -> None:
 def test_log_mel_matches_whisper_feature_extractor(processor, n_samples: int) -> None:
     """Our batched torch log-mel and mask equal WhisperFeatureExtractor's (torch and numpy)."""
     fe = processor.feature_extractor
-    wave = _noise(n_samples / SR, n_samples)
-    other = _noise(7.3, 1)  # batched with a different utterance: per-window normalisation
+    wave = noise(n_samples / SR, n_samples)
+    other = noise(7.3, 1)  # batched with a different utterance: per-window normalisation
     ref = fe([wave, other], sampling_rate=SR, return_attention_mask=True, return_tensors="pt")
     opts = WhisperFeatureOptions.from_config(fe.to_dict())
     filters = torch.from_numpy(mel_filters(400, 128, SR)).float()
@@ -266,7 +262,7 @@ def test_prompt_equals_processor_chat_template(glm_tiny: Path, processor) -> Non
     assert prompt.prefix.endswith("<|begin_of_audio|>")
     assert prompt.suffix.startswith("<|end_of_audio|>")
     assert prompt.suffix.endswith("<|assistant|>\n")
-    audio = _noise(2.0, 0)
+    audio = noise(2.0, 0)
     inputs = processor.apply_transcription_request(audio)
     tok = processor.tokenizer
     n = glm_asr_token_count(-(-len(audio) // 160))
@@ -346,7 +342,7 @@ def test_audio_positions_equal_encoder_output(glm_tiny: Path) -> None:
     """Within one window, across windows, and past 655 s (the encoder truncates)."""
     adapter = detect(glm_tiny)
     encoder = adapter.audio_encoder("cpu", torch.float32)
-    waves = [torch.from_numpy(_noise(s, i)) for i, s in enumerate((0.5, 7.3, 30.0, 41.7, 700.0))]
+    waves = [torch.from_numpy(noise(s, i)) for i, s in enumerate((0.5, 7.3, 30.0, 41.7, 700.0))]
     with torch.inference_mode():
         out = encoder(waves)
     assert [adapter.audio_positions(len(w)) for w in waves] == [len(o) for o in out]

@@ -1,15 +1,14 @@
-"""``asrctl transcribe long.wav --format srt,vtt`` end to end: one subprocess, real vLLM.
+"""``asrctl transcribe long.wav --format srt,vtt --vad`` end to end, on the fake engine.
 
 The recording is synthetic speech-like audio with known silences (tests/speechlike.py)
 and a 40 s stretch without a pause, longer than Fun-ASR-Nano's 30 s window; a silent file
-goes through ``--vad`` too. ``--max-tokens`` is high enough that the random-weight model
-falls into repetition loops (its texts are junk), which the guard must cut.
+goes through ``--vad`` too. The fake engine runs in ``loop`` mode: like a random-weight
+model it repeats itself up to ``--max-tokens``, and the repetition guard must cut that.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,14 +20,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from speechlike import SR, recording
 from test_long_audio import BOUNDARY_TOL_S, parse_srt, parse_vtt
 
+from asrctl.engine import FAKE_ENGINE_ENV
 from asrctl.guard import truncate_loops
 
-pytestmark = pytest.mark.vllm
 
-ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
-
-
-def test_long_recording_to_subtitles(fun_asr_tiny, tmp_path):
+def test_long_recording_to_subtitles(asrctl_cli, fun_asr_tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv(FAKE_ENGINE_ENV, "loop")
     layout = [("silence", 1.0), ("speech", 3.0), ("silence", 3.0), ("speech", 4.0),
               ("silence", 2.5), ("noise", 2.0), ("silence", 2.5), ("speech", 40.0),
               ("silence", 1.5)]  # fmt: skip
@@ -36,12 +33,10 @@ def test_long_recording_to_subtitles(fun_asr_tiny, tmp_path):
     sf.write(tmp_path / "long.wav", audio, SR, subtype="PCM_16")
     sf.write(tmp_path / "silence.wav", np.zeros(5 * SR, np.float32), SR, subtype="PCM_16")
     out = tmp_path / "out"
-    run = subprocess.run(
-        [sys.executable, "-m", "asrctl", "transcribe", str(tmp_path / "long.wav"),
-         str(tmp_path / "silence.wav"), "--model", str(fun_asr_tiny), "-o", str(out),
-         "--format", "text,jsonl", "--format", "srt,vtt", "--vad", "--max-tokens", "200",
-         *ENGINE_FLAGS],
-        capture_output=True, text=True, timeout=600,
+    run = asrctl_cli(
+        "transcribe", tmp_path / "long.wav", tmp_path / "silence.wav", "--model", fun_asr_tiny,
+        "-o", out, "--format", "text,jsonl", "--format", "srt,vtt", "--vad",
+        "--max-tokens", "200", "--max-model-len", "1024",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     rows = {r["key"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}

@@ -1,5 +1,6 @@
 """``serve`` with word timestamps: Fun-ASR-Nano's CTC head (the ``--ctc`` fixture) through
-``timestamp_granularities[]=word``, in one pass and across ``--vad`` segments. One server.
+``timestamp_granularities[]=word``, in one pass and across ``--vad`` segments. One server,
+on asrctl.testing's fake engine (the CTC head times whatever text the engine wrote).
 """
 
 from __future__ import annotations
@@ -18,19 +19,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from liveserver import live_server
 from speechlike import SR, recording
 
+from asrctl.engine import FAKE_ENGINE_ENV
 from asrctl.fixtures import fun_asr_nano
 
-pytestmark = pytest.mark.vllm
-
-ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024"]
-ENV = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
+ENV = os.environ | {FAKE_ENGINE_ENV: "1"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-words")
     model = fun_asr_nano.make(root / "Fun-ASR-Nano", ctc=True)
-    args = ["--model", str(model), "--vad", "--max-tokens", "8", *ENGINE_FLAGS]
+    args = ["--model", str(model), "--vad", "--max-tokens", "8", "--max-model-len", "1024"]
     with live_server(args, root / "server.log", env=ENV) as srv:
         yield srv.url
 

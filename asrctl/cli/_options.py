@@ -404,6 +404,14 @@ EmbeddingCacheMbOpt = Annotated[
         rich_help_panel=SERVER,
     ),
 ]
+UiOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ui/--no-ui",
+        help="Serve the web page on / (drop a file or use the microphone).",
+        rich_help_panel=SERVER,
+    ),
+]
 WsMaxSessionsOpt = Annotated[
     int,
     typer.Option(

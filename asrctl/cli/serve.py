@@ -31,6 +31,7 @@ from asrctl.cli._options import (
     ServeVadOpt,
     ShutdownTimeoutOpt,
     TensorParallelOpt,
+    UiOpt,
     WsIdleTimeoutOpt,
     WsMaxSessionsOpt,
 )
@@ -66,6 +67,7 @@ def serve(
     ws_max_sessions: WsMaxSessionsOpt = 100,
     ws_idle_timeout: WsIdleTimeoutOpt = 60.0,
     embedding_cache_mb: EmbeddingCacheMbOpt = 256.0,
+    ui: UiOpt = True,
     data_parallel: ServeDataParallelOpt = 1,
 ) -> None:
     """Serve a model over HTTP (OpenAI /v1/audio/transcriptions, FunASR /asr) and WebSocket."""
@@ -95,6 +97,7 @@ def serve(
             SamplingOverride.parse(sampling_override) if sampling_override else SamplingOverride()
         ),
         embedding_cache_mb=embedding_cache_mb,
+        ui=ui,
         realtime=RealtimeOptions(max_sessions=ws_max_sessions, idle_timeout_s=ws_idle_timeout),
     )
     engine = engine_options(

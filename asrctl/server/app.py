@@ -25,7 +25,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from asrctl.embedding_cache import CachedEncoder, EmbeddingCache
 from asrctl.engine import EngineOptions
-from asrctl.server import chat_api, funasr_api, openai_api, openai_realtime, realtime
+from asrctl.server import (
+    chat_api,
+    funasr_api,
+    openai_api,
+    openai_realtime,
+    realtime,
+    ui_routes,
+)
 from asrctl.server.engine import AsyncModel
 from asrctl.server.errors import ApiError, install_handlers
 from asrctl.server.metrics import Metrics, endpoint_label
@@ -66,6 +73,8 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(funasr_api.router)
     app.include_router(realtime.router)
     app.include_router(openai_realtime.router)
+    if state.options.ui:
+        app.include_router(ui_routes.router)
 
     @app.get("/health")
     async def health() -> Response:
@@ -183,9 +192,10 @@ def serve(model_dir: str | Path, options: ServerOptions, engine_options: EngineO
     asyncio.run(_serve(model_dir, options, engine_options))
 
 
-async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOptions) -> None:
-    import uvicorn
-
+async def start_state(
+    model_dir: str | Path, options: ServerOptions, engine: EngineOptions
+) -> ServerState:
+    """Load the model and start vLLM, inside the event loop that will serve the app."""
     metrics = Metrics()
     model = await AsyncModel.start(
         model_dir,
@@ -202,7 +212,13 @@ async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOp
     if options.embedding_cache_mb > 0:  # the same audio sent again is not encoded again
         cache = EmbeddingCache(int(options.embedding_cache_mb * (1 << 20)))
         model.pipeline.encoder = CachedEncoder(model.encoder, model.sample_rate, cache)
-    state = ServerState.create(model, options, Path(model_dir), metrics)
+    return ServerState.create(model, options, Path(model_dir), metrics)
+
+
+async def _serve(model_dir: str | Path, options: ServerOptions, engine: EngineOptions) -> None:
+    import uvicorn
+
+    state = await start_state(model_dir, options, engine)
     config = uvicorn.Config(
         create_app(state),
         host=options.host,

@@ -19,6 +19,7 @@ NO_TIMESTAMPS_NOTE = (
     "{model} gives no timestamps: one segment spans the whole audio; "
     "word timestamps are not available"
 )
+OWN_NOTE = "segments, their times and speakers are {model}'s own; word timestamps are not available"
 VAD_NOTE = (
     "segments come from voice activity detection (the audio was longer than {model} takes "
     "in one pass); {model} gives no word timestamps"
@@ -38,10 +39,13 @@ def segments_of(result: Transcript) -> list[Segment]:
 
 
 def notes_of(result: Transcript, model_title: str) -> list[str]:
-    if result.segments is not None:
-        note = VAD_NOTE.format(model=model_title)
-    else:
+    if result.segments is None:
         note = NO_TIMESTAMPS_NOTE.format(model=model_title)
+    elif not result.notes or any("own segment timestamps" in n for n in result.notes):
+        # one pass, or VAD pieces: the segments (and their times) are the model's own
+        note = OWN_NOTE.format(model=model_title)
+    else:
+        note = VAD_NOTE.format(model=model_title)
     if result.words is not None:  # the words are timed; only the segments are not
         note = note.split("; ")[0] + "; words are timed by CTC forced alignment"
     return [note]
@@ -75,7 +79,7 @@ def verbose_json_body(
     """OpenAI's ``verbose_json`` (``TranscriptionVerbose``), segments included.
 
     ``no_speech_prob`` is null: the model does not estimate it. ``notes`` says how the
-    segments were made.
+    segments were made. A segment the model gave a speaker (VibeVoice-ASR) has ``speaker``.
     """
     return {
         "task": "transcribe",
@@ -94,6 +98,7 @@ def verbose_json_body(
                 "avg_logprob": result.avg_logprob,
                 "compression_ratio": compression_ratio(s.text),
                 "no_speech_prob": None,
+                **({"speaker": s.speaker} if s.speaker is not None else {}),
             }
             for i, s in enumerate(segments_of(result))
         ],

@@ -79,6 +79,7 @@ class ServerOptions:
             folder (None: never; the server reads no path a request names otherwise).
         embedding_cache_mb: memory for the audio embeddings of recent requests, so the
             same audio sent again is not encoded again (0: no cache).
+        ui: serve the web page on ``/`` and ``/ui`` (``--no-ui``: off).
     """
 
     host: str = "127.0.0.1"
@@ -99,6 +100,7 @@ class ServerOptions:
     sampling_override: SamplingOverride = field(default_factory=SamplingOverride)
     allowed_local_media_path: Path | None = None
     embedding_cache_mb: float = 256.0
+    ui: bool = True
 
     def __post_init__(self) -> None:
         self._verify()
