@@ -22,6 +22,19 @@ install_references() {
   return 0
 }
 
+# --diarize: the voice encoder's weights ship in the resemblyzer wheel; asrctl reads only
+# that file, so its dependency tree (webrtcvad built from source, the `typing` backport) is
+# skipped. The speaker tests synthesise conversations with espeak-ng (Debian package).
+install_diarize() {
+  pip install --no-deps "resemblyzer==0.1.4"
+  if [ -n "$EXTRAS" ] && ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq espeak-ng) ||
+      echo "install.sh: espeak-ng not installed; the speaker tests will skip" >&2
+  fi
+  return 0
+}
+
 # The web page's browser tests (tests/test_ui.py) drive Debian's chromium through
 # chromium-driver. Best effort: without apt-get (or root) they are skipped, saying why.
 install_browser() {
@@ -38,8 +51,9 @@ install_browser() {
 }
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  pip install -e ".[gpu${EXTRAS:+,$EXTRAS}]"
+  pip install -e ".[gpu,diarize${EXTRAS:+,$EXTRAS}]"
   install_references
+  install_diarize
   install_browser
   exit 0
 fi
@@ -52,8 +66,9 @@ if [ "$have_torch" != "$TORCH_CPU" ]; then
   pip install "torch==$TORCH_CPU" ||
     pip install "torch==$TORCH_CPU" --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
 fi
-pip install -e ".[cpu${EXTRAS:+,$EXTRAS}]" "torch==$TORCH_CPU"
+pip install -e ".[cpu,diarize${EXTRAS:+,$EXTRAS}]" "torch==$TORCH_CPU"
 install_references
+install_diarize
 install_browser
 pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "$PY" -c 'import torch, vllm; print("asrctl install ok: vllm", vllm.__version__, "torch", torch.__version__)'

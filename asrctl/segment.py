@@ -16,6 +16,12 @@ Which inputs are segmented:
 * ``vad=True``: every input (silence-only or noise-only input gives an empty transcript);
 * ``vad=False``: none (inputs over the limit fail, as without this module).
 
+Speakers (``diarize``, :mod:`asrctl.diarize`): every input goes through VAD, its speech
+spans are cut at speaker changes, and each speaker turn is transcribed as its own segment
+(``Segment.speaker`` = ``SPEAKER_k``), so no segment spans a change. Families that write
+speaker ids themselves (VibeVoice-ASR) are transcribed as without diarization and their
+ids relabelled to the same scheme.
+
 Word timestamps exist only where the model gives them (Fun-ASR-Nano with the CTC head of
 its ModelScope checkpoint): each segment's words are moved to the input's clock. Otherwise
 none are invented and ``notes`` says so.
@@ -27,11 +33,15 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from asrctl.errors import AsrctlError
 from asrctl.inputs import AudioItem
 from asrctl.results import Failure, Segment, Transcript
-from asrctl.vad import SileroVad, Span, VadOptions, detect
+from asrctl.vad import SileroVad, Span, VadOptions, detect, detect_array
+
+if TYPE_CHECKING:
+    from asrctl.diarize import DiarizeOptions
 
 VAD_AHEAD = 2  # inputs run through VAD ahead of the transcriber
 NO_WORD_TIMES = (
@@ -49,6 +59,7 @@ class _Parent:
     texts: dict[int, Transcript] = field(default_factory=dict)
     failed: str | None = None
     remaining: int = 0  # segments not back yet
+    speakers: list[str] | None = None  # one per span, when diarized
 
 
 class LongAudio:
@@ -60,9 +71,16 @@ class LongAudio:
         *,
         vad: bool | None = None,
         options: VadOptions | None = None,
+        diarize: DiarizeOptions | None = None,
     ) -> None:
+        from asrctl.diarize import gives_speakers
+
         self.transcriber = transcriber
         family = transcriber.adapter.family
+        self.diarize = diarize
+        # acoustic diarization, unless the model writes speakers itself (then relabelled)
+        self.own_speakers = diarize is not None and gives_speakers(family.name)
+        self._diarizer = None
         self.limit = family.max_audio_seconds
         self.title = family.title
         self.vad = vad
@@ -75,6 +93,8 @@ class LongAudio:
         return self.transcriber.sample_rate
 
     def needs_vad(self, item: AudioItem) -> bool:
+        if self.diarize is not None and not self.own_speakers:
+            return True
         if self.vad is not None:
             return self.vad
         if self.limit is None:
@@ -92,7 +112,7 @@ class LongAudio:
             out = _drain(ready)  # the transcriber's producer thread appends to it
             for r in batch:
                 if r.key not in by_sub:
-                    out.append(r)
+                    out.append(self._relabel(r))
                     continue
                 key, index = by_sub.pop(r.key)
                 parent = parents[key]
@@ -120,24 +140,41 @@ class LongAudio:
             for entry in queue:
                 yield from self._expand(*entry, parents, by_sub, ready)
 
-    def _detect(self, item: AudioItem) -> tuple[list[Span], float]:
+    def _detect(self, item: AudioItem) -> tuple[list[Span], float, list[str] | None]:
         if self._silero is None:
             self._silero = SileroVad()
-        return detect(item, self.options, self._silero)
+        if self.diarize is None or self.own_speakers:
+            return (*detect(item, self.options, self._silero), None)
+        from asrctl.diarize import RATE, Diarizer
+
+        if self._diarizer is None:
+            self._diarizer = Diarizer(self.diarize)
+        audio = item.load(RATE)
+        spans = detect_array(audio, RATE, self.options, self._silero)
+        turns = self._diarizer.turns(audio, spans)
+        return [Span(t.start, t.end) for t in turns], len(audio) / RATE, [t.label for t in turns]
+
+    def _relabel(self, r):
+        """A one-pass result: the model's own speakers relabelled (VibeVoice-ASR)."""
+        if self.own_speakers and isinstance(r, Transcript):
+            from asrctl.diarize import relabel
+
+            return relabel(r)
+        return r
 
     def _expand(self, item, future, parents, by_sub, ready) -> Iterator[AudioItem]:
         if future is None:
             yield item
             return
         try:
-            spans, duration = future.result()
+            spans, duration, speakers = future.result()
         except AsrctlError as e:
             ready.append(Failure(item.key, str(e)))
             return
-        if self.vad is None and duration <= (self.limit or float("inf")):
+        if self.vad is None and speakers is None and duration <= (self.limit or float("inf")):
             yield item  # unknown length turned out short: one pass, as without VAD
             return
-        parent = _Parent(item, duration, spans)
+        parent = _Parent(item, duration, spans, speakers=speakers)
         if not spans:
             ready.append(self._stitch(parent))
             return
@@ -161,23 +198,31 @@ class LongAudio:
         if parent.failed:
             return Failure(key, f"{key}: a segment failed: {parent.failed}")
         parts = [parent.texts[i] for i in range(len(parent.spans))]
-        return stitch(key, parent.duration, parent.spans, parts, self.title)
+        result = stitch(key, parent.duration, parent.spans, parts, self.title, parent.speakers)
+        return self._relabel(result)
 
 
 def stitch(
-    key: str, duration: float, spans: Sequence[Span], parts: Sequence[Transcript], title: str
+    key: str,
+    duration: float,
+    spans: Sequence[Span],
+    parts: Sequence[Transcript],
+    title: str,
+    speakers: Sequence[str] | None = None,
 ) -> Transcript:
     """One result for an input transcribed in pieces: ``parts[i]`` is the transcript of
-    ``spans[i]`` (seconds from the input's start). Texts joined in time order; segments are
-    the spans with their texts (or the model's own segments, moved to the input's clock);
-    words moved likewise (kept only when every part has them); token counts summed."""
+    ``spans[i]`` (seconds from the input's start), said by ``speakers[i]`` when diarized.
+    Texts joined in time order; segments are the spans with their texts (or the model's
+    own segments, moved to the input's clock); words moved likewise (kept only when every
+    part has them); token counts summed."""
     segments: list[Segment] = []
     timing: dict[str, float] = {}
-    for span, r in zip(spans, parts, strict=True):
+    who = list(speakers) if speakers is not None else [None] * len(spans)
+    for span, r, speaker in zip(spans, parts, who, strict=True):
         if r.segments:  # the model's own timestamps (VibeVoice): moved to the input's clock
             segments.extend(s.shifted(span.start) for s in r.segments)
         else:
-            segments.append(Segment(span.start, span.end, r.text, r.token_ids))
+            segments.append(Segment(span.start, span.end, r.text, r.token_ids, speaker))
         for name, value in r.timing.items():
             timing[name] = round(max(timing.get(name, 0.0), value), 4)
     timed = bool(parts) and all(r.words is not None for r in parts)

@@ -2,7 +2,8 @@
 
 Both take a sequence of cues: anything with ``start`` and ``end`` (seconds) and ``text``.
 Cues whose text is blank are left out; cue text never holds a blank line or the ``-->``
-arrow (either would end or break the cue).
+arrow (either would end or break the cue). A cue with a speaker (``--diarize``) is written
+``[SPEAKER_0] text`` in SubRip and with WebVTT's voice tag, ``<v SPEAKER_0>text``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,32 @@ class Cue(Protocol):
     text: str
 
 
+def _speaker(cue: Cue) -> str | None:
+    speaker = getattr(cue, "speaker", None)
+    return None if speaker is None else str(speaker)
+
+
+def _srt_text(cue: Cue) -> str:
+    text = cue_text(cue.text)
+    speaker = _speaker(cue)
+    return text if speaker is None else f"[{speaker}] {text}"
+
+
+def _vtt_text(cue: Cue) -> str:
+    text = cue_text(cue.text)
+    speaker = _speaker(cue)
+    if speaker is None:
+        return text
+    name = speaker.replace("<", "").replace(">", "").replace("&", "")
+    return f"<v {name}>{text.replace('&', '&amp;').replace('<', '&lt;')}"
+
+
 def srt(segments: Transcript | Sequence[Cue]) -> str:
     """A SubRip file: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, blank-line separated.
     Takes a transcript (its segments, or one cue spanning it) or the cues themselves."""
     segments = _cues(segments)
     cues = [
-        f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{cue_text(s.text)}\n"
+        f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{_srt_text(s)}\n"
         for i, s in enumerate(non_empty(segments), start=1)
     ]
     return "\n".join(cues)
@@ -38,7 +59,7 @@ def vtt(segments: Transcript | Sequence[Cue]) -> str:
     Takes a transcript or the cues themselves, as :func:`srt`."""
     segments = _cues(segments)
     cues = [
-        f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{cue_text(s.text)}\n"
+        f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{_vtt_text(s)}\n"
         for s in non_empty(segments)
     ]
     return "WEBVTT\n\n" + "\n".join(cues)
@@ -86,6 +107,7 @@ class SimpleCue:
     start: float
     end: float
     text: str
+    speaker: int | str | None = None
 
 
 def transcript_cues(transcript: Transcript) -> list[SimpleCue]:
@@ -101,7 +123,7 @@ def transcript_cues(transcript: Transcript) -> list[SimpleCue]:
         if end is None or end < start:
             after = [x.start for x in segs[i + 1 :] if x.start is not None]
             end = after[0] if after and after[0] >= start else max(start, transcript.duration)
-        cues.append(SimpleCue(start, end, s.text))
+        cues.append(SimpleCue(start, end, s.text, s.speaker))
     return cues
 
 

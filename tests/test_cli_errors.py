@@ -44,7 +44,7 @@ def fake_long_audio(then: BaseException | None, failure: Failure | None = None):
     """A LongAudio stand-in: one batch with the first input done, then ``then``."""
 
     class FakeLongAudio:
-        def __init__(self, transcriber, vad=None) -> None:
+        def __init__(self, transcriber, vad=None, **kwargs) -> None:
             pass
 
         def transcribe(self, items, options):

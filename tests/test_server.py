@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import conversation
 import numpy as np
 import pytest
 import soundfile as sf
@@ -189,7 +190,8 @@ def test_stream_failure_is_an_error_event(app_client):
         ({}, {}, 401, None),
         ({}, {"Authorization": "Bearer wrong"}, 401, None),
         ({"model": "whisper-1"}, AUTH, 404, "model"),
-        ({"response_format": "diarized_json"}, AUTH, 400, "response_format"),
+        ({"known_speaker_names[]": "ann"}, AUTH, 400, "known_speaker_names[]"),
+        ({"diarize": "maybe"}, AUTH, 400, "diarize"),
         ({"timestamp_granularities[]": "word"}, AUTH, 400, "timestamp_granularities[]"),
         ({"language": "xx"}, AUTH, 400, "language"),
         ({"temperature": "3"}, AUTH, 400, "temperature"),
@@ -250,11 +252,36 @@ def test_funasr_asr(app_client):
     assert body["segments"] == [{"text": "heard 16000 samples", "start": 0.0, "end": 1.0}]
     assert body["processing_time"] >= 0 and "rtf" in body and body["notes"]
     assert app_client.model.calls[-1][1].hotwords == ("a", "b")
-    spk = post(app_client, path="/asr", spk="true", language="中文")  # FunASR's client
-    assert spk.status_code == 200 and "speaker" in spk.json()["notes"][-1]
+    bad = post(app_client, path="/asr", spk="true", min_speakers="3", max_speakers="2")
+    assert bad.status_code == 400 and "min-speakers" in bad.json()["error"]["message"]
+    assert post(app_client, path="/asr", language="中文").status_code == 200  # a name
     assert app_client.model.calls[-1][1].language == "zh"
     assert post(app_client, path="/asr", language="English").status_code == 200
     assert app_client.model.calls[-1][1].language == "en"
+
+
+@pytest.mark.skipif(not conversation.espeak_available(), reason="espeak-ng is not installed")
+def test_speakers_on_asr_and_openai(app_client):
+    """spk=true / diarized_json: one request per speaker turn, each segment labelled."""
+    audio, turns = conversation.conversation([0, 1, 0], 0.7, seed=2)
+    buf = io.BytesIO()
+    sf.write(buf, audio, SR, format="WAV", subtype="PCM_16")
+    data = buf.getvalue()
+    body = post(app_client, data, path="/asr", spk="true").json()
+    assert [s["speaker"] for s in body["segments"]] == ["SPEAKER_0", "SPEAKER_1", "SPEAKER_0"]
+    for seg, turn in zip(body["segments"], turns, strict=True):
+        assert abs(seg["start"] - turn.start) < 0.5 and abs(seg["end"] - turn.end) < 0.5
+        samples = int(seg["text"].split()[1])  # each turn was transcribed on its own
+        assert abs(samples - (seg["end"] - seg["start"]) * SR) <= 1
+    diarized = post(app_client, data, response_format="diarized_json").json()
+    assert diarized["task"] == "transcribe" and diarized["text"] == body["text"]
+    assert [(s["type"], s["id"], s["speaker"]) for s in diarized["segments"]] == [
+        ("transcript.text.segment", f"seg_{i}", f"SPEAKER_{k}") for i, k in enumerate((0, 1, 0))
+    ]
+    vtt = post(app_client, data, response_format="vtt", diarize="true").text
+    assert vtt.count("<v SPEAKER_0>") == 2 and vtt.count("<v SPEAKER_1>") == 1
+    one = post(app_client, data, response_format="diarized_json", num_speakers="1").json()
+    assert {s["speaker"] for s in one["segments"]} == {"SPEAKER_0"}
 
 
 def test_models_health_metrics(app_client):

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from asrctl.diarize import DiarizeOptions
     from asrctl.engine import EngineOptions
     from asrctl.transcribe import TranscribeOptions
 
@@ -76,3 +77,30 @@ def transcribe_options(
     if encoder_batch_seconds is not None:
         options = replace(options, encoder_batch_seconds=encoder_batch_seconds)
     return options if max_in_flight is None else replace(options, max_in_flight=max_in_flight)
+
+
+def diarize_options(
+    *,
+    diarize: bool,
+    num_speakers: int | None,
+    min_speakers: int | None,
+    max_speakers: int | None,
+) -> DiarizeOptions | None:
+    """The speaker settings (None: no diarization); a speaker count without ``--diarize``
+    is an error naming it."""
+    from asrctl.diarize import DiarizeOptions
+    from asrctl.errors import OptionsError
+
+    counts = {"--num-speakers": num_speakers, "--min-speakers": min_speakers,
+              "--max-speakers": max_speakers}  # fmt: skip
+    if not diarize:
+        given = [name for name, value in counts.items() if value is not None]
+        if given:
+            raise OptionsError(f"{given[0]} needs --diarize")
+        return None
+    from asrctl.speaker_embed import weights_path
+
+    weights_path()  # the voice encoder is installed: checked before the model loads
+    return DiarizeOptions(
+        num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
+    )

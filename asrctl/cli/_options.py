@@ -166,6 +166,43 @@ VadOpt = Annotated[
         "Default: only inputs longer than the model's per-pass limit (30 s for Fun-ASR-Nano).",
     ),
 ]
+DIARIZE = "Speakers"
+DiarizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--diarize",
+        help="Label speakers (SPEAKER_0, SPEAKER_1, ...): every input is split at pauses and "
+        "speaker changes, each turn transcribed as its own segment.",
+        rich_help_panel=DIARIZE,
+    ),
+]
+NumSpeakersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-speakers",
+        min=1,
+        help="Exactly this many speakers (--diarize).",
+        rich_help_panel=DIARIZE,
+    ),
+]
+MinSpeakersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-speakers",
+        min=1,
+        help="At least this many speakers (--diarize).",
+        rich_help_panel=DIARIZE,
+    ),
+]
+MaxSpeakersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-speakers",
+        min=1,
+        help="At most this many speakers (--diarize).",
+        rich_help_panel=DIARIZE,
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Rebuild the export even if current.")]
 
 DtypeOpt = Annotated[

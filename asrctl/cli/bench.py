@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from asrctl.cli import _output
-from asrctl.cli._common import engine_options, transcribe_options
+from asrctl.cli._common import diarize_options, engine_options, transcribe_options
 from asrctl.cli._options import (
     BatchSizeOpt,
     BenchApiKeyOpt,
@@ -21,6 +21,7 @@ from asrctl.cli._options import (
     CacheDirOpt,
     ConcurrencyOpt,
     DeviceOpt,
+    DiarizeOpt,
     DtypeOpt,
     EncoderDtypeOpt,
     EnforceEagerOpt,
@@ -30,9 +31,12 @@ from asrctl.cli._options import (
     LanguageOpt,
     MaxModelLenOpt,
     MaxNumSeqsOpt,
+    MaxSpeakersOpt,
     MaxTokensOpt,
     MetricOpt,
+    MinSpeakersOpt,
     NoItnOpt,
+    NumSpeakersOpt,
     OptionalModelOpt,
     RateOpt,
     RawTextOpt,
@@ -98,8 +102,15 @@ def bench(
     max_model_len: MaxModelLenOpt = None,
     max_num_seqs: MaxNumSeqsOpt = None,
     enforce_eager: EnforceEagerOpt = False,
+    diarize: DiarizeOpt = False,
+    num_speakers: NumSpeakersOpt = None,
+    min_speakers: MinSpeakersOpt = None,
+    max_speakers: MaxSpeakersOpt = None,
 ) -> None:
-    """Measure accuracy (CER/WER) and speed (RTFx) of a model, or load-test a server."""
+    """Measure accuracy (CER/WER) and speed (RTFx) of a model, or load-test a server.
+
+    With --diarize, the end-to-end timing is also run with speaker diarization on, and
+    both RTFx are printed (the cost of diarization)."""
     from asrctl.inputs import iter_inputs
 
     items = iter_inputs(inputs)
@@ -125,6 +136,12 @@ def bench(
         return
     if model is None:
         raise OptionsError("bench needs --model DIR (or --server URL for a load test)")
+    speakers = diarize_options(
+        diarize=diarize,
+        num_speakers=num_speakers,
+        min_speakers=min_speakers,
+        max_speakers=max_speakers,
+    )
     from asrctl.bench.offline import BenchOptions
 
     options = transcribe_options(
@@ -156,6 +173,7 @@ def bench(
         "device": device,
         "cache_dir": cache_dir,
         "encoder_dtype": encoder_dtype,
+        "diarize": speakers,
     }
     failed = _offline(items, refs, spec, model, options, load, timing, worst, output_dir)
     if failed:
@@ -210,6 +228,7 @@ def _offline(items, refs, spec, model, options, load, timing, n_worst, output_di
     from asrctl.bench.scoring import score
     from asrctl.transcribe import Transcriber
 
+    speakers = load.pop("diarize", None)
     with _output.err.status("loading the model…"):
         start = time.perf_counter()
         transcriber = Transcriber(model, **load)
@@ -220,6 +239,9 @@ def _offline(items, refs, spec, model, options, load, timing, n_worst, output_di
         run = run_offline(
             LongAudio(transcriber), items, options, timing, on_step=_output.steps(status)
         )
+        diarized = None
+        if speakers is not None:  # the same timing with speaker diarization on
+            diarized = _diarized_speed(transcriber, items, options, timing, speakers, status)
     for failure in run.failures:
         _output.error(failure.error)
     scored = score(refs, {t.key: t.text for t in run.transcripts}, spec) if refs else None
@@ -229,6 +251,7 @@ def _offline(items, refs, spec, model, options, load, timing, n_worst, output_di
         "bench": asdict(timing),
         "device": transcriber.device,
         "encoder_dtype": load["encoder_dtype"],
+        "diarize": asdict(speakers) if speakers is not None else None,
     }
     model_info = {
         "dir": str(transcriber.prepared.model_dir),
@@ -238,6 +261,8 @@ def _offline(items, refs, spec, model, options, load, timing, n_worst, output_di
     report = benchreport.offline_report(
         run, scored, model=model_info, settings=settings, load_s=load_s, n_worst=n_worst
     )
+    if diarized is not None:
+        report["speed"][DIARIZED] = diarized
     alignments = benchreport.worst_alignments(scored, n_worst) if scored else None
     paths = benchreport.write(output_dir, report, alignments, _chart(report, output_dir))
     _offline_table(report)
@@ -246,6 +271,27 @@ def _offline(items, refs, spec, model, options, load, timing, n_worst, output_di
         _output.err.print(alignments, markup=False, highlight=False)
     _output.data(str(paths["report"]))
     return len(run.failures)
+
+
+DIARIZED = "end_to_end_diarized"
+
+
+def _diarized_speed(transcriber, items, options, timing, speakers, status) -> dict:
+    """The end-to-end timer with ``--diarize``: VAD, speaker embeddings and clustering,
+    each speaker turn transcribed as its own segment (speakers counted in ``speakers``)."""
+    from dataclasses import replace
+
+    from asrctl.bench.offline import run_offline
+    from asrctl.segment import LongAudio
+
+    status.update("diarized runs")
+    plain = replace(timing, warmup=min(timing.warmup, 1), engine_only=False)
+    run = run_offline(LongAudio(transcriber, diarize=speakers), items, options, plain)
+    row = run.speeds[0].to_json()
+    row["scope"] = "as end-to-end, plus speaker diarization (VAD, voice encoder, clustering; "
+    row["scope"] += "each speaker turn transcribed as its own segment)"
+    row["speakers"] = {t.key: len({s.speaker for s in t.segments or ()}) for t in run.transcripts}
+    return row
 
 
 def _server(items, options, output_dir: Path) -> None:
@@ -306,7 +352,7 @@ def _offline_table(report: dict) -> None:
         )
         table.add_row("normaliser", acc["normaliser"])
         table.add_row("scored", _keys_line(keys))
-    for mode in ("end_to_end", "engine_only"):
+    for mode in ("end_to_end", "engine_only", DIARIZED):
         if mode in speed:
             s = speed[mode]
             runs = ", ".join(f"{r:.1f}" for r in s["rtfx_runs"] if r is not None)

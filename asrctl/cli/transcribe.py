@@ -12,13 +12,14 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from asrctl.cli import _output
-from asrctl.cli._common import engine_options, transcribe_options
+from asrctl.cli._common import diarize_options, engine_options, transcribe_options
 from asrctl.cli._options import (
     BatchSizeOpt,
     CacheDirOpt,
     CpusPerWorkerOpt,
     DataParallelOpt,
     DeviceOpt,
+    DiarizeOpt,
     DtypeOpt,
     EncoderBatchSecondsOpt,
     EncoderDtypeOpt,
@@ -32,10 +33,13 @@ from asrctl.cli._options import (
     MaxInFlightOpt,
     MaxModelLenOpt,
     MaxNumSeqsOpt,
+    MaxSpeakersOpt,
     MaxTokensOpt,
+    MinSpeakersOpt,
     ModelOpt,
     NoItnOpt,
     NoWordTimesOpt,
+    NumSpeakersOpt,
     NumWorkersOpt,
     OutputDirOpt,
     RawTextOpt,
@@ -97,6 +101,10 @@ def transcribe(
     format_: FormatOpt = None,
     vad: VadOpt = None,
     no_word_timestamps: NoWordTimesOpt = False,
+    diarize: DiarizeOpt = False,
+    num_speakers: NumSpeakersOpt = None,
+    min_speakers: MinSpeakersOpt = None,
+    max_speakers: MaxSpeakersOpt = None,
     data_parallel: DataParallelOpt = 1,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
@@ -117,6 +125,14 @@ def transcribe(
         raise OptionsError("--resume needs --output-dir")
     formats = parse_formats(format_)
     resolve_encoder_dtype(encoder_dtype)  # before the model loads
+    speakers = diarize_options(
+        diarize=diarize,
+        num_speakers=num_speakers,
+        min_speakers=min_speakers,
+        max_speakers=max_speakers,
+    )
+    if speakers is not None and vad is False:
+        raise OptionsError("--diarize splits every input at pauses (VAD); drop --no-vad")
     options = transcribe_options(
         language=language,
         hotwords=hotwords,
@@ -150,6 +166,8 @@ def transcribe(
         cpus_per_worker=cpus_per_worker,
         shard_size=shard_size,
     )
+    if speakers is not None and cluster is not None:
+        raise OptionsError("--diarize runs in this process: not with --ray or --data-parallel")
     items = iter_inputs(inputs)
     subtitles = [f for f in formats if f in ("srt", "vtt")]
     if output_dir is None and subtitles and (len(items) != 1 or len(formats) != 1):
@@ -178,7 +196,7 @@ def transcribe(
             )
         _output.info(f"model ready: {transcriber.pipeline.startup}")
         with transcriber:
-            yield LongAudio(transcriber, vad=vad)
+            yield LongAudio(transcriber, vad=vad, diarize=speakers)
 
     try:
         stats = _transcribe(items, options, output_dir, resume, formats, runner)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import zlib
+from typing import TYPE_CHECKING
 
 from asrctl.results import Segment, Transcript, Word
 from asrctl.writers import clock, srt, transcript_cues, vtt  # noqa: F401  (shared with `transcribe --format`)
 
-RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+if TYPE_CHECKING:
+    from asrctl.diarize import DiarizeOptions
+
+RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt", "diarized_json")
 NO_TIMESTAMPS_NOTE = (
     "{model} gives no timestamps: one segment spans the whole audio; "
     "word timestamps are not available"
@@ -135,3 +139,48 @@ def delta_event(delta: str) -> dict:
 
 def done_event(result: Transcript) -> dict:
     return {"type": "transcript.text.done", "text": result.text, "usage": usage_tokens(result)}
+
+
+def diarized_json_body(result: Transcript) -> dict:
+    """OpenAI's ``diarized_json`` (``TranscriptionDiarized``): segments with ``type``,
+    ``id``, ``start``, ``end``, ``text`` and ``speaker``."""
+    return {
+        "task": "transcribe",
+        "duration": result.duration,
+        "text": result.text,
+        "segments": [
+            {
+                "type": "transcript.text.segment",
+                "id": f"seg_{i}",
+                "start": s.start,
+                "end": s.end,
+                "text": s.text,
+                "speaker": s.speaker if s.speaker is not None else "SPEAKER_0",
+            }
+            for i, s in enumerate(segments_of(result))
+            if s.text.strip()
+        ],
+        "usage": usage_duration(result),
+    }
+
+
+def diarize_options(form) -> DiarizeOptions:
+    """The speaker-count fields of a form (``num_speakers``, ``min_speakers``,
+    ``max_speakers``) as DiarizeOptions; a bad value is a 400 naming the field."""
+    from asrctl.diarize import DiarizeOptions
+    from asrctl.errors import OptionsError
+    from asrctl.server.errors import ApiError
+
+    values: dict[str, int] = {}
+    for name in ("num_speakers", "min_speakers", "max_speakers"):
+        value = form.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        text = value.strip() if isinstance(value, str) else ""
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 64:
+            raise ApiError(400, f"{name} must be an integer from 1 to 64", param=name)
+        values[name] = int(text)
+    try:
+        return DiarizeOptions(**values)
+    except OptionsError as e:
+        raise ApiError(400, str(e), param="num_speakers") from None

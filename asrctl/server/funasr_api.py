@@ -7,7 +7,10 @@ does, audio longer than the model's window is split by VAD (one segment per spee
 stretch, up to ``--max-audio-seconds``, default an hour); shorter audio goes through in
 one pass as one segment. ``timestamp=true`` adds each segment's ``words: [{word, start,
 end}]`` where the model times words (Fun-ASR-Nano with its CTC head), else a ``notes``
-entry; ``spk=true`` is accepted with a ``notes`` entry saying no speaker labels are given.
+entry. ``spk=true`` labels speakers: the upload is split at speaker changes
+(:mod:`asrctl.server.diarized`) and every segment carries ``speaker`` (``SPEAKER_0``,
+``SPEAKER_1``, ... in order of first appearance); ``num_speakers``, ``min_speakers`` and
+``max_speakers`` fields bound the count.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from asrctl.server.state import ServerState
 from asrctl.server.uploads import decode_upload, form_bool, form_text, read_form
 
 ENDPOINT = "/asr"
-SPK_NOTE = "speaker labels (spk) are not available yet: segments carry no speaker"
 
 router = APIRouter()
 
@@ -39,7 +41,7 @@ async def asr(request: Request) -> JSONResponse:
     start = time.perf_counter()
     form = await read_form(request)
     try:
-        spk = form_bool(form, "spk")
+        speakers = formats.diarize_options(form) if form_bool(form, "spk") else None
         timestamp = form_bool(form, "timestamp")
         hotwords = form_text(form, "hotwords") or ""
         if len(hotwords) > MAX_PROMPT_CHARS:
@@ -59,10 +61,17 @@ async def asr(request: Request) -> JSONResponse:
         await form.close()
     words = timestamp and state.model.word_timing
     decode = DecodeOptions(word_timestamps=words)
-    result = await state.transcribe(ENDPOINT, audio, prompt, decode, vad=True)
+    if speakers is not None:  # FunASR's clients send spk=true by default
+        from asrctl.server.diarized import transcribe_diarized
+
+        result = await transcribe_diarized(state, ENDPOINT, audio, prompt, decode, speakers)
+    else:
+        result = await state.transcribe(ENDPOINT, audio, prompt, decode, vad=True)
     elapsed = time.perf_counter() - start
     segments = [
-        {"text": s.text, "start": s.start, "end": s.end} for s in formats.segments_of(result)
+        {"text": s.text, "start": s.start, "end": s.end}
+        | ({"speaker": s.speaker} if speakers is not None else {})
+        for s in formats.segments_of(result)
     ]
     if result.words is not None:
         _attach_words(segments, result.words)
@@ -73,11 +82,8 @@ async def asr(request: Request) -> JSONResponse:
         "processing_time": round(elapsed, 3),
         "rtf": round(elapsed / result.duration, 4) if result.duration > 0 else 0,
     }
-    notes = formats.notes_of(result, state.title) if timestamp else []
-    if spk:  # FunASR's clients always send it: accepted, and said what it gives
-        notes.append(SPK_NOTE)
-    if notes:
-        body["notes"] = notes
+    if timestamp:
+        body["notes"] = formats.notes_of(result, state.title)
     return JSONResponse(body)
 
 

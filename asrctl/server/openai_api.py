@@ -4,7 +4,12 @@ Fields are read from the multipart form as the official SDKs send them. What asr
 cannot honour is refused with a 400 naming the field, never silently dropped:
 ``timestamp_granularities[]=word`` (only where the model times words: Fun-ASR-Nano with
 its CTC head; verbose_json then carries ``words``), ``include[]``,
-``chunking_strategy``, speaker references and ``diarized_json``.
+``chunking_strategy`` and speaker references (``known_speaker_names[]``).
+
+Speakers: ``diarize=true`` (asrctl's field) or ``response_format=diarized_json`` splits
+the upload at speaker changes (:mod:`asrctl.server.diarized`); ``diarized_json`` answers
+OpenAI's ``TranscriptionDiarized`` shape, and verbose_json/srt/vtt segments carry the
+speaker. ``num_speakers`` / ``min_speakers`` / ``max_speakers`` bound the count.
 
 ``prompt`` (and the ``keywords[]`` / ``hotwords`` fields) become the family's hotword
 context: the text is split at commas, enumeration commas, semicolons and line breaks.
@@ -25,6 +30,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.datastructures import FormData
 
 from asrctl.adapters.base import PromptOptions
+from asrctl.diarize import DiarizeOptions
 from asrctl.errors import OptionsError
 from asrctl.pipeline import DecodeOptions
 from asrctl.results import Transcript
@@ -41,8 +47,10 @@ _UNSUPPORTED = {
     "include": "`include` is not available: no logprobs are returned",
     "chunking_strategy": "`chunking_strategy` is not available: long-audio segmentation "
     "is not implemented yet",
-    "known_speaker_names[]": "speaker diarization is not available",
-    "known_speaker_references[]": "speaker diarization is not available",
+    "known_speaker_names[]": "known speakers are not available: speakers are labelled "
+    "SPEAKER_0, SPEAKER_1, ... (diarize=true)",
+    "known_speaker_references[]": "known speakers are not available: speakers are labelled "
+    "SPEAKER_0, SPEAKER_1, ... (diarize=true)",
 }
 _MEDIA_TYPES = {
     "text": "text/plain; charset=utf-8",
@@ -66,6 +74,7 @@ class TranscriptionRequest:
     # "vllm": vLLM's transcription chunks (``choices[0].delta.content``, usage, [DONE]),
     # for clients that send vLLM's stream fields (``vllm bench serve``); else OpenAI's
     stream_format: str = "openai"
+    speakers: DiarizeOptions | None = None
 
 
 @router.post(ENDPOINT)
@@ -95,7 +104,14 @@ async def create_transcription(request: Request) -> Response:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    result = await state.transcribe(ENDPOINT, audio, req.prompt, req.decode)
+    if req.speakers is not None:
+        from asrctl.server.diarized import transcribe_diarized
+
+        result = await transcribe_diarized(
+            state, ENDPOINT, audio, req.prompt, req.decode, req.speakers
+        )
+    else:
+        result = await state.transcribe(ENDPOINT, audio, req.prompt, req.decode)
     return render(req, result, state.title)
 
 
@@ -115,6 +131,14 @@ def parse_request(form: FormData, state: ServerState) -> TranscriptionRequest:
             code="unsupported_value",
         )
     stream = form_bool(form, "stream")
+    diarize = form_bool(form, "diarize") or response_format == "diarized_json"
+    if stream and diarize:
+        raise ApiError(
+            400,
+            "stream=true is not available with speaker diarization; send stream=false",
+            param="stream",
+            code="unsupported_value",
+        )
     if stream and response_format not in ("json", "text"):
         raise ApiError(
             400,
@@ -139,8 +163,9 @@ def parse_request(form: FormData, state: ServerState) -> TranscriptionRequest:
     )
     vllm_fields = ("stream_include_usage", "stream_continuous_usage_stats")
     stream_format = "vllm" if any(form.get(n) is not None for n in vllm_fields) else "openai"
+    speakers = formats.diarize_options(form) if diarize else None
     return TranscriptionRequest(
-        model, response_format, language, prompt, decode, stream, stream_format
+        model, response_format, language, prompt, decode, stream, stream_format, speakers
     )
 
 
@@ -195,6 +220,8 @@ def render(req: TranscriptionRequest, result: Transcript, model_title: str) -> R
     fmt = req.response_format
     if fmt == "json":
         return JSONResponse(formats.json_body(result))
+    if fmt == "diarized_json":
+        return JSONResponse(formats.diarized_json_body(result))
     if fmt == "verbose_json":
         return JSONResponse(
             formats.verbose_json_body(result, req.language, model_title, req.decode.temperature)
