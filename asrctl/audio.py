@@ -85,7 +85,7 @@ def load_audio(
         if path.is_dir():
             raise AudioError(key, f"is a directory, not an audio file: {path}")
         samples, rate = _decode(lambda: str(path), path.suffix.lower().lstrip("."), start, end, key)
-    return _finish(samples, rate, sample_rate, key)
+    return finish_samples(samples, rate, sample_rate, key)
 
 
 def decode_bytes(
@@ -155,7 +155,7 @@ def _decode(
         except AudioError:
             raise
         except Exception as exc:  # libsndfile errors come in several types
-            sf_error = _message(exc)
+            sf_error = message_of(exc)
     try:
         samples, rate = _read_pyav(opener(), key)
     except AudioError as exc:
@@ -198,7 +198,7 @@ def _read_pyav(file: Any, key: str) -> tuple[np.ndarray, int]:
     except AudioError:
         raise
     except Exception as exc:  # FFmpeg errors come in many types
-        raise AudioError(key, _message(exc)) from exc
+        raise AudioError(key, message_of(exc)) from exc
     if not chunks:
         return np.zeros((0, 1), dtype=np.float32), rate
     return np.concatenate(chunks, axis=1).T, rate
@@ -237,7 +237,7 @@ def _cut(samples: np.ndarray, rate: int, start: float, end: float | None, key: s
     return samples[first:last]
 
 
-def _finish(samples: np.ndarray, rate: int, sample_rate: int, key: str) -> np.ndarray:
+def finish_samples(samples: np.ndarray, rate: int, sample_rate: int, key: str) -> np.ndarray:
     """Check, mix to mono, resample and clip decoded samples.
 
     Hot in batch transcription (loader threads): a single channel is taken as a view, not
@@ -256,6 +256,10 @@ def _finish(samples: np.ndarray, rate: int, sample_rate: int, key: str) -> np.nd
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality=RESAMPLE_QUALITY)
         clip = True  # resampling can overshoot
+        if mono.size == 0:  # a few samples at an absurd rate
+            raise AudioError(
+                key, f"empty audio after resampling from {rate} Hz to {sample_rate} Hz"
+            )
     if clip:
         mono = np.clip(mono, -1.0, 1.0)
     return np.ascontiguousarray(mono, dtype=np.float32)
@@ -265,7 +269,7 @@ def _ext(ext: str) -> str:
     return f" (.{ext})" if ext else ""
 
 
-def _message(exc: Exception) -> str:
+def message_of(exc: Exception) -> str:
     """The decoder's own words: libsndfile's error string, FFmpeg's strerror, else str()."""
     text = getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)
     return str(text).strip() or type(exc).__name__

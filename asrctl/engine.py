@@ -404,7 +404,10 @@ class Engine(_EngineBase):
     ``submit`` requests, ``poll`` for the finished ones (batch transcription)."""
 
     def __init__(self, llm_dir: Path, options: EngineOptions | None = None) -> None:
+        from asrctl.engine_death import watch_engine_death
+
         super().__init__(llm_dir, options, asynchronous=False)
+        watch_engine_death(self.engine)  # a dead engine process must not hang step()
 
     def submit(self, prompt: torch.Tensor, decoding: Decoding) -> str:
         """Queue one ``(seq, hidden)`` prompt-embedding tensor; returns its request id."""

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from asrctl.audio import PYAV_EXTENSIONS, audio_duration, load_audio
-from asrctl.errors import AudioError, InputError
+from asrctl.errors import AudioError, InputError, OptionsError
 
 # Extensions (lower case, no dot) collected when scanning a folder.
 AUDIO_EXTENSIONS = frozenset(
@@ -51,6 +52,8 @@ AUDIO_FIELDS = ("audio", "audio_filepath", "wav", "path")  # manifest fields hol
 SNIFF_BYTES = 4096  # bytes read to tell a binary (audio) file from a text list
 STDERR_TAIL_CHARS = 500  # characters of a failed pipe's stderr kept in the error
 PIPE_CACHE_SIZE = 1  # pipe outputs kept for segments cut from the same recording
+PIPE_TIMEOUT_ENV = "ASRCTL_PIPE_TIMEOUT"  # seconds a wav.scp `cmd |` may run
+PIPE_TIMEOUT_S = 300.0  # its default
 # what AudioItem.source holds; "dataset": "<saved datasets folder>#<row>" (asrctl.hf_datasets)
 KINDS = ("path", "pipe", "ark", "bytes", "array", "dataset")
 _ARK_RE = re.compile(r"^(?P<path>\S+):(?P<offset>\d+)(?P<slice>\[[\d:,]*\])?$")
@@ -358,8 +361,15 @@ def _resolve(value: str, base: Path, cwd_first: bool) -> Path:
 def _pipe_bytes(command: str, key: str, *, cached: bool) -> bytes:
     """Run a wav.scp pipe command and return its stdout, or raise AudioError naming ``key``."""
     command = command.rstrip().removesuffix("|").strip()
-    code, out, err = (_run_cached if cached else _run)(command)
+    timeout = pipe_timeout()
+    code, out, err = (_run_cached if cached else _run)(command, timeout)
     tail = err.decode(errors="replace").strip()[-STDERR_TAIL_CHARS:] or "(no stderr)"
+    if code is None:
+        raise AudioError(
+            key,
+            f"command {command!r} did not finish within {timeout:g} s and was killed: {tail}",
+            hint=f"set ${PIPE_TIMEOUT_ENV} (seconds) to give pipe commands longer",
+        )
     if code != 0:
         raise AudioError(key, f"command {command!r} exited with status {code}: {tail}")
     if not out:
@@ -367,14 +377,54 @@ def _pipe_bytes(command: str, key: str, *, cached: bool) -> bytes:
     return out
 
 
-def _run(command: str) -> tuple[int, bytes, bytes]:
+def pipe_timeout() -> float:
+    """Seconds a pipe command may run: ``$ASRCTL_PIPE_TIMEOUT``, else 300."""
+    value = os.environ.get(PIPE_TIMEOUT_ENV, "").strip()
+    if not value:
+        return PIPE_TIMEOUT_S
     try:
-        done = subprocess.run(
-            command, shell=True, stdin=subprocess.DEVNULL, capture_output=True, check=False
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise OptionsError(
+            f"${PIPE_TIMEOUT_ENV} must be a positive number of seconds, not {value!r}"
+        )
+    return seconds
+
+
+def _run(command: str, timeout: float) -> tuple[int | None, bytes, bytes]:
+    """Run a shell command: (exit status, stdout, stderr); status None when it ran past
+    ``timeout`` and its whole process group was killed (a shell's children too)."""
+    try:
+        proc = subprocess.Popen(
+            command,
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
     except OSError as exc:
         return 127, b"", str(exc).encode()
-    return done.returncode, done.stdout, done.stderr
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        return None, out, err
+    except BaseException:  # Ctrl-C while waiting: leave no command running
+        _kill_group(proc)
+        proc.wait()
+        raise
+    return proc.returncode, out, err
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 _run_cached = functools.lru_cache(maxsize=PIPE_CACHE_SIZE)(_run)

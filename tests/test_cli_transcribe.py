@@ -155,8 +155,10 @@ def test_output_dir_formats(asrctl_cli, fake_engine, fun_asr_tiny, data_dir, tmp
         *("--model", str(fun_asr_tiny), "-o", str(out), "--format", "jsonl,srt", "-f", "vtt"),
     )
     assert run.returncode == 0, run.stderr
+    # .asrctl.lock: one run at a time per output folder (asrctl.results)
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.srt", "a.vtt", "c.srt", "c.vtt", "failed.jsonl", "results.jsonl", "text",
+        ".asrctl.lock", "a.srt", "a.vtt", "c.srt", "c.vtt", "failed.jsonl", "results.jsonl",
+        "text",
     ]  # fmt: skip
     rows = {r["key"]: r for r in _rows(out / "results.jsonl")}
     for key, seconds in (("a", 1.2), ("c", 0.8)):

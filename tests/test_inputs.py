@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import kaldiio
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asrctl.errors import AudioError, InputError
+from asrctl.errors import AudioError, InputError, OptionsError
 from asrctl.inputs import AudioItem, from_arrays, iter_inputs
 
 SR = 16000  # Hz
@@ -290,3 +291,25 @@ def test_nemo_manifest(tmp_path: Path) -> None:
     same_cut = write(tmp_path / "twice.jsonl", "\n".join(json.dumps(records[0]) for _ in "ab"))
     with pytest.raises(InputError, match=r"twice\.jsonl:2: duplicate key 'long-0000000-0000150'"):
         iter_inputs(same_cut)
+
+
+def test_wav_scp_pipe_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 18 #13: `sleep 45 |` held up a whole batch; a pipe now has a time limit and
+    its whole process group (the shell's children too) is killed."""
+    wav(tmp_path / "x.wav", 0.5, 8000)
+    marker = tmp_path / "still-running"
+    scp = write(
+        tmp_path / "list.scp",
+        f"slow sh -c 'sleep 30; touch {marker}' |\nok cat {tmp_path / 'x.wav'} |\n",
+    )
+    monkeypatch.setenv("ASRCTL_PIPE_TIMEOUT", "0.5")
+    items = by_key(iter_inputs(scp))
+    start = time.monotonic()
+    with pytest.raises(AudioError, match=r"^slow: command .* did not finish within 0.5 s") as e:
+        items["slow"].load(SR)
+    assert time.monotonic() - start < 5
+    assert e.value.hint and "ASRCTL_PIPE_TIMEOUT" in e.value.hint
+    assert len(items["ok"].load(SR)) == SR // 2
+    monkeypatch.setenv("ASRCTL_PIPE_TIMEOUT", "soon")
+    with pytest.raises(OptionsError, match="ASRCTL_PIPE_TIMEOUT must be a positive number"):
+        items["ok"].load(SR)

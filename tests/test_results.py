@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from asrctl.errors import AsrctlError
-from asrctl.results import Failure, ResultsDir, Transcript
+from asrctl.errors import AsrctlError, OptionsError
+from asrctl.results import Failure, Recovery, ResultsDir, Transcript
 
 A = Transcript("a", "hello world", 1.5, token_ids=(5, 6, 7), finish_reason="stop")
 B = Transcript("b", "你好，世界", 2.0, timing={"encode": 0.25})
@@ -133,3 +135,71 @@ def test_kaldi_text_is_one_line(tmp_path: Path, transcript: str, line: str) -> N
     _write(tmp_path, Transcript("k", transcript, 1.0))
     assert (tmp_path / "text").read_text(encoding="utf-8") == line + "\n"
     assert _rows(tmp_path)[0]["text"] == transcript  # results.jsonl keeps the raw transcript
+
+
+def test_resume_keeps_valid_rows_after_a_garbage_line(tmp_path: Path) -> None:
+    """issue 18 #9: a garbage line mid-file silently dropped every later valid row."""
+    _write(tmp_path, A)
+    rows = (tmp_path / "results.jsonl").read_bytes()
+    garbage = [
+        b"\x00garbage\n",
+        b"[]\n",
+        b'{"key": 3, "text": "x"}\n',
+        b'{"key": "a", "text": "again"}\n',
+    ]
+    later = json.dumps(B.to_json(), ensure_ascii=False).encode() + b"\n"
+    (tmp_path / "results.jsonl").write_bytes(rows + b"".join(garbage) + later)
+    with ResultsDir(tmp_path, resume=True) as rd:
+        assert rd.done == {"a", "b"}
+        assert rd.recovery is not None
+        assert rd.recovery.kept == 2 and rd.recovery.rejected == (2, 3, 4, 5)
+        assert not rd.recovery.torn
+        rd.write([C])
+    assert [r["key"] for r in _rows(tmp_path)] == ["a", "b", "c"]
+    assert _text_keys(tmp_path) == ["a", "b", "c"]
+    assert (tmp_path / "results.rejected").read_bytes() == b"".join(garbage)  # nothing lost
+
+
+@pytest.mark.parametrize("line", [b"[]\n", b"1\n", b'"x"\n', b"null\n", b'{"text": "t"}\n'])
+def test_resume_survives_json_that_is_not_a_result(tmp_path: Path, line: bytes) -> None:
+    """issue 18 #9: a line like `[]` crashed resume with a traceback."""
+    (tmp_path / "results.jsonl").write_bytes(line)
+    with ResultsDir(tmp_path, resume=True) as rd:
+        assert rd.done == set() and rd.recovery.rejected == (1,)
+        rd.write([A])
+    assert [r["key"] for r in _rows(tmp_path)] == ["a"]
+
+
+def test_torn_last_line_is_reported(tmp_path: Path) -> None:
+    _write(tmp_path, A)
+    with (tmp_path / "results.jsonl").open("ab") as f:
+        f.write(b'{"key": "b", "te')
+    with ResultsDir(tmp_path, resume=True) as rd:
+        assert rd.recovery == Recovery(kept=1, torn=True, rejected=())
+    assert not (tmp_path / "results.rejected").exists()
+
+
+def test_one_run_at_a_time_per_folder(tmp_path: Path) -> None:
+    """issue 18 #9: two runs into one -o both wrote every key."""
+    with ResultsDir(tmp_path) as first:
+        with pytest.raises(OptionsError, match="another asrctl run is writing to"):
+            ResultsDir(tmp_path, resume=True)
+        first.write([A])
+    with ResultsDir(tmp_path, resume=True) as again:  # released on close
+        assert again.done == {"a"}
+
+
+def test_lock_is_held_across_processes(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from pathlib import Path; from asrctl.results import ResultsDir\n"
+        "rd = ResultsDir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"locked\n"
+        with pytest.raises(OptionsError, match="another asrctl run"):
+            ResultsDir(tmp_path, resume=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    ResultsDir(tmp_path, resume=True).close()  # a killed holder leaves no stale lock

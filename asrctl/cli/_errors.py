@@ -32,6 +32,25 @@ def debug_enabled() -> bool:
     return os.environ.get("ASRCTL_DEBUG", "") not in ("", "0")
 
 
+def engine_death(exc: BaseException) -> EngineError | None:
+    """An :class:`EngineError` for vLLM's ``EngineDeadError`` (its engine process is gone:
+    killed, most often by the kernel for want of memory), else None. Looked up by name so
+    that vLLM is not imported here."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if any(c.__name__ == "EngineDeadError" for c in type(cause).__mro__):
+            return EngineError(
+                "the vLLM engine process died (killed, most often by the kernel when memory "
+                "runs out: see `dmesg`)",
+                hint="finished batches are kept: rerun the same command with --resume to "
+                "continue (lower --max-num-seqs or --batch-size to use less memory)",
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def report(error: AsrctlError) -> int:
     """Print ``error`` to stderr and return the exit code for it."""
     for cls, code, label in ERROR_MAP:
@@ -39,6 +58,6 @@ def report(error: AsrctlError) -> int:
             prefix = f"{label}: " if label else ""
             _output.error(f"{prefix}{error}", error.hint)
             if not debug_enabled() and isinstance(error, EngineError):
-                _output.err.print(f"[dim]{DEBUG_HINT}[/]")
+                _output.info(DEBUG_HINT, style="dim")
             return code
     return 1

@@ -385,8 +385,8 @@ ApiKeyOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--api-key",
-        envvar="ASRCTL_API_KEY",
-        help="Require `Authorization: Bearer KEY`; repeatable (default: no authentication).",
+        help="Require `Authorization: Bearer KEY`; repeatable (default: $ASRCTL_API_KEY, "
+        "one key, if set; else no authentication).",
         rich_help_panel=SERVER,
     ),
 ]

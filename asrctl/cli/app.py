@@ -82,4 +82,9 @@ def main() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         _output.error("interrupted")
         sys.exit(130)
+    except Exception as e:
+        death = _errors.engine_death(e)
+        if death is None or _errors.debug_enabled():
+            raise
+        sys.exit(_errors.report(death))
     sys.exit(code if isinstance(code, int) else 0)

@@ -236,7 +236,9 @@ def _offline(items, refs, spec, model, options, load, timing, n_worst, output_di
     with transcriber, _output.err.status("benchmarking…") as status:
         from asrctl.segment import LongAudio  # inputs over the model's window: VAD segments
 
-        run = run_offline(LongAudio(transcriber), items, options, timing, on_step=status.update)
+        run = run_offline(
+            LongAudio(transcriber), items, options, timing, on_step=_output.steps(status)
+        )
         diarized = None
         if speakers is not None:  # the same timing with speaker diarization on
             diarized = _diarized_speed(transcriber, items, options, timing, speakers, status)
@@ -265,7 +267,7 @@ def _offline(items, refs, spec, model, options, load, timing, n_worst, output_di
     paths = benchreport.write(output_dir, report, alignments, _chart(report, output_dir))
     _offline_table(report)
     if alignments:
-        _output.err.print(f"\n[bold]worst {len(report['worst'])} utterances[/]", markup=True)
+        _output.info(f"\nworst {len(report['worst'])} utterances", style="bold")
         _output.err.print(alignments, markup=False, highlight=False)
     _output.data(str(paths["report"]))
     return len(run.failures)
@@ -355,7 +357,7 @@ def _offline_table(report: dict) -> None:
             s = speed[mode]
             runs = ", ".join(f"{r:.1f}" for r in s["rtfx_runs"] if r is not None)
             table.add_row(f"RTFx {mode.replace('_', '-')}", f"{s['rtfx']:.1f}  (runs: {runs})")
-            table.add_row("", f"[dim]{s['scope']}[/]")
+            table.add_row("", _output.literal(s["scope"], style="dim"))
     table.add_row(
         "timing",
         f"median of {speed['repeat']} after {speed['warmup_utterances']} warm-up utterances; "
@@ -399,4 +401,4 @@ def _server_table(report: dict) -> None:
             row += [str(lvl["first_partial_s"]["p50"]), str(lvl["final_after_stop_s"]["p50"])]
         table.add_row(*row)
     _output.err.print(table)
-    _output.info(f"[dim]{report['latency_scope']}[/]")
+    _output.info(report["latency_scope"], style="dim")

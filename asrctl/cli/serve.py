@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from asrctl.cli._options import (
@@ -34,6 +35,9 @@ from asrctl.cli._options import (
     WsIdleTimeoutOpt,
     WsMaxSessionsOpt,
 )
+
+API_KEY_ENV = "ASRCTL_API_KEY"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def serve(
@@ -77,7 +81,7 @@ def serve(
         host=host,
         port=port,
         served_model_names=tuple(served_model_name or ()),
-        api_keys=tuple(api_key or ()),
+        api_keys=api_keys(api_key),
         max_upload_mb=max_upload_mb,
         max_audio_seconds=max_audio_seconds,
         batch_window_ms=batch_window_ms,
@@ -104,7 +108,29 @@ def serve(
         max_num_seqs=max_num_seqs,
         enforce_eager=enforce_eager,
     )
+    if not options.api_keys and host not in LOOPBACK:
+        _output.warn(f"no --api-key: every route is open to anyone who can reach {host}:{port}")
     if data_parallel > 1:  # vLLM's own DP: N engine cores, one AsyncLLM front balancing them
         engine = replace(engine, extra={**engine.extra, "data_parallel_size": data_parallel})
     _output.info(f"loading {model} and starting vLLM…")
     run_server(model, options, engine)
+
+
+def api_keys(given: list[str] | None) -> tuple[str, ...]:
+    """The keys from ``--api-key``, else the one in ``$ASRCTL_API_KEY``.
+
+    A variable that is set but blank is an error, not "no authentication": that is
+    what a failed secret lookup (``ASRCTL_API_KEY=$(cat missing)``) looks like."""
+    from asrctl.errors import OptionsError
+
+    if given:
+        return tuple(given)
+    value = os.environ.get(API_KEY_ENV)
+    if value is None:
+        return ()
+    if not value.strip():
+        raise OptionsError(
+            f"${API_KEY_ENV} is set but empty",
+            hint="set it to the key, or unset it to serve without authentication",
+        )
+    return (value,)

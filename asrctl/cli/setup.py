@@ -15,10 +15,10 @@ def setup(model_dir: ModelDirArg, cache_dir: CacheDirOpt = None, force: ForceOpt
     _output.info(f"{adapter.family.title} model at {adapter.model_dir}")
     with _output.err.status("preparing…") as status:
         prepared = export_llm(
-            adapter, cache_dir=cache_dir, force=force, on_step=lambda msg: status.update(msg)
+            adapter, cache_dir=cache_dir, force=force, on_step=_output.steps(status)
         )
     verb = "up to date, reused" if prepared.reused else "exported"
-    _output.info(f"[green]ok[/] LLM export {verb}: {prepared.llm_dir}")
+    _output.ok(f"LLM export {verb}: {prepared.llm_dir}")
     _output.data(f"family\t{prepared.family}")
     _output.data(f"model_dir\t{prepared.model_dir}")
     _output.data(f"llm_dir\t{prepared.llm_dir}")

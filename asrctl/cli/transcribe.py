@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -53,6 +55,8 @@ from asrctl.cli._options import (
     TopPOpt,
     VadOpt,
 )
+
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
 
 
 def _progress() -> Progress:
@@ -113,7 +117,6 @@ def transcribe(
     from asrctl.distributed import PipelineSpec, RayTranscriber
     from asrctl.errors import OptionsError
     from asrctl.inputs import iter_inputs
-    from asrctl.results import ResultsDir
     from asrctl.segment import LongAudio
     from asrctl.transcribe import Transcriber, resolve_encoder_dtype
     from asrctl.writers import parse_formats
@@ -172,36 +175,81 @@ def transcribe(
             f"--format {subtitles[0]} without --output-dir needs one input and one format",
             hint="pass --output-dir OUT to get OUT/<key>.srt / .vtt per input",
         )
+
+    @contextmanager
+    def runner() -> Iterator[Any]:
+        """What ``_run`` transcribes with: Ray replicas, or the model in this process."""
+        if cluster is not None:
+            spec = PipelineSpec(model, engine, device, cache_dir, encoder_dtype, vad)
+            with _output.err.status("starting the Ray workers…"):
+                replicas = RayTranscriber(spec, cluster, on_info=_output.info)
+            with replicas:
+                yield replicas
+            return
+        with _output.err.status("loading the model…"):
+            transcriber = Transcriber(
+                model,
+                engine_options=engine,
+                device=device,
+                cache_dir=cache_dir,
+                encoder_dtype=encoder_dtype,
+            )
+        _output.info(f"model ready: {transcriber.pipeline.startup}")
+        with transcriber:
+            yield LongAudio(transcriber, vad=vad, diarize=speakers)
+
+    try:
+        stats = _transcribe(items, options, output_dir, resume, formats, runner)
+    except KeyboardInterrupt:
+        if output_dir is None:
+            raise
+        _output.error(
+            "interrupted; rerun with --resume to continue",
+            f"finished batches are saved in {output_dir}; `--resume` skips their keys",
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    if stats is None:
+        return
+    _summary(*stats, output_dir)
+    if stats[1]:
+        raise typer.Exit(1)
+
+
+def _transcribe(items, options, output_dir, resume, formats, runner):
+    """Open the output folder, start the model, run; the stats, or None if nothing to do."""
+    from asrctl.results import ResultsDir
+
     with ResultsDir(output_dir, resume=resume) if output_dir else nullcontext() as results:
+        if results is not None:
+            _recovered(results)
         done = results.done if results else set()
         todo = [i for i in items if i.key not in done]
         if done:
             _output.info(f"resuming: {len(items) - len(todo)} of {len(items)} keys already done")
         if not todo:
             _output.info("nothing to do")
-            return
-        if cluster is not None:
-            spec = PipelineSpec(model, engine, device, cache_dir, encoder_dtype, vad)
-            with _output.err.status("starting the Ray workers…"):
-                replicas = RayTranscriber(spec, cluster, on_info=_output.info)
-            with replicas:
-                stats = _run(replicas, todo, options, results, formats, output_dir)
-        else:
-            with _output.err.status("loading the model…"):
-                transcriber = Transcriber(
-                    model,
-                    engine_options=engine,
-                    device=device,
-                    cache_dir=cache_dir,
-                    encoder_dtype=encoder_dtype,
-                )
-            _output.info(f"model ready: {transcriber.pipeline.startup}")
-            with transcriber:
-                long_audio = LongAudio(transcriber, vad=vad, diarize=speakers)
-                stats = _run(long_audio, todo, options, results, formats, output_dir)
-    _summary(*stats, output_dir)
-    if stats[1]:
-        raise typer.Exit(1)
+            return None
+        with runner() as run_on:
+            return _run(run_on, todo, options, results, formats, output_dir)
+
+
+def _recovered(results) -> None:
+    """Say what resuming found in results.jsonl beyond complete rows."""
+    from asrctl.results import REJECTED, RESULTS
+
+    recovery = results.recovery
+    if recovery is None:
+        return
+    if recovery.torn:
+        _output.info(f"{RESULTS}: dropped a torn last line (an interrupted write); redoing it")
+    if recovery.rejected:
+        numbers = ", ".join(str(n) for n in recovery.rejected[:10])
+        more = f" and {len(recovery.rejected) - 10} more" if len(recovery.rejected) > 10 else ""
+        _output.warn(
+            f"{results.out_dir / RESULTS}: {len(recovery.rejected)} line(s) are not results "
+            f"(garbage or a repeated key: line {numbers}{more}); moved to "
+            f"{results.out_dir / REJECTED}, the {recovery.kept} valid rows are kept"
+        )
 
 
 def cluster_options(

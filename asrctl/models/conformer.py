@@ -35,6 +35,7 @@ batch equal the utterance encoded alone. Outputs at padded frames are unspecifie
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 
 from asrctl.models.encoder import AudioEncoder
 from asrctl.models.features import Cmvn, FbankOptions, fbank, num_frames
+from asrctl.models.padding import pad_short, shortest_input
 
 __all__ = [
     "ConformerConfig",
@@ -120,9 +122,21 @@ def audio_positions(
     num_samples: int, downsample_rate: int, fbank_options: FbankOptions = FBANK_OPTIONS
 ) -> int:
     """Audio embeddings :class:`FireRedAudio` gives for ``num_samples`` samples (80 ms
-    each at rate 2): fbank frames, subsampled by 4, stacked by the adapter's rate."""
+    each at rate 2): fbank frames, subsampled by 4, stacked by the adapter's rate; a clip
+    shorter than one embedding's worth counts as padded to it."""
+    shortest = min_samples(downsample_rate, fbank_options)
+    return _unpadded_positions(max(num_samples, shortest), downsample_rate, fbank_options)
+
+
+def _unpadded_positions(num_samples: int, downsample_rate: int, fbank_options: FbankOptions) -> int:
     frames = int(num_frames(num_samples, fbank_options))
     return max(0, int(subsampled_length(frames)) // downsample_rate)
+
+
+@functools.lru_cache(maxsize=16)
+def min_samples(downsample_rate: int, fbank_options: FbankOptions = FBANK_OPTIONS) -> int:
+    """Shorter clips are zero-padded to this (see :mod:`asrctl.models.padding`)."""
+    return shortest_input(lambda n: _unpadded_positions(n, downsample_rate, fbank_options))
 
 
 def relative_positions(max_len: int, d_model: int) -> Tensor:
@@ -391,7 +405,10 @@ class FireRedAudio(nn.Module, AudioEncoder):
         return self.cmvn_mean.device
 
     def features(self, waves: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """Normalised log-mel features (B, T, 80), zero past each length, and the lengths."""
+        """Normalised log-mel features (B, T, 80), zero past each length, and the lengths
+        (clips shorter than one embedding's worth zero-padded: :mod:`asrctl.models.padding`)."""
+        rate = self.encoder_projector.downsample_rate
+        waves = pad_short(waves, min_samples(rate, self.fbank_options))
         lengths = torch.tensor([len(w) for w in waves], device=self.device)
         batch = nn.utils.rnn.pad_sequence(
             [w.to(self.device, torch.float32) for w in waves], batch_first=True

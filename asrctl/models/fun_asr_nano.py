@@ -8,9 +8,10 @@ LLM's text is known.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from asrctl.models.funasr_adaptor import (
     adaptor_length,
     fun_asr_audio_token_count,
 )
+from asrctl.models.padding import pad_short, shortest_input
 from asrctl.models.sensevoice import SenseVoiceEncoder, SenseVoiceEncoderConfig
 from asrctl.results import Word
 
@@ -60,15 +62,44 @@ def spliced_count(adaptor_frames: int, low_frame_rate: bool) -> int:
     return fun_asr_audio_token_count(adaptor_frames) if low_frame_rate else adaptor_frames
 
 
+@dataclass(frozen=True)
+class LengthShape:
+    """What the audio-embedding count depends on (hashable, for the cached minimum)."""
+
+    fbank: FbankOptions
+    lfr_n: int
+    downsample_rate: int
+    low_frame_rate: bool
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> LengthShape:
+        front = config.get("frontend_conf", {})
+        adaptor = FunAsrAdaptorConfig.from_conf(config["audio_adaptor_conf"])
+        return cls(
+            frontend_options(front),
+            lfr_options(front)[1],
+            adaptor.downsample_rate,
+            adaptor.use_low_frame_rate,
+        )
+
+    def unpadded_positions(self, num_samples: int) -> int:
+        """fbank frames → LFR frames → adaptor frames → the spliced count."""
+        lfr = lfr_length(num_frames(num_samples, self.fbank), self.lfr_n)
+        out = adaptor_length(lfr, self.downsample_rate)
+        return max(0, spliced_count(out, self.low_frame_rate))
+
+
+@functools.lru_cache(maxsize=16)
+def min_samples(shape: LengthShape) -> int:
+    """Shorter clips are zero-padded to this (see :mod:`asrctl.models.padding`)."""
+    return shortest_input(shape.unpadded_positions)
+
+
 def audio_positions(config: Mapping[str, Any], num_samples: int) -> int:
-    """Audio embeddings :class:`FunAsrNanoAudio` gives for ``num_samples`` samples:
-    fbank frames → LFR frames → adaptor frames → the spliced count (no weights needed)."""
-    front = config.get("frontend_conf", {})
-    frames = num_frames(num_samples, frontend_options(front))
-    lfr = lfr_length(frames, lfr_options(front)[1])
-    adaptor = FunAsrAdaptorConfig.from_conf(config["audio_adaptor_conf"])
-    out = adaptor_length(lfr, adaptor.downsample_rate)
-    return max(0, spliced_count(out, adaptor.use_low_frame_rate))
+    """Audio embeddings :class:`FunAsrNanoAudio` gives for ``num_samples`` samples (no
+    weights needed), counting a clip shorter than one embedding's worth as padded."""
+    shape = LengthShape.of(config)
+    return shape.unpadded_positions(max(num_samples, min_samples(shape)))
 
 
 def _sub_state(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -93,6 +124,11 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         if llm_hidden is not None:
             adp_conf = replace(adp_conf, llm_dim=llm_hidden)
         self.low_frame_rate = adp_conf.use_low_frame_rate
+        self.min_samples = min_samples(
+            LengthShape(
+                self.fbank_options, self.lfr_n, adp_conf.downsample_rate, self.low_frame_rate
+            )
+        )
         self.audio_encoder = SenseVoiceEncoder(enc_conf)
         self.audio_adaptor = FunAsrAdaptor(adp_conf)
         self.ctc_head: FunAsrCtcHead | None = None
@@ -144,7 +180,9 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         return next(self.parameters()).device
 
     def features(self, waves: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """LFR-stacked fbank features ``(B, L, 560)`` and their lengths."""
+        """LFR-stacked fbank features ``(B, L, 560)`` and their lengths (clips shorter than
+        one embedding's worth zero-padded: :mod:`asrctl.models.padding`)."""
+        waves = pad_short(waves, self.min_samples)
         lengths = torch.tensor([len(w) for w in waves], device=self.device)
         batch = nn.utils.rnn.pad_sequence(
             [w.to(self.device, torch.float32) for w in waves], batch_first=True

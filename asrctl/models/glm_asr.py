@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from asrctl.models.encoder import AudioEncoder
+from asrctl.models.padding import pad_short, shortest_input
 
 log = logging.getLogger("asrctl")
 
@@ -145,10 +147,18 @@ def audio_positions(
     num_samples: int, options: WhisperFeatureOptions, max_audio_seconds: float
 ) -> int:
     """Audio embeddings :class:`GlmAsrAudio` gives for ``num_samples`` samples: the tokens
-    of each (possibly truncated) 30 s window's valid frames, summed."""
+    of each (possibly truncated) 30 s window's valid frames, summed; a clip shorter than
+    one embedding's worth counts as padded to it."""
     max_windows = options.max_windows(max_audio_seconds)
+    num_samples = max(num_samples, min_samples(options))
     spans = split_windows(num_samples, options.window_samples, max_windows)
     return sum(glm_asr_token_count(options.valid_frames(end - start)) for start, end in spans)
+
+
+@functools.lru_cache(maxsize=16)
+def min_samples(options: WhisperFeatureOptions) -> int:
+    """Shorter clips are zero-padded to this (see :mod:`asrctl.models.padding`)."""
+    return shortest_input(lambda n: glm_asr_token_count(options.valid_frames(n)))
 
 
 class GlmAsrProjector(nn.Module):
@@ -252,7 +262,7 @@ class GlmAsrAudio(nn.Module, AudioEncoder):
         """Every utterance's 30 s windows (unpadded, in order) and how many each has."""
         size = self.options.window_samples
         chunks, per_utt = [], []
-        for wave in waves:
+        for wave in pad_short(waves, min_samples(self.options)):
             spans = split_windows(len(wave), size, self.max_windows)
             if spans[-1][1] < len(wave):
                 log.warning(

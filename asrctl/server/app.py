@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -42,6 +43,10 @@ log = logging.getLogger("asrctl.server")
 
 UPLOAD_PATHS = ("/v1/audio/transcriptions", "/asr", "/v1/chat/completions")
 BASE64_PATHS = ("/v1/chat/completions",)  # audio inline as base64: 4/3 of its size
+# Routes that need the key when one is set; /health and /metrics stay open for probes
+# and scrapers (/metrics shows no paths or versions: see Metrics.render).
+PROTECTED_PATHS = (*UPLOAD_PATHS, "/openapi.json")
+SECRET_QUERY = re.compile(r"((?:^|[?&])api_key=)[^&\s\"]*", re.IGNORECASE)
 FORM_OVERHEAD = 1 << 20  # multipart framing and text fields on top of the file itself
 WS_PING_TIMEOUT_S = 60.0  # generous: a busy server answers pings late
 
@@ -138,7 +143,7 @@ class Gatekeeper:
     def _refuse(self, scope: dict) -> ApiError | None:
         path = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        protected = path.startswith("/v1/") or path in UPLOAD_PATHS
+        protected = path.startswith("/v1/") or path in PROTECTED_PATHS
         if protected and not self.state.authorized(headers):
             given = "authorization" in headers
             return ApiError(
@@ -243,4 +248,23 @@ def _log_config() -> dict:
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    config.setdefault("filters", {})["secrets"] = {"()": RedactSecrets}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "secrets"]
     return config
+
+
+class RedactSecrets(logging.Filter):
+    """Masks ``api_key=...`` in logged request paths (``/ws?api_key=`` for browsers):
+    uvicorn's access and WebSocket lines print the query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def redact(text: str) -> str:
+    return SECRET_QUERY.sub(r"\1***", text)

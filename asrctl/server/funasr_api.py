@@ -24,6 +24,8 @@ from asrctl.adapters.base import PromptOptions
 from asrctl.results import Word
 from asrctl.server import formats
 from asrctl.server.engine import DecodeOptions
+from asrctl.server.errors import ApiError
+from asrctl.server.openai_api import MAX_PROMPT_CHARS
 from asrctl.server.state import ServerState
 from asrctl.server.uploads import decode_upload, form_bool, form_text, read_form
 
@@ -42,6 +44,10 @@ async def asr(request: Request) -> JSONResponse:
         speakers = formats.diarize_options(form) if form_bool(form, "spk") else None
         timestamp = form_bool(form, "timestamp")
         hotwords = form_text(form, "hotwords") or ""
+        if len(hotwords) > MAX_PROMPT_CHARS:
+            raise ApiError(
+                400, f"hotwords may hold at most {MAX_PROMPT_CHARS} characters", param="hotwords"
+            )
         prompt = PromptOptions(
             language=state.language(form_text(form, "language")),
             hotwords=tuple(w.strip() for w in hotwords.split(",") if w.strip()),

@@ -1,11 +1,15 @@
 """Prometheus metrics (``GET /metrics``): ours under ``asrctl_``, then vLLM's own.
 
 Endpoint labels come from a fixed list, so unknown paths cannot grow the label set.
+``/metrics`` is open without a key (for scrapers), so what it shows is cleaned of what
+would tell a stranger about the host: vLLM's ``model_name`` label (the absolute path of
+the exported LLM) becomes the served model name, any other label value that looks like a
+path is masked, and ``python_info`` (the interpreter's version) is left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     REGISTRY,
@@ -15,6 +19,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 ENDPOINTS = (
     "/v1/audio/transcriptions",
@@ -26,6 +31,8 @@ ENDPOINTS = (
 )
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+HIDDEN_FAMILIES = frozenset({"python_info"})
+MASK = "-"
 
 
 def endpoint_label(path: str) -> str:
@@ -37,7 +44,8 @@ def endpoint_label(path: str) -> str:
 class Metrics:
     """The server's metrics, in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_name: str = "asrctl") -> None:
+        self.model_name = model_name  # shown for vLLM's model_name label
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "asrctl_requests",
@@ -103,4 +111,29 @@ class Metrics:
 
     def render(self) -> bytes:
         """Text exposition of ours, then of the default registry (vLLM's metrics)."""
-        return generate_latest(self.registry) + generate_latest(REGISTRY)
+        return generate_latest(self.registry) + generate_latest(_Public(self))
+
+
+class _Public:
+    """The default registry (vLLM's metrics, the process collector) without what would
+    identify the host: see the module docstring."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            if family.name in HIDDEN_FAMILIES:
+                continue
+            family.samples = [s._replace(labels=self._clean(s.labels)) for s in family.samples]
+            yield family
+
+    def _clean(self, labels: dict[str, str]) -> dict[str, str]:
+        return {
+            k: self.metrics.model_name if k == "model_name" else _mask_path(v)
+            for k, v in labels.items()
+        }
+
+
+def _mask_path(value: str) -> str:
+    return MASK if "/" in value or "\\" in value else value

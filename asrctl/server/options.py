@@ -121,8 +121,13 @@ class ServerOptions:
         resolve_encoder_dtype(self.encoder_dtype)  # fails fast, naming the choices
         if self.max_tokens is not None and self.max_tokens < 1:
             raise OptionsError("--max-tokens must be at least 1")
-        if any(not k for k in self.api_keys):
-            raise OptionsError("--api-key must not be empty")
+        if any(not k.strip() for k in self.api_keys):
+            raise OptionsError("--api-key (or $ASRCTL_API_KEY) must not be empty or blank")
+        if any(len(k.split()) != 1 or k != k.strip() for k in self.api_keys):
+            raise OptionsError(
+                "an API key (--api-key or $ASRCTL_API_KEY) must not contain whitespace",
+                hint="pass several keys as repeated --api-key options",
+            )
         media = self.allowed_local_media_path
         if media is not None and not media.is_dir():
             raise OptionsError(f"--allowed-local-media-path {media} is not a folder")

@@ -26,7 +26,7 @@ from asrctl.server.options import ServerOptions
 from asrctl.server.uploads import AudioLimits
 
 DECODE_THREADS = 4  # uploads decoded at once (soundfile / PyAV release the GIL)
-LONG_AUDIO_SECONDS = 3600.0  # /asr splits long audio by VAD, as FunASR does, up to this
+LONG_AUDIO_SECONDS = 3600.0  # /asr (and --vad) split long audio by VAD up to this
 
 
 @dataclass
@@ -55,15 +55,16 @@ class ServerState:
         model_max = family.max_audio_seconds
         caps = [c for c in (options.max_audio_seconds, model_max) if c is not None]
         if options.vad:  # long uploads are segmented: only --max-audio-seconds caps them
-            caps = [options.max_audio_seconds] if options.max_audio_seconds else []
+            caps = [options.max_audio_seconds or LONG_AUDIO_SECONDS]
         limits = AudioLimits(
             max_bytes=options.max_upload_bytes,
-            max_seconds=min(caps) if caps else None,
+            max_seconds=min(caps) if caps else LONG_AUDIO_SECONDS,
             model_title=family.title,
             model_max_seconds=model_max,
         )
         long_limits = replace(limits, max_seconds=options.max_audio_seconds or LONG_AUDIO_SECONDS)
         names = options.served_model_names or (Path(model_dir).expanduser().resolve().name,)
+        metrics.model_name = names[0]
         metrics.watch_queue(lambda: model.batcher.depth)
         return cls(
             model=model,

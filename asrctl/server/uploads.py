@@ -1,8 +1,9 @@
 """Uploaded audio: read the multipart form, check the caps, decode off the event loop.
 
 Only the bytes of the uploaded file are ever decoded; no field is taken as a path or URL.
-Text payloads (playlists, concat scripts, SDP/XML manifests) are refused before FFmpeg
-sees them, since some of its demuxers would open the files or URLs such payloads name.
+Decoding goes through :mod:`asrctl.server.decoding`'s allowlist of containers and codecs
+(never FFmpeg's probing), with the length cap enforced while decoding. Text payloads are
+refused first with a clearer message than "not an accepted audio file".
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
-from asrctl.audio import audio_duration, decode_bytes
 from asrctl.errors import AudioError
+from asrctl.server.decoding import TooLong, decode_untrusted
 from asrctl.server.errors import ApiError
 
 MAX_FORM_FIELDS = 64
@@ -32,13 +33,12 @@ class AudioLimits:
     """Caps on uploads, with the model's per-pass limit folded into ``max_seconds``."""
 
     max_bytes: int
-    max_seconds: float | None
+    max_seconds: float
     model_title: str
     model_max_seconds: float | None  # the family's own per-pass limit
 
-    def too_long(self, seconds: float) -> ApiError | None:
-        if self.max_seconds is None or seconds <= self.max_seconds:
-            return None
+    def too_long(self, seconds: float, *, at_least: bool = False) -> ApiError:
+        """The 413 for audio of ``seconds`` (or longer, ``at_least``)."""
         if self.model_max_seconds is not None and self.max_seconds >= self.model_max_seconds:
             why = (
                 f"{self.model_title} accepts at most {self.max_seconds:g} s of audio per "
@@ -46,8 +46,8 @@ class AudioLimits:
             )
         else:
             why = f"this server accepts at most {self.max_seconds:g} s of audio per request"
-        message = f"audio is {seconds:.1f} s; {why}"
-        return ApiError(413, message, param="file", code="audio_too_long")
+        length = f"longer than {seconds:.1f} s" if at_least else f"{seconds:.1f} s"
+        return ApiError(413, f"audio is {length}; {why}", param="file", code="audio_too_long")
 
 
 async def read_form(request: Request) -> FormData:
@@ -151,19 +151,18 @@ async def decode_audio(
             400, f"{name}: this is text, not an audio file", param=param, code="invalid_audio"
         )
     loop = asyncio.get_running_loop()
-    header_seconds = await loop.run_in_executor(pool, audio_duration, data)
-    if header_seconds is not None and (error := limits.too_long(header_seconds)):
-        raise error
     try:
-        audio = await loop.run_in_executor(
-            pool, lambda: decode_bytes(data, sample_rate=sample_rate, key=name)
+        return await loop.run_in_executor(
+            pool,
+            lambda: decode_untrusted(
+                data, sample_rate=sample_rate, key=name, max_seconds=limits.max_seconds
+            ),
         )
     except AudioError as e:
         message = f"could not decode the audio: {e}"
         raise ApiError(400, message, param=param, code="invalid_audio") from None
-    if error := limits.too_long(len(audio) / sample_rate):
-        raise error
-    return audio
+    except TooLong as e:
+        raise limits.too_long(e.seconds, at_least=e.at_least) from None
 
 
 def looks_like_text(head: bytes) -> bool:
