@@ -1,0 +1,141 @@
+"""Fun-ASR-Nano whole pipeline against the original's whole pipeline (funasr 1.4.16, CPU).
+
+The checkpoint is written by the original class: funasr's ``AutoModel`` builds ``FunASRNano``
+from the seeded fixture, and its ``state_dict()`` is saved the way funasr's trainer saves a
+checkpoint (``torch.save({"epoch", "step", "state_dict", ...})`` in ``model.pt``; the LLM in
+``llm_conf.llm_dtype``, bf16, the encoder and adaptor in float32). The original pipeline is
+``AutoModel(model=DIR, frontend_conf={"dither": 0.0}).generate(wav)`` with its defaults:
+``FunASRNano.inference_llm`` runs transformers' ``generate`` on ``inputs_embeds`` with
+``max_new_tokens=512``, no ``llm_kwargs`` and an LLM built by ``from_config`` (so greedy,
+repetition penalty 1.0, whatever generation_config.json says), the LLM cast to float32
+(``llm_dtype`` fp32 at inference), ``batch_decode(skip_special_tokens=True)``.
+
+Features: funasr 1.4.16's ``funasr.utils.fbank`` computes fbank with kaldi-native-fbank by itself
+when torchaudio cannot be imported (as here: torch 2.13+cpu), so no torchaudio stand-in is
+needed; asrctl computes its fbank with kaldi-native-fbank too, so both sides get the same
+features. asrctl runs as a user does: ``asrctl transcribe --raw-text`` with default decoding
+settings. One vLLM engine for the module (the transcribe run).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from clirun import run_asrctl
+
+from asrctl.fixtures import make_fixture
+
+pytest.importorskip("funasr")
+SR = 16000
+DURATIONS = (1.2, 2.7, 4.3)
+
+
+@pytest.fixture(scope="module")
+def funasr_auto_model():
+    from funasr import AutoModel
+
+    return AutoModel
+
+
+def _load(auto_model, model_dir: Path):
+    return auto_model(
+        model=str(model_dir),
+        device="cpu",
+        disable_update=True,
+        frontend_conf={"dither": 0.0},  # WavFrontend's default dither is 1.0 (random)
+    )
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory: pytest.TempPathFactory, funasr_auto_model):
+    """(saved folder, AutoModel on it): the fixture's weights, saved from FunASRNano."""
+    root = tmp_path_factory.mktemp("fun-asr-original")
+    src = make_fixture("fun-asr-nano", root / "fixture", size="tiny", seed=3)
+    built = _load(funasr_auto_model, src).model
+    assert type(built).__name__ == "FunASRNano"
+    out = Path(shutil.copytree(src, root / "saved"))
+    state = {"epoch": 1, "step": 100, "total_step": 100, "state_dict": built.state_dict()}
+    torch.save(state, out / "model.pt")
+    return out, _load(funasr_auto_model, out)
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("fun-asr-wav")
+    paths = []
+    for i, seconds in enumerate(DURATIONS):
+        rng = np.random.default_rng(40 + i)
+        t = np.arange(round(SR * seconds)) / SR
+        x = 0.3 * np.sin(2 * np.pi * (170 + 210 * i) * t * (1 + 0.15 * t))
+        x += 0.05 * rng.standard_normal(t.size)
+        path = folder / f"utt{i}.wav"
+        sf.write(path, np.clip(x, -1, 1).astype(np.float32), SR, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def test_reference_version() -> None:
+    assert importlib.metadata.version("funasr") == "1.4.16"
+
+
+def test_saved_checkpoint_is_the_trainers_layout(original) -> None:
+    saved, model = original
+    ckpt = torch.load(saved / "model.pt", map_location="cpu", weights_only=True)
+    state = ckpt["state_dict"]
+    assert ckpt["epoch"] == 1
+    assert state["llm.model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert state["audio_encoder.encoders0.0.self_attn.linear_q_k_v.weight"].dtype == torch.float32
+    memory = model.model.state_dict()
+    assert state.keys() == memory.keys()
+
+
+def _original_texts(model, wavs: list[Path]) -> list[str]:
+    """One generate call per file (funasr batches several files with left padding)."""
+    texts = []
+    for wav in wavs:
+        [result] = model.generate(input=str(wav), batch_size=1)
+        texts.append(result["text"])
+    return texts
+
+
+@pytest.mark.vllm
+def test_asrctl_transcribe_equals_the_original_pipeline(original, wavs, tmp_path: Path) -> None:
+    saved, model = original
+    expected = _original_texts(model, wavs)
+    model_dir = Path(shutil.copytree(saved, tmp_path / "Fun-ASR-Nano"))
+    out = tmp_path / "out"
+    proc = run_asrctl(
+        "transcribe",
+        "-m",
+        str(model_dir),
+        *map(str, wavs),
+        "-o",
+        str(out),
+        "--raw-text",
+        "--device",
+        "cpu",
+        "--enforce-eager",
+        "--dtype",  # the reference runs its LLM in float32 (inference's llm_dtype default)
+        "float32",
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == len(wavs)
+    got = []
+    for wav in wavs:
+        [row] = [r for r in rows if r["key"] == wav.stem or r["key"].endswith(wav.name)]
+        got.append(row["text"])
+    for wav, text, reference in zip(wavs, got, expected, strict=True):
+        # vLLM's incremental detokenizer holds an undecodable byte-token tail back
+        held_back = reference[len(text) :]
+        assert reference.startswith(text), (wav.name, text, reference)
+        assert not held_back or "\ufffd" in held_back, (wav.name, held_back)
+    assert len(set(got)) == len(got) and all(got)  # outputs depend on the audio
