@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -35,6 +36,12 @@ from asrctl.fixtures import make_fixture
 pytest.importorskip("funasr")
 SR = 16000
 DURATIONS = (1.2, 2.7, 4.3)
+# Greedy steps whose top-2 logit margin is below TIE may flip between vLLM and transformers:
+# fed funasr's own prompt embeddings (fp32, CPU), vLLM's margins differ from transformers'
+# by up to 3.4e-3 (transformers fp32 vs float64: 4e-6), so only the transcript up to the first
+# such step is compared (the whole of it where there is none).
+TIE = 0.01
+MIN_STABLE_CHARS = 3  # the compared part is never empty
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +103,47 @@ def test_saved_checkpoint_is_the_trainers_layout(original) -> None:
     assert state.keys() == memory.keys()
 
 
-def _original_texts(model, wavs: list[Path]) -> list[str]:
-    """One generate call per file (funasr batches several files with left padding)."""
-    texts = []
-    for wav in wavs:
-        [result] = model.generate(input=str(wav), batch_size=1)
-        texts.append(result["text"])
-    return texts
+def _clean(text: str) -> str:
+    """FunASRNano.inference_llm's clean-up of the decoded text."""
+    return re.sub(r"\s+", " ", text.replace("/sil", " "))
+
+
+@torch.no_grad()
+def _reference(auto_model, wav: Path) -> tuple[str, str]:
+    """(the pipeline's text, its text up to the first near-tie of the greedy search).
+
+    The text is ``AutoModel.generate``'s. The near-ties come from the same computation made
+    step by step: ``FunASRNano.inference_prepare`` (the pipeline's own prompt embeddings)
+    then the LLM's ``generate`` with ``output_scores``; its text must equal the pipeline's.
+    """
+    [result] = auto_model.generate(input=str(wav), batch_size=1)
+    model, tokenizer = auto_model.model, auto_model.kwargs["tokenizer"]
+    kwargs = {k: v for k, v in auto_model.kwargs.items() if k not in ("tokenizer", "frontend")}
+    chat = model.generate_chatml(model.get_prompt([], None, True), str(wav))
+    embeds, _, batch, _, _ = model.inference_prepare(
+        [chat], None, ["k"], tokenizer, auto_model.kwargs["frontend"], **kwargs
+    )
+    llm = model.llm.float()
+    out = llm.generate(
+        inputs_embeds=embeds.float(),
+        attention_mask=batch.get("attention_mask"),
+        max_new_tokens=512,
+        pad_token_id=llm.config.pad_token_id or llm.config.eos_token_id,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    ids = out.sequences[0].tolist()
+    assert _clean(tokenizer.decode(ids, skip_special_tokens=True)) == result["text"]
+    margins = [float(s[0].topk(2).values.diff().abs()) for s in out.scores]
+    ties = [i for i, m in enumerate(margins) if m < TIE]
+    stable = ids[: ties[0]] if ties else ids
+    return result["text"], _clean(tokenizer.decode(stable, skip_special_tokens=True))
 
 
 @pytest.mark.vllm
 def test_asrctl_transcribe_equals_the_original_pipeline(original, wavs, tmp_path: Path) -> None:
     saved, model = original
-    expected = _original_texts(model, wavs)
+    references = [_reference(model, wav) for wav in wavs]
     model_dir = Path(shutil.copytree(saved, tmp_path / "Fun-ASR-Nano"))
     out = tmp_path / "out"
     proc = run_asrctl(
@@ -132,10 +167,15 @@ def test_asrctl_transcribe_equals_the_original_pipeline(original, wavs, tmp_path
     got = []
     for wav in wavs:
         [row] = [r for r in rows if r["key"] == wav.stem or r["key"].endswith(wav.name)]
-        got.append(row["text"])
-    for wav, text, reference in zip(wavs, got, expected, strict=True):
-        # vLLM's incremental detokenizer holds an undecodable byte-token tail back
-        held_back = reference[len(text) :]
-        assert reference.startswith(text), (wav.name, text, reference)
-        assert not held_back or "\ufffd" in held_back, (wav.name, held_back)
+        got.append(_clean(row["text"]))  # the raw text with funasr's whitespace clean-up
+    for wav, text, (reference, stable) in zip(wavs, got, references, strict=True):
+        if stable == reference:  # no near-tie: the whole transcript agrees
+            # vLLM's incremental detokenizer holds an undecodable byte-token tail back
+            held_back = reference[len(text) :]
+            assert reference.startswith(text), (wav.name, text, reference)
+            assert not held_back or "\ufffd" in held_back, (wav.name, held_back)
+        else:  # up to the near-tie (a last partial character may complete differently)
+            assert text.startswith(stable.rstrip("\ufffd")), (wav.name, text, stable)
+        print("STABLE", wav.name, len(stable), len(reference), stable == reference)
+        assert len(stable) >= MIN_STABLE_CHARS, (wav.name, stable)
     assert len(set(got)) == len(got) and all(got)  # outputs depend on the audio
