@@ -176,6 +176,5 @@ def test_asrctl_transcribe_equals_the_original_pipeline(original, wavs, tmp_path
             assert not held_back or "\ufffd" in held_back, (wav.name, held_back)
         else:  # up to the near-tie (a last partial character may complete differently)
             assert text.startswith(stable.rstrip("\ufffd")), (wav.name, text, stable)
-        print("STABLE", wav.name, len(stable), len(reference), stable == reference)
         assert len(stable) >= MIN_STABLE_CHARS, (wav.name, stable)
     assert len(set(got)) == len(got) and all(got)  # outputs depend on the audio
