@@ -134,7 +134,7 @@ class ASR:
         engine_options: EngineOptions,
         *,
         device: str | None = None,
-        encoder_dtype: str = "float32",
+        encoder_dtype: str = "auto",
         cache_dir: Path | None = None,
         encoder_batch_size: int = 16,
         max_tokens: int | None = None,

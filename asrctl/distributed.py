@@ -103,7 +103,7 @@ class PipelineSpec:
     engine_options: EngineOptions
     device: str | None = None
     cache_dir: Path | None = None
-    encoder_dtype: str = "float32"
+    encoder_dtype: str = "auto"
     vad: bool | None = None
 
 

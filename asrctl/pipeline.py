@@ -54,8 +54,11 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_TOKENS = 512  # the reference implementations' max_new_tokens
 # audio encoder precisions: float32 (the references'), tf32 (float32 weights, TensorFloat-32
-# matmuls on a GPU; float32 elsewhere), bfloat16 (weights and activations)
-ENCODER_DTYPES = ("float32", "tf32", "bfloat16")
+# matmuls on a GPU; float32 elsewhere), bfloat16 (weights and activations), and auto: tf32
+# on a GPU, float32 on a CPU. On an H100, tf32 ran the Fun-ASR-Nano pipeline 1.43x faster
+# than float32 (as fast as bfloat16) with embeddings 3.6e-4 from float32's (bfloat16: 9.6e-3)
+# (benchmarks/results/2026-12-06-h100-fun-asr-nano-precision.json)
+ENCODER_DTYPES = ("auto", "float32", "tf32", "bfloat16")
 MAX_TEMPERATURE = 2.0
 
 
@@ -220,24 +223,33 @@ class Startup:
 def resolve_encoder_dtype(name: str) -> torch.dtype:
     """The torch dtype of an ``--encoder-dtype`` name: float32 (the references'
     precision), tf32 (float32 weights; matmuls in TensorFloat-32 on a GPU, see
-    :func:`apply_encoder_precision`) or bfloat16 (faster on a GPU; every family's embeddings
-    stay within 2 % relative error of float32, tests/precision.py)."""
+    :func:`apply_encoder_precision`), bfloat16 (faster on a GPU; every family's embeddings
+    stay within 2 % relative error of float32, tests/precision.py) or auto (float32
+    weights either way)."""
     if name not in ENCODER_DTYPES:
         raise OptionsError(f"unknown --encoder-dtype {name!r}: use {', '.join(ENCODER_DTYPES)}")
     import torch
 
-    return torch.float32 if name == "tf32" else getattr(torch, name)
+    return torch.float32 if name in ("tf32", "auto") else getattr(torch, name)
 
 
-def apply_encoder_precision(name: str) -> torch.dtype:
-    """Resolve ``--encoder-dtype`` and set this process's float32 matmul precision to match
-    (TensorFloat-32 for ``tf32``, full float32 otherwise). The process is asrctl's own:
-    vLLM's engine core runs in another."""
+def encoder_precision(name: str, device: str) -> str:
+    """``auto`` made concrete for ``device``: tf32 on a GPU, float32 elsewhere."""
+    resolve_encoder_dtype(name)
+    if name != "auto":
+        return name
+    return "tf32" if device.startswith("cuda") else "float32"
+
+
+def apply_encoder_precision(name: str, device: str = "cpu") -> torch.dtype:
+    """Resolve ``--encoder-dtype`` for ``device`` and set this process's float32 matmul
+    precision to match (TensorFloat-32 for ``tf32``, full float32 otherwise). The process
+    is asrctl's own: vLLM's engine core runs in another."""
     import torch
 
-    dtype = resolve_encoder_dtype(name)
+    name = encoder_precision(name, device)
     torch.set_float32_matmul_precision("high" if name == "tf32" else "highest")
-    return dtype
+    return resolve_encoder_dtype(name)
 
 
 def default_device() -> str:
@@ -254,7 +266,8 @@ class Pipeline:
             instead of its ``LLMEngine``.
         device: where the audio encoder runs (default: cuda if present).
         cache_dir: where the LLM export goes when the model folder is read-only.
-        encoder_dtype: ``float32`` or ``bfloat16``.
+        encoder_dtype: ``auto`` (tf32 on a GPU, float32 on a CPU), ``float32``, ``tf32`` or
+            ``bfloat16``.
         max_tokens_cap: the operator's cap on generated tokens (``serve --max-tokens``).
         sampling_override: decoding settings that beat every caller's (``serve
             --sampling-override``).
@@ -268,16 +281,18 @@ class Pipeline:
         asynchronous: bool = False,
         device: str | None = None,
         cache_dir: Path | None = None,
-        encoder_dtype: str = "float32",
+        encoder_dtype: str = "auto",
         max_tokens_cap: int | None = None,
         sampling_override: SamplingOverride | None = None,
     ) -> None:
-        dtype = apply_encoder_precision(encoder_dtype)
+        resolve_encoder_dtype(encoder_dtype)  # fails fast, naming the choices
         self.sampling_override = sampling_override or SamplingOverride()
         t0 = time.perf_counter()
         self.adapter: Adapter = load_adapter(model_dir)
         self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
         self.device = device or default_device()
+        self.encoder_precision = encoder_precision(encoder_dtype, self.device)
+        dtype = apply_encoder_precision(self.encoder_precision)
         self.max_tokens_cap = max_tokens_cap
         # vLLM first, then the encoder: its CUDA memory is then allocated beside vLLM's
         # KV cache, not counted against it (vLLM sizes the cache from free memory), and

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from asrctl.errors import AsrctlError, OptionsError
+from asrctl.errors import OptionsError
 
 RESULTS = "results.jsonl"
 TEXT = "text"
@@ -187,7 +187,7 @@ class ResultsDir:
         try:
             existing = (out_dir / RESULTS).exists() and (out_dir / RESULTS).stat().st_size > 0
             if existing and not resume:
-                raise AsrctlError(
+                raise OptionsError(
                     f"{out_dir} already holds results ({RESULTS})",
                     hint="pass --resume to continue that run, or choose another --output-dir",
                 )

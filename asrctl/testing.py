@@ -141,6 +141,10 @@ class Behaviour:
         return out
 
 
+class EngineDeadError(RuntimeError):
+    """Named as vLLM's (``vllm.v1.engine.exceptions``): asrctl tells a dead engine by it."""
+
+
 @dataclass
 class _Request:
     request_id: str
@@ -254,7 +258,7 @@ class FakeCore:
     def check_alive(self) -> None:
         if self.behaviour.fail == "step":
             self.dead = True
-            raise RuntimeError("the fake engine died (ASRCTL_FAKE_ENGINE fail=step)")
+            raise EngineDeadError("the fake engine died (ASRCTL_FAKE_ENGINE fail=step)")
 
 
 class FakeLLMEngine:

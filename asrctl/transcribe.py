@@ -188,7 +188,7 @@ class Transcriber:
         engine_options: EngineOptions | None = None,
         device: str | None = None,
         cache_dir: Path | None = None,
-        encoder_dtype: str = "float32",
+        encoder_dtype: str = "auto",
     ) -> None:
         self.pipeline = Pipeline(
             model_dir,

@@ -457,7 +457,9 @@ def main() -> int:
     other = {}
     reference = embeddings(asr, arrays[:ERROR_SAMPLE], args.encoder_dtype)
     for dtype in filter(None, args.also_encoder_dtype.split(",")):
-        asr.encoder = asr.adapter.audio_encoder(asr.device, apply_encoder_precision(dtype))
+        asr.encoder = asr.adapter.audio_encoder(
+            asr.device, apply_encoder_precision(dtype, asr.device)
+        )
         asr.encode([arrays[0]], 1)
         seconds, _ = _timed(asr, items, options)
         other[dtype] = {

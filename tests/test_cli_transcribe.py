@@ -249,9 +249,6 @@ def test_an_engine_that_fails_to_start_exits_5(asrctl_cli, fun_asr_tiny, data_di
     assert "Traceback" not in run.stderr
 
 
-@pytest.mark.xfail(
-    strict=True, reason="an engine dying mid-run (EngineDeadError) escapes as a traceback"
-)
 def test_an_engine_dying_mid_run_is_an_engine_error(
     asrctl_cli, fun_asr_tiny, data_dir, monkeypatch
 ):

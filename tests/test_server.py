@@ -305,6 +305,18 @@ def pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
 
 
+def test_funasr_realtime_clients_connect_at_the_root(app_client):
+    """FunASR's realtime client (``websockets.connect("ws://host:10095")``) uses the root
+    path; the page on GET / is unaffected."""
+    with app_client.websocket_connect("/", headers=AUTH) as ws:
+        ws.send_text("START")
+        assert ws.receive_json() == {"event": "started"}
+        ws.send_text("STOP")
+        assert ws.receive_json()["is_final"] is True
+        assert ws.receive_json() == {"event": "stopped"}
+    assert app_client.get("/").status_code in (200, 404)  # the page, or --no-ui
+
+
 def test_websocket_protocol(app_client):
     rng = np.random.default_rng(0)
     speech = [0.1 * rng.standard_normal(SR), np.zeros(SR), 0.1 * rng.standard_normal(SR)]

@@ -95,14 +95,17 @@ def test_default_batch_size_is_large_on_a_gpu_only(monkeypatch, gpu, size):
 
 
 def test_encoder_dtype_names_the_choices():
-    from asrctl.pipeline import ENCODER_DTYPES, resolve_encoder_dtype
+    from asrctl.pipeline import ENCODER_DTYPES, encoder_precision, resolve_encoder_dtype
 
     assert resolve_encoder_dtype("bfloat16") is torch.bfloat16
     assert resolve_encoder_dtype("float32") is torch.float32
     assert resolve_encoder_dtype("tf32") is torch.float32  # float32 weights, TF32 matmuls
     with pytest.raises(OptionsError, match="float32, tf32, bfloat16"):
         resolve_encoder_dtype("float16")  # no parity test covers it
-    assert ENCODER_DTYPES == ("float32", "tf32", "bfloat16")
+    assert ENCODER_DTYPES == ("auto", "float32", "tf32", "bfloat16")
+    assert encoder_precision("auto", "cuda") == "tf32"
+    assert encoder_precision("auto", "cpu") == "float32"
+    assert encoder_precision("bfloat16", "cuda") == "bfloat16"
 
 
 SR = 16000

@@ -138,9 +138,9 @@ EncoderDtypeOpt = Annotated[
     str,
     typer.Option(
         "--encoder-dtype",
-        help="Audio encoder precision: float32 (the reference implementations'), tf32 "
-        "(float32 weights, TensorFloat-32 matmuls on a GPU) or bfloat16 (faster on a GPU; "
-        "embeddings within 2 % of float32).",
+        help="Audio encoder precision: auto (tf32 on a GPU, float32 on a CPU), float32 (the "
+        "reference implementations'), tf32 (float32 weights, TensorFloat-32 matmuls on a "
+        "GPU: embeddings within 0.04 % of float32) or bfloat16 (within 2 %).",
     ),
 ]
 CacheDirOpt = Annotated[

@@ -94,7 +94,7 @@ def bench(
     repetition_penalty: RepetitionPenaltyOpt = None,
     raw_text: RawTextOpt = False,
     device: DeviceOpt = None,
-    encoder_dtype: EncoderDtypeOpt = "float32",
+    encoder_dtype: EncoderDtypeOpt = "auto",
     cache_dir: CacheDirOpt = None,
     dtype: DtypeOpt = "auto",
     tensor_parallel_size: TensorParallelOpt = 1,

@@ -53,7 +53,7 @@ def serve(
     max_tokens: MaxTokensOpt = None,
     shutdown_timeout: ShutdownTimeoutOpt = 30.0,
     device: DeviceOpt = None,
-    encoder_dtype: EncoderDtypeOpt = "float32",
+    encoder_dtype: EncoderDtypeOpt = "auto",
     cache_dir: CacheDirOpt = None,
     dtype: DtypeOpt = "auto",
     tensor_parallel_size: TensorParallelOpt = 1,

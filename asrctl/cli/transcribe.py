@@ -90,7 +90,7 @@ def transcribe(
     raw_text: RawTextOpt = False,
     resume: ResumeOpt = False,
     device: DeviceOpt = None,
-    encoder_dtype: EncoderDtypeOpt = "float32",
+    encoder_dtype: EncoderDtypeOpt = "auto",
     cache_dir: CacheDirOpt = None,
     dtype: DtypeOpt = "auto",
     tensor_parallel_size: TensorParallelOpt = 1,

@@ -83,7 +83,7 @@ class AsyncModel:
         engine_options: EngineOptions,
         *,
         device: str | None = None,
-        encoder_dtype: str = "float32",
+        encoder_dtype: str = "auto",
         cache_dir: Path | None = None,
         batch_window_s: float = 0.01,
         encoder_batch_size: int = 16,

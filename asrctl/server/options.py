@@ -93,7 +93,7 @@ class ServerOptions:
     max_tokens: int | None = None
     shutdown_timeout_s: float = 30.0
     device: str | None = None
-    encoder_dtype: str = "float32"
+    encoder_dtype: str = "auto"
     cache_dir: Path | None = None
     realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
     vad: bool = False

@@ -58,6 +58,7 @@ router = APIRouter()
 
 
 @router.websocket(ENDPOINT)
+@router.websocket("/")  # FunASR's realtime clients connect to the server's root
 async def realtime(websocket: WebSocket) -> None:
     state: ServerState = websocket.app.state.asr
     async with live_session(websocket, state, ENDPOINT) as admitted:
