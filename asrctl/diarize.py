@@ -147,8 +147,8 @@ class Diarizer:
         pieces = [p for _, p in cut]
         if not pieces:
             return []
-        embedded = [(i, self._embed(audio, p)) for i, p in enumerate(pieces)]
-        embedded = [(i, e) for i, e in embedded if e is not None]
+        maybe = [(i, self._embed(audio, p)) for i, p in enumerate(pieces)]
+        embedded = [(i, e) for i, e in maybe if e is not None]
         labels = np.full(len(pieces), -1)
         if embedded:
             x = np.stack([e for _, e in embedded])

@@ -268,7 +268,7 @@ class RayTranscriber:
                 raise got
             elif got:
                 yield got
-        left = work.abandon()
+        left: list[Transcript | Failure] = list(work.abandon())
         if left:
             yield left
 

@@ -85,6 +85,7 @@ def gpus() -> list[dict]:
 
 def hardware() -> dict:
     """CPU model, cores (usable and total), RAM and GPUs of this machine."""
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

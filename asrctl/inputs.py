@@ -215,7 +215,7 @@ def _from_folder(folder: Path) -> list[AudioItem]:
         key = _path_key(rel)
         if key in items:
             raise InputError(
-                f"{folder}: files {items[key].source} and {folder / rel} both get key {key!r}",
+                f"{folder}: files {items[key].source!s} and {folder / rel} both get key {key!r}",
                 hint="rename one of them, or list the files in a wav.scp with your own keys",
             )
         items[key] = AudioItem(key, os.path.abspath(folder / rel), "path")
@@ -259,8 +259,8 @@ def _parse_segments(
         start, end = _seconds(parts[2], where), _seconds(parts[3], where, allow_minus_one=True)
         if parts[1] not in recordings:
             raise InputError(f"{where}: recording {parts[1]!r} is not in {wav_scp}")
-        end = checked_end(start, end, where)
-        item = replace(recordings[parts[1]], key=parts[0], start=start, end=end)
+        stop = checked_end(start, end, where)
+        item = replace(recordings[parts[1]], key=parts[0], start=start, end=stop)
         _add(items, item, where)
     return items
 

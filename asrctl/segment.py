@@ -41,7 +41,7 @@ from asrctl.results import Failure, Segment, Transcript
 from asrctl.vad import SileroVad, Span, VadOptions, detect, detect_array
 
 if TYPE_CHECKING:
-    from asrctl.diarize import DiarizeOptions
+    from asrctl.diarize import DiarizeOptions, Diarizer
 
 VAD_AHEAD = 2  # inputs run through VAD ahead of the transcriber
 NO_WORD_TIMES = (
@@ -80,7 +80,7 @@ class LongAudio:
         self.diarize = diarize
         # acoustic diarization, unless the model writes speakers itself (then relabelled)
         self.own_speakers = diarize is not None and gives_speakers(family.name)
-        self._diarizer = None
+        self._diarizer: Diarizer | None = None
         self.limit = family.max_audio_seconds
         self.title = family.title
         self.vad = vad

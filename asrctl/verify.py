@@ -344,6 +344,7 @@ def smoke_check(
     import numpy as np
 
     from asrctl.inputs import from_arrays
+    from asrctl.results import Transcript
     from asrctl.transcribe import TranscribeOptions, Transcriber
 
     try:
@@ -367,7 +368,7 @@ def smoke_check(
         log.debug("smoke test failed", exc_info=True)
         return Check("smoke", FAIL, f"{type(e).__name__}: {e}", "asrctl --debug verify --smoke")
     result = results[0] if results else None
-    if result is None or not hasattr(result, "token_ids"):
+    if not isinstance(result, Transcript):  # None or a Failure
         return Check("smoke", FAIL, getattr(result, "error", "no result"), "")
     detail = (
         f"{seconds:g} s of noise → {len(result.token_ids)} tokens ({result.finish_reason}) "

@@ -18,9 +18,15 @@ if TYPE_CHECKING:
 
 
 class Cue(Protocol):
-    start: float
-    end: float
-    text: str
+    """What a writer reads of a cue (read-only, so frozen dataclasses such as
+    :class:`SimpleCue` satisfy it)."""
+
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+    @property
+    def text(self) -> str: ...
 
 
 def _speaker(cue: Cue) -> str | None:

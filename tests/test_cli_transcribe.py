@@ -221,7 +221,7 @@ def test_killed_run_resumes_without_losing_or_duplicating_keys(
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--encoder-dtype", "half"], 2, "--encoder-dtype 'half': use float32, tf32, bfloat16"),
+        (["--encoder-dtype", "half"], 2, "--encoder-dtype 'half': use auto, float32, tf32"),
         (["--resume"], 2, "--resume needs --output-dir"),
         (["--format", "docx"], 2, "--format 'docx' is not one of"),
         (["--format", "srt", "{b}"], 2, "needs one input and one format"),

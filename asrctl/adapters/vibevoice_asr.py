@@ -189,8 +189,9 @@ def parse_transcription(raw: str) -> tuple[str, list[dict], str | None]:
         items, whole = _complete_items(body)
         if not items:
             return plain, [], "output is not valid JSON"
-    segments = [_segment(s) for s in items]
-    if any(s is None for s in segments):
+    maybe = [_segment(s) for s in items]
+    segments = [s for s in maybe if s is not None]
+    if len(segments) < len(maybe):
         return plain, [], "a segment is not an object with Content"
     previous_end = 0.0
     for seg in segments:  # always numbers, so subtitle writers can use them
@@ -412,7 +413,7 @@ class VibeVoiceAsrAdapter(Adapter):
         )
 
     @functools.cached_property
-    def _special_ids(self) -> dict[str, int]:
+    def _special_ids(self) -> dict[str, int | None]:  # None: not in the tokenizer
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))

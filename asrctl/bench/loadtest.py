@@ -173,8 +173,10 @@ def _examples(requests: Sequence[Request]) -> dict[str, str]:
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    out: dict[str, float | None]
     if not values:
-        return {f"p{p}": None for p in PERCENTILES} | {"mean": None}
+        out = {f"p{p}": None for p in PERCENTILES}
+        return out | {"mean": None}
     arr = np.asarray(values, dtype=float)
     out = {f"p{p}": round(float(np.percentile(arr, p)), 4) for p in PERCENTILES}
     return out | {"mean": round(float(arr.mean()), 4)}

@@ -30,6 +30,7 @@ from asrctl.inputs import AudioItem, from_arrays
 from asrctl.results import Failure, Transcript
 
 if TYPE_CHECKING:
+    from asrctl.segment import LongAudio
     from asrctl.transcribe import TranscribeOptions, Transcriber
 
 E2E = "end_to_end"
@@ -105,7 +106,7 @@ class OfflineRun:
 
 
 def run_offline(
-    transcriber: Transcriber,
+    transcriber: Transcriber | LongAudio,
     items: Sequence[AudioItem],
     options: TranscribeOptions,
     bench: BenchOptions,
@@ -149,7 +150,7 @@ def run_offline(
 
 
 def _timed(
-    transcriber: Transcriber, items: Sequence[AudioItem], options: TranscribeOptions
+    transcriber: Transcriber | LongAudio, items: Sequence[AudioItem], options: TranscribeOptions
 ) -> tuple[list[Transcript | Failure], float]:
     start = time.perf_counter()
     results = [r for batch in transcriber.transcribe(items, options) for r in batch]
@@ -166,7 +167,7 @@ def _texts(results: list[Transcript | Failure]) -> dict[str, str]:
 
 
 def _in_memory(
-    transcriber: Transcriber,
+    transcriber: Transcriber | LongAudio,
     items: Sequence[AudioItem],
     transcripts: Sequence[Transcript],
     notes: list[str],

@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     from vllm.benchmarks.serve import main as bench_main
 
     parser = argparse.ArgumentParser(prog="python -m asrctl.bench.vllm_serve")
-    add_cli_args(parser)
+    add_cli_args(parser)  # type: ignore[arg-type]  # annotated FlexibleArgumentParser; uses only argparse's API
     bench_main(parser.parse_args(sys.argv[1:] if argv is None else argv))
 
 

@@ -119,7 +119,7 @@ def bench(
 
         levels = _numbers(concurrency, int, "--concurrency")
         rates = _numbers(rate, float, "--rate")
-        options = LoadOptions(
+        load_options = LoadOptions(
             url=server,
             model=server_model,
             concurrency=levels if concurrency is not None else (() if rates else DEFAULT_LEVELS),
@@ -132,7 +132,7 @@ def bench(
             language=language,
             ws=ws,
         )
-        _server(items, options, output_dir)
+        _server(items, load_options, output_dir)
         return
     if model is None:
         raise OptionsError("bench needs --model DIR (or --server URL for a load test)")

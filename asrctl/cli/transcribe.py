@@ -215,7 +215,9 @@ def transcribe(
         raise typer.Exit(1)
 
 
-def _transcribe(items, options, output_dir, resume, formats, runner):
+def _transcribe(
+    items, options, output_dir, resume, formats, runner
+) -> tuple[int, int, float, float] | None:
     """Open the output folder, start the model, run; the stats, or None if nothing to do."""
     from asrctl.results import ResultsDir
 

@@ -49,7 +49,7 @@ def verify(
         if model is not None:
             status.update("checking the model directory…")
             results += checks.model_checks(model, cache_dir)
-        if smoke:
+        if smoke and model is not None:  # --smoke without --model was refused above
             status.update("smoke test: 1 s of noise through the engine…")
             engine = EngineOptions(
                 dtype=dtype,

@@ -39,6 +39,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,10 @@ class ConformerConfig:
         )
 
 
+@overload
+def subsampled_length(frames: int) -> int: ...
+@overload
+def subsampled_length(frames: Tensor) -> Tensor: ...
 def subsampled_length(frames: int | Tensor) -> int | Tensor:
     """Encoder frames for ``frames`` feature frames: ((T + 6 - 3) // 2 + 1 - 3) // 2 + 1."""
     after_first = (frames + RIGHT_CONTEXT - 3) // 2 + 1
@@ -191,6 +196,8 @@ class Conv2dSubsampling(nn.Module):
 
 class RelativePositionalEncoding(nn.Module):
     """Holds the checkpoint's ``pe`` table and slices it for a sequence length."""
+
+    pe: Tensor  # a buffer
 
     def __init__(self, d_model: int, max_len: int = PE_MAX_LEN) -> None:
         super().__init__()
@@ -357,6 +364,9 @@ class FireRedAdapter(nn.Module):
 
 class FireRedAudio(nn.Module, AudioEncoder):
     """Waveforms (16 kHz float) -> fbank + CMVN -> Conformer -> adapter -> audio embeddings."""
+
+    cmvn_mean: Tensor  # buffers
+    cmvn_istd: Tensor
 
     def __init__(
         self,

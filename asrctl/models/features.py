@@ -24,6 +24,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
@@ -69,6 +70,10 @@ class FbankOptions:
         return 1 << (n - 1).bit_length() if self.round_to_power_of_two else n
 
 
+@overload
+def num_frames(num_samples: int, opts: FbankOptions) -> int: ...
+@overload
+def num_frames(num_samples: torch.Tensor, opts: FbankOptions) -> torch.Tensor: ...
 def num_frames(num_samples: int | torch.Tensor, opts: FbankOptions) -> int | torch.Tensor:
     """Number of frames Kaldi produces for ``num_samples`` samples.
 
@@ -104,6 +109,10 @@ def _window(opts: FbankOptions) -> torch.Tensor:
     return win.float()
 
 
+@overload
+def _mel(freq: float) -> float: ...
+@overload
+def _mel(freq: torch.Tensor) -> torch.Tensor: ...
 def _mel(freq: torch.Tensor | float) -> torch.Tensor | float:
     if isinstance(freq, torch.Tensor):
         return 1127.0 * torch.log1p(freq / 700.0)
@@ -193,6 +202,10 @@ def fbank(
     return feats * valid[..., None], frames
 
 
+@overload
+def lfr_length(num_frames: int, lfr_n: int) -> int: ...
+@overload
+def lfr_length(num_frames: torch.Tensor, lfr_n: int) -> torch.Tensor: ...
 def lfr_length(num_frames: int | torch.Tensor, lfr_n: int) -> int | torch.Tensor:
     """Number of LFR frames for ``num_frames`` input frames: ``ceil(T / lfr_n)``."""
     return (num_frames + lfr_n - 1) // lfr_n

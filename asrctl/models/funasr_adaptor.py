@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,6 +48,10 @@ def fun_asr_audio_token_count(lfr_frames: int) -> int:
     return (olens - 1) // 2 + 1
 
 
+@overload
+def adaptor_length(encoder_frames: int, downsample_rate: int) -> int: ...
+@overload
+def adaptor_length(encoder_frames: Tensor, downsample_rate: int) -> Tensor: ...
 def adaptor_length(encoder_frames: int | Tensor, downsample_rate: int) -> int | Tensor:
     """Adaptor output frames for ``encoder_frames``: ``(T - 1) // k + 1`` (k frames stacked)."""
     return (encoder_frames - 1) // downsample_rate + 1
@@ -114,8 +118,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """x (B, T, size), valid (B, T) -> (B, T, size)."""
         projections = (self.linear_q(x), self.linear_k(x), self.linear_v(x))
-        heads = [split_heads(t, self.heads) for t in projections]
-        return self.linear_out(masked_attention(*heads, valid))
+        q, k, v = (split_heads(t, self.heads) for t in projections)
+        return self.linear_out(masked_attention(q, k, v, valid))
 
 
 class AdaptorBlock(nn.Module):

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,15 +177,16 @@ def build_encoder(audio_config: Mapping[str, Any]) -> nn.Module:
     """transformers' ``GlmAsrEncoder`` for ``config.json``'s ``audio_config`` (sdpa)."""
     from transformers import GlmAsrEncoder, GlmAsrEncoderConfig
 
+    skip_init: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
     try:  # skip the random initialisation: every weight is loaded right after
-        from transformers.initialization import no_init_weights
+        from transformers.initialization import no_init_weights as skip_init
     except ImportError:
-        no_init_weights = contextlib.nullcontext
+        pass
 
     conf = {k: v for k, v in audio_config.items() if k != "model_type"}
     config = GlmAsrEncoderConfig(**conf)
     config._attn_implementation = "sdpa"
-    with no_init_weights():
+    with skip_init():
         return GlmAsrEncoder(config)
 
 

@@ -174,8 +174,8 @@ class SanmAttention(nn.Module):
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """x (B, T, in_size), valid (B, T) -> (B, T, size)."""
         q, k, v = self.linear_q_k_v(x).split(self.size, dim=-1)
-        heads = [split_heads(t, self.heads) for t in (q, k, v)]
-        context = masked_attention(*heads, valid)
+        qh, kh, vh = (split_heads(t, self.heads) for t in (q, k, v))
+        context = masked_attention(qh, kh, vh, valid)
         return self.linear_out(context) + self._fsmn(v, valid)
 
     def _fsmn(self, v: Tensor, valid: Tensor) -> Tensor:

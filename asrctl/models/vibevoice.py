@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -192,7 +193,7 @@ class SigmaVaeEncoder(nn.Module):
         x = wave[:, None, :]
         for down, stage in zip(self.downsample_layers, self.stages, strict=True):
             x = down(x, cache)
-            for block in stage:
+            for block in cast(nn.ModuleList, stage):  # stages holds ModuleLists
                 x = block(x, cache)
         return self.head(x, cache).transpose(1, 2)
 

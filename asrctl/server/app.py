@@ -15,7 +15,7 @@ import logging
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ class Gatekeeper:
         endpoint = endpoint_label(scope["path"])
         status: dict[str, int | None] = {"code": None}  # None until a response starts
 
-        async def send_status(message: dict) -> None:
+        async def send_status(message: MutableMapping[str, Any]) -> None:  # an ASGI message
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)

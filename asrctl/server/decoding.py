@@ -186,7 +186,9 @@ def _read_pyav(
     chunks: list[np.ndarray] = []
     rate = 0
     try:
-        with av.open(io.BytesIO(data), format=container.demuxer, container_options=options) as c:
+        with av.open(
+            io.BytesIO(data), "r", format=container.demuxer, container_options=options
+        ) as c:
             if not c.streams.audio:
                 raise AudioError(key, "no audio stream in the file")
             stream = c.streams.audio[0]

@@ -229,9 +229,9 @@ def render(req: TranscriptionRequest, result: Transcript, model_title: str) -> R
     if fmt == "text":
         body = formats.text_body(result)
     elif fmt == "srt":
-        body = formats.srt(formats.segments_of(result))
+        body = formats.srt(result)  # its segments, times filled as segments_of does
     else:
-        body = formats.vtt(formats.segments_of(result))
+        body = formats.vtt(result)
     return PlainTextResponse(body, media_type=_MEDIA_TYPES[fmt])
 
 
