@@ -50,6 +50,8 @@ def _reference(model_dir: Path) -> types.SimpleNamespace:
     finally:
         if had is None:
             del sys.modules["modelscope"]
+    # another test module may have imported it first, with its own stub: answer here too
+    fireredasr.snapshot_download = lambda name: str(model_dir)
     return types.SimpleNamespace(module=fireredasr, Llm=FireRedAsrLlm)
 
 
