@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,20 +129,11 @@ class TranscribeOptions:
 
     @property
     def decode(self) -> DecodeOptions:
-        return DecodeOptions(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            repetition_penalty=self.repetition_penalty,
-            frequency_penalty=self.frequency_penalty,
-            presence_penalty=self.presence_penalty,
-            ignore_eos=self.ignore_eos,
-            tokens_per_second=self.tokens_per_second,
-            word_timestamps=self.word_timestamps,
-            raw_text=self.raw_text,
-        )
+        """The decoding fields, as the life cycle takes them (same names, same meaning)."""
+        return DecodeOptions(**{f.name: getattr(self, f.name) for f in _DECODE_FIELDS})
+
+
+_DECODE_FIELDS = tuple(f for f in fields(DecodeOptions) if f.name != "logprobs")
 
 
 @dataclass(frozen=True)
