@@ -7,7 +7,8 @@ from asrctl.cli._options import CacheDirOpt, ForceOpt, ModelDirArg
 
 
 def setup(model_dir: ModelDirArg, cache_dir: CacheDirOpt = None, force: ForceOpt = False) -> None:
-    """Validate a model directory, detect its family and export its LLM (idempotent)."""
+    """Validate a model directory, detect its family and export its LLM, plus the folder
+    vLLM loads with asrctl's plugin (``LLM(model=vllm_dir)``); idempotent."""
     from asrctl.adapters.registry import load_adapter
     from asrctl.export import export_llm
 
@@ -19,6 +20,10 @@ def setup(model_dir: ModelDirArg, cache_dir: CacheDirOpt = None, force: ForceOpt
         )
     verb = "up to date, reused" if prepared.reused else "exported"
     _output.ok(f"LLM export {verb}: {prepared.llm_dir}")
+    from asrctl.vllm_plugin.setup import write_vllm_dir
+
+    vllm_dir = write_vllm_dir(adapter, prepared)  # LLM(model=vllm_dir) with the plugin
     _output.data(f"family\t{prepared.family}")
     _output.data(f"model_dir\t{prepared.model_dir}")
     _output.data(f"llm_dir\t{prepared.llm_dir}")
+    _output.data(f"vllm_dir\t{vllm_dir}")
