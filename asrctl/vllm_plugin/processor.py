@@ -145,6 +145,7 @@ class AsrctlAudioProcessor(BaseMultiModalProcessor[AsrctlProcessingInfo]):
         plugin = info.plugin
         items = inputs.mm_data_items.get_items("audio", AudioProcessorItems)
         waves = [np.asarray(items.get(i), dtype=np.float32) for i in range(items.get_count())]
+        self._check_lengths(waves)
         ids = self._prompt(inputs.prompt, waves)
         placeholder = plugin.audio_token_id
         if ids.count(placeholder) != len(waves):
@@ -170,6 +171,21 @@ class AsrctlAudioProcessor(BaseMultiModalProcessor[AsrctlProcessingInfo]):
             mm_hashes=self._hashes(inputs),
             mm_placeholders={"audio": ranges} if ranges else {},
         )
+
+    def _check_lengths(self, waves: list[np.ndarray]) -> None:
+        """Refuse audio longer than one prompt takes (the family's window, or what leaves
+        a position to generate in max_model_len), naming both lengths."""
+        info = self.info
+        rate, limit = info.plugin.sample_rate, info.max_samples
+        for wave in waves:
+            if len(wave) > limit:
+                title = info.plugin.adapter.family.title
+                raise ValueError(
+                    f"audio of {len(wave) / rate:.1f} s is longer than {title} takes in one "
+                    f"prompt here ({limit / rate:.1f} s: its window and max_model_len); "
+                    "split it first (vllm serve's /v1/audio/transcriptions splits long "
+                    "uploads itself)"
+                )
 
     def _prompt(self, prompt: str | list[int], waves: list[np.ndarray]) -> list[int]:
         """The prompt's token ids, one placeholder per audio: the caller's if it has any

@@ -2,8 +2,9 @@
 
 ``asrctl setup DIR`` writes it: the export's config.json naming the plugin's architecture
 (the stock LLM's kept in an ``asrctl`` section with the family and DIR), the export's
-tokenizer plus one added special token, the audio placeholder, and links to the export's
-weights and generation files. DIR itself is left as released: GLM-ASR and VibeVoice-HF
+tokenizer plus one added special token, the audio placeholder, a chat template (chat
+completions transcribe with the family's prompt) and links to the export's weights and
+generation files. DIR itself is left as released: GLM-ASR and VibeVoice-HF
 folders hold a transformers config.json of their own (vLLM has native classes for them),
 and no family's DIR holds weights or a tokenizer where vLLM looks. Written into a
 temporary folder and moved into place in one rename; rewritten only when it changed.
@@ -28,7 +29,17 @@ LINKED = (  # the export's files vLLM reads unchanged: relative links
     "merges.txt",
     "special_tokens_map.json",
     "generation_config.json",
-    "chat_template.jinja",
+)
+# Chat completions transcribe as asrctl's own chat API does: the family's prompt around the
+# audio, the users' text entering it as the family takes text (Family.chat_text). The
+# template renders only that text (no placeholder), so the processor builds that prompt.
+CHAT_TEMPLATE = (
+    "{%- for message in messages if message['role'] == 'user' -%}"
+    "{%- if message['content'] is string -%}"
+    "{{ message['content'] | replace(AUDIO, '') }}{{ ' ' }}"
+    "{%- else -%}{%- for part in message['content'] if part['type'] == 'text' -%}"
+    "{{ part['text'] | replace(AUDIO, '') }}{{ ' ' }}"
+    "{%- endfor -%}{%- endif -%}{%- endfor -%}"
 )
 
 
@@ -74,11 +85,13 @@ def vllm_files(adapter: Adapter, llm_dir: Path) -> dict[str, str]:
     files = {
         "config.json": _dumps(config),
         "tokenizer.json": json.dumps(tokenizer, ensure_ascii=False),
+        "chat_template.jinja": CHAT_TEMPLATE.replace("AUDIO", repr(AUDIO_TOKEN)) + "\n",
     }
     entry = _token_entry(token_id)
     tok_config = llm_dir / "tokenizer_config.json"
     if tok_config.is_file():
         data = json.loads(tok_config.read_text(encoding="utf-8"))
+        data.pop("chat_template", None)  # chat_template.jinja's instead
         if isinstance(data.get("added_tokens_decoder"), dict):
             data["added_tokens_decoder"][str(token_id)] = {
                 k: v for k, v in entry.items() if k != "id"
@@ -142,3 +155,19 @@ def _swap(new: Path, target: Path) -> None:
         target.rename(trash)
     new.rename(target)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_entry_point(root: Path) -> Path:
+    """A stand-in distribution in ``root`` declaring asrctl's ``vllm.general_plugins``
+    entry point, for an asrctl run from a source tree (not installed, or installed
+    elsewhere): put ``root`` on ``PYTHONPATH`` and every vLLM process registers the
+    plugin. An installed asrctl declares it itself (pyproject.toml)."""
+    info = root / "asrctl_vllm_plugin_entry_point-0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: asrctl-vllm-plugin-entry-point\nVersion: 0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[vllm.general_plugins]\nasrctl = asrctl.vllm_plugin:register\n"
+    )
+    return root

@@ -1,0 +1,319 @@
+"""asrctl as a vLLM plugin: ``asrctl setup`` writes ``DIR/.asrctl/vllm``; vLLM itself runs
+it (seed 000's ``LLM(model=...)`` and ``AsyncLLM`` code, ``vllm serve``) with greedy tokens
+equal to asrctl's own pipeline, for every family.
+
+vLLM finds the plugin through the ``vllm.general_plugins`` entry point, in every process
+it starts. The asrctl under test is this checkout, whose entry point is not installed
+(the editable install may point elsewhere), so the vLLM processes get one from a
+stand-in distribution on ``PYTHONPATH`` (:func:`plugin_env`), just as an installed asrctl
+provides it. One engine per use: the seed snippet runs as a user runs it (``python
+examples/vllm_plugin.py``, a subprocess); asrctl's pipeline runs here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from speechlike import noise
+
+from asrctl.fixtures import make_fixture
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "vllm_plugin.py"
+MAX_TOKENS = 10
+ENGINE_ARGS = ("--dtype", "float32", "--enforce-eager", "--max-model-len", "1024")
+FAMILIES = {  # family -> (fixture generator, sample rate of its clips)
+    "fun-asr-nano": ("fun-asr-nano", 16000),
+    "fireredasr-llm": ("fireredasr-llm", 16000),
+    "glm-asr-nano": ("glm-asr-nano", 16000),
+    "vibevoice-asr": ("vibevoice-asr", 24000),
+}
+
+
+# -- setup and registration (no engine) ----------------------------------------------------
+
+
+def _setup(model_dir: Path) -> Path:
+    """``asrctl setup DIR`` as a user runs it; returns the vllm_dir it prints."""
+    out = subprocess.run(
+        [sys.executable, "-m", "asrctl", "setup", str(model_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    fields = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+    return Path(fields["vllm_dir"])
+
+
+@pytest.fixture(scope="module")
+def fun_asr_vllm_dir(fun_asr_tiny: Path) -> Path:
+    return _setup(fun_asr_tiny)
+
+
+def test_setup_writes_a_vllm_folder_beside_the_export(fun_asr_tiny, fun_asr_vllm_dir):
+    from asrctl.vllm_plugin import ARCH
+
+    assert fun_asr_vllm_dir == fun_asr_tiny / ".asrctl" / "vllm"
+    config = json.loads((fun_asr_vllm_dir / "config.json").read_text())
+    llm = json.loads((fun_asr_tiny / ".asrctl" / "llm" / "config.json").read_text())
+    assert config["architectures"] == [ARCH]
+    section = config["asrctl"]
+    assert section["family"] == "fun-asr-nano"
+    assert section["model_dir"] == str(fun_asr_tiny)
+    assert section["text_architectures"] == llm["architectures"]
+    assert {k: v for k, v in config.items() if k not in ("architectures", "asrctl")} == {
+        k: v for k, v in llm.items() if k != "architectures"
+    }
+    weights = fun_asr_vllm_dir / "model.safetensors"
+    assert weights.is_symlink() and weights.resolve() == (
+        fun_asr_tiny / ".asrctl" / "llm" / "model.safetensors"
+    )
+
+
+def test_the_placeholder_is_one_new_special_token(fun_asr_vllm_dir):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from asrctl.vllm_plugin.family import AUDIO_TOKEN
+
+    section = json.loads((fun_asr_vllm_dir / "config.json").read_text())["asrctl"]
+    original = Tokenizer.from_file(str(fun_asr_vllm_dir.parent / "llm" / "tokenizer.json"))
+    assert original.token_to_id(AUDIO_TOKEN) is None
+    hf = AutoTokenizer.from_pretrained(fun_asr_vllm_dir)
+    text = f"语音转写：{AUDIO_TOKEN}<|im_end|>"
+    ids = hf.encode(text, add_special_tokens=False)
+    assert ids.count(section["audio_token_id"]) == 1
+    assert section["audio_token_id"] not in original.encode("语音转写：<|im_end|>").ids
+
+
+def test_setup_is_idempotent_and_leaves_the_model_folder_alone(fun_asr_copy):
+    before = sorted(p.name for p in fun_asr_copy.iterdir())
+    first = _setup(fun_asr_copy)
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert _setup(fun_asr_copy) == first
+    assert (first / "config.json").stat().st_mtime_ns == stamp  # not rewritten
+    assert sorted(p.name for p in fun_asr_copy.iterdir() if p.name != ".asrctl") == before
+    assert not list(first.parent.glob("vllm.tmp-*"))
+
+
+def test_register_never_raises(monkeypatch, caplog):
+    import asrctl.vllm_plugin as plugin
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # vLLM not importable
+    with caplog.at_level(logging.WARNING, logger="asrctl"):
+        plugin.register()
+    assert "not registered" in caplog.text
+
+
+def test_register_names_the_class_once():
+    from vllm import ModelRegistry
+
+    from asrctl.vllm_plugin import ARCH, register
+
+    register()
+    register()
+    assert ARCH in ModelRegistry.get_supported_archs()
+
+
+def test_the_entry_point_is_declared():
+    text = (REPO / "pyproject.toml").read_text()
+    assert '[project.entry-points."vllm.general_plugins"]' in text
+    assert 'asrctl = "asrctl.vllm_plugin:register"' in text
+
+
+# -- vLLM runs it --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for vLLM processes: this checkout first, plus a stand-in distribution
+    declaring asrctl's ``vllm.general_plugins`` entry point (as an installed asrctl does)."""
+    from asrctl.vllm_plugin.setup import write_entry_point
+
+    root = write_entry_point(tmp_path_factory.mktemp("entry-point"))
+    env = dict(os.environ)
+    paths = [str(root), str(REPO), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return env
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory, plugin_env) -> dict:
+    """A family's tiny checkpoint set up for vLLM, its clips, and asrctl's own pipeline's
+    greedy tokens for them (its engine closed again before vLLM starts on the plugin)."""
+    name = request.param
+    generator, rate = FAMILIES[name]
+    root = tmp_path_factory.mktemp(name)
+    model_dir = make_fixture(generator, root / "model")
+    clips = []
+    for i, seconds in enumerate((1.3, 2.2)):
+        path = root / f"clip{i}.wav"
+        sf.write(path, noise(seconds, seed=i + 1, sr=rate), rate, subtype="PCM_16")
+        clips.append(path)
+    if name == "fun-asr-nano":  # another rate: resampled the same way on both paths
+        path = root / "clip8k.wav"
+        sf.write(path, noise(1.7, seed=9, sr=8000), 8000, subtype="PCM_16")
+        clips.append(path)
+    return {
+        "name": name,
+        "model_dir": model_dir,
+        "vllm_dir": _setup(model_dir),
+        "clips": clips,
+        "tokens": _asrctl_tokens(model_dir, clips),
+    }
+
+
+def _asrctl_tokens(model_dir: Path, clips: list[Path]) -> list[list[int]]:
+    from asrctl.engine import EngineOptions
+    from asrctl.inputs import iter_inputs
+    from asrctl.transcribe import TranscribeOptions, Transcriber
+
+    options = EngineOptions(dtype="float32", enforce_eager=True, max_model_len=1024)
+    # vLLM's default repetition penalty is 1.0 (FireRed's asrctl default is 3.0)
+    decode = TranscribeOptions(max_tokens=MAX_TOKENS, repetition_penalty=1.0)
+    items = iter_inputs([str(c) for c in clips])
+    with Transcriber(model_dir, engine_options=options, device="cpu") as t:
+        results = {r.key: r for batch in t.transcribe(items, decode) for r in batch}
+    return [list(results[item.key].token_ids) for item in items]
+
+
+def _example(env: dict[str, str], vllm_dir: Path, clips: list[Path], *extra: str) -> list:
+    args = [*map(str, clips), *extra, "--max-tokens", str(MAX_TOKENS), *ENGINE_ARGS]
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), str(vllm_dir), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.vllm
+def test_seed_snippet_tokens_equal_asrctl_pipeline(family, plugin_env):
+    """``LLM(model=vllm_dir)`` with ``{"prompt": "", "multi_modal_data": {"audio": path}}``:
+    greedy tokens equal asrctl's pipeline on the same checkpoint and files."""
+    outputs = _example(plugin_env, family["vllm_dir"], family["clips"])
+    assert [o["token_ids"] for o in outputs] == family["tokens"]
+    assert len({tuple(t) for t in family["tokens"]}) > 1  # the audio matters
+
+
+@pytest.mark.vllm
+def test_async_llm_equals_asrctl_pipeline(family, plugin_env):
+    if family["name"] != "fireredasr-llm":
+        pytest.skip("AsyncLLM once (seed 000's FireRed)")
+    outputs = _example(plugin_env, family["vllm_dir"], family["clips"], "--async")
+    assert [o["token_ids"] for o in outputs] == family["tokens"]
+
+
+# -- vllm serve ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(family, plugin_env, tmp_path_factory):
+    """``vllm serve vllm_dir`` (vLLM's OpenAI server module: vllm-cpu's ``vllm`` script
+    cannot start); yields ``(base_url, model name)``."""
+    import signal
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = str(family["vllm_dir"])
+    log = tmp_path_factory.mktemp("serve") / "vllm.log"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), *ENGINE_ARGS]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            env=plugin_env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vllm serve exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"vllm serve did not start:\n{log.read_text()[-4000:]}")
+                time.sleep(2)
+        yield f"http://127.0.0.1:{port}/v1", model
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _expected(family: dict) -> list[str]:
+    """asrctl's pipeline tokens as vLLM's server prints them (a character cut by the token
+    cap withheld, as vLLM's incremental detokenizer does)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(family["vllm_dir"] / "tokenizer.json"))
+    return [
+        tokenizer.decode(t, skip_special_tokens=True).rstrip("\ufffd").strip()
+        for t in family["tokens"]
+    ]
+
+
+@pytest.mark.vllm
+def test_serve_transcriptions_equal_asrctl_pipeline(family, server):
+    import openai
+
+    base_url, model = server
+    client = openai.OpenAI(base_url=base_url, api_key="x")
+    texts = []
+    for clip in family["clips"][:2]:  # at the family's rate (the server resamples its own way)
+        with clip.open("rb") as f:
+            result = client.audio.transcriptions.create(
+                model=model,
+                file=f,
+                extra_body={"max_completion_tokens": MAX_TOKENS, "repetition_penalty": 1.0},
+            )
+        texts.append(result.text.strip())
+    assert texts == _expected(family)[:2]
+
+
+@pytest.mark.vllm
+def test_serve_chat_with_audio_transcribes(family, server):
+    """Chat completions with an audio part: the family's prompt (as asrctl's chat API)."""
+    import openai
+
+    base_url, model = server
+    client = openai.OpenAI(base_url=base_url, api_key="x")
+    clip = family["clips"][0]
+    audio = base64.b64encode(clip.read_bytes()).decode()
+    content = [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        extra_body={"repetition_penalty": 1.0},
+    )
+    assert reply.choices[0].message.content.strip() == _expected(family)[0]
+    assert reply.usage.completion_tokens == len(family["tokens"][0])
