@@ -94,6 +94,9 @@ def run_plugin(args: argparse.Namespace, model: Path, paths: list[Path], counts:
     from vllm import LLM
 
     vllm_dir = prepare(model)
+    # as asrctl's engine does: spawn vLLM's engine core (a fork after the export's parallel
+    # torch CPU work can hang at start-up)
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     t0 = time.perf_counter()
     llm = LLM(
         model=str(vllm_dir),
@@ -207,11 +210,7 @@ def parent(args: argparse.Namespace) -> int:
     model, _, durations = peers.workload(args)
     audio_s = sum(durations)
     expected = sum(peers.token_counts(durations))
-    results = {}
-    for path in args.paths.split(","):
-        print(f"== path {path}", file=sys.stderr, flush=True)
-        results[path] = summarize(spawn(args, path, model), path, audio_s, expected)
-    result = {
+    result: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "versions": peers.versions(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -223,12 +222,15 @@ def parent(args: argparse.Namespace) -> int:
             "mean_seconds": round(audio_s / args.n, 2),
             "generated_tokens": expected,
         },
-        "paths": results,
-        "wall_s": round(time.perf_counter() - t0, 1),
+        "paths": {},
     }
-    text = json.dumps(result, indent=2, ensure_ascii=False)
-    args.out.write_text(text)
-    print(text)
+    for path in args.paths.split(","):
+        print(f"== path {path}", file=sys.stderr, flush=True)
+        result["paths"][path] = summarize(spawn(args, path, model), path, audio_s, expected)
+        result["wall_s"] = round(time.perf_counter() - t0, 1)
+        # after each path: a run cut short keeps what it measured
+        args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print(args.out.read_text())
     return 0
 
 

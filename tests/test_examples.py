@@ -186,3 +186,17 @@ def test_readme_library_block_runs_as_a_script(fun_asr_tiny, folder, tmp_path):
     first = next(i for i, line in enumerate(out) if line.startswith("a 0.6s "))
     assert out[first + 1].startswith("b 0.8s ")
     assert [line for line in out if line.startswith(("True ", "False "))][-1].startswith("True ")
+
+
+def test_vllm_plugin_command_line():
+    """``vllm_plugin.py`` is seed 000's code on an ``asrctl setup`` folder: it starts its own
+    engine, so tests/test_vllm_plugin.py runs it on every family (tokens equal asrctl's
+    pipeline); here, only its command line."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "vllm_plugin.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--async" in proc.stdout and "vllm_dir" in proc.stdout

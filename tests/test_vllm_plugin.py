@@ -151,8 +151,9 @@ def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request, tmp_path_factory, plugin_env) -> dict:
-    """A family's tiny checkpoint set up for vLLM, its clips, and asrctl's own pipeline's
-    greedy tokens for them (its engine closed again before vLLM starts on the plugin)."""
+    """A family's tiny checkpoint set up for vLLM, its clips, asrctl's own pipeline's
+    greedy tokens for them (its engine closed again before vLLM starts on the plugin) and
+    seed 000's code's output on them (``python examples/vllm_plugin.py``)."""
     name = request.param
     generator, rate = FAMILIES[name]
     root = tmp_path_factory.mktemp(name)
@@ -166,12 +167,15 @@ def family(request, tmp_path_factory, plugin_env) -> dict:
         path = root / "clip8k.wav"
         sf.write(path, noise(1.7, seed=9, sr=8000), 8000, subtype="PCM_16")
         clips.append(path)
+    vllm_dir = _setup(model_dir)
+    tokens = _asrctl_tokens(model_dir, clips)
     return {
         "name": name,
         "model_dir": model_dir,
-        "vllm_dir": _setup(model_dir),
+        "vllm_dir": vllm_dir,
         "clips": clips,
-        "tokens": _asrctl_tokens(model_dir, clips),
+        "tokens": tokens,  # asrctl's pipeline's
+        "plugin": _example(plugin_env, vllm_dir, clips),  # seed 000's code's
     }
 
 
@@ -204,12 +208,48 @@ def _example(env: dict[str, str], vllm_dir: Path, clips: list[Path], *extra: str
 
 
 @pytest.mark.vllm
-def test_seed_snippet_tokens_equal_asrctl_pipeline(family, plugin_env):
+def test_seed_snippet_tokens_equal_asrctl_pipeline(family):
     """``LLM(model=vllm_dir)`` with ``{"prompt": "", "multi_modal_data": {"audio": path}}``:
     greedy tokens equal asrctl's pipeline on the same checkpoint and files."""
-    outputs = _example(plugin_env, family["vllm_dir"], family["clips"])
-    assert [o["token_ids"] for o in outputs] == family["tokens"]
+    assert [o["token_ids"] for o in family["plugin"]] == family["tokens"]
     assert len({tuple(t) for t in family["tokens"]}) > 1  # the audio matters
+
+
+def readme_block() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Use with vLLM directly\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.vllm
+def test_readme_block_runs(family, plugin_env, tmp_path):
+    """The README's block as a user runs it (``python demo.py``), paths and CPU settings
+    replaced: it prints what the example printed (once: GLM-ASR)."""
+    if family["name"] != "glm-asr-nano":
+        pytest.skip("once")
+    code = readme_block()
+    for old, new in (
+        ('"/path/to/FireRedASR-LLM-L/.asrctl/vllm"', repr(str(family["vllm_dir"]))),
+        ('"/path/to/audio.wav"', repr(str(family["clips"][0]))),
+        ("max_model_len=2048,", 'max_model_len=1024, dtype="float32", enforce_eager=True,'),
+        ("max_tokens=256", f"max_tokens={MAX_TOKENS}"),
+    ):
+        assert old in code
+        code = code.replace(old, new)
+    (tmp_path / "demo.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "demo.py"],
+        capture_output=True,
+        text=True,
+        env=plugin_env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("Transcription: ")]
+    assert [line.removeprefix("Transcription: ").strip() for line in printed] == _expected(family)[
+        :1
+    ]
 
 
 @pytest.mark.vllm
@@ -269,19 +309,13 @@ def server(family, plugin_env, tmp_path_factory):
 
 
 def _expected(family: dict) -> list[str]:
-    """asrctl's pipeline tokens as vLLM's server prints them (a character cut by the token
-    cap withheld, as vLLM's incremental detokenizer does)."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(family["vllm_dir"] / "tokenizer.json"))
-    return [
-        tokenizer.decode(t, skip_special_tokens=True).rstrip("\ufffd").strip()
-        for t in family["tokens"]
-    ]
+    """What seed 000's code printed for the clips (vLLM's own detokenizer, whose text the
+    server returns; its tokens are asrctl's pipeline's, test_seed_snippet_...)."""
+    return [o["text"].strip() for o in family["plugin"]]
 
 
 @pytest.mark.vllm
-def test_serve_transcriptions_equal_asrctl_pipeline(family, server):
+def test_serve_transcriptions_equal_the_seed_snippet(family, server):
     import openai
 
     base_url, model = server

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -82,7 +82,7 @@ class AsrctlAudioForConditionalGeneration(nn.Module, SupportsMultiModal, Support
         super().__init__()
         config = vllm_config.model_config.hf_config
         self.plugin = PluginConfig.from_hf(config)
-        self.language_model = init_vllm_registered_model(
+        self.language_model: Any = init_vllm_registered_model(
             vllm_config=vllm_config,
             hf_config=config,
             prefix=maybe_prefix(prefix, "language_model"),
@@ -92,7 +92,7 @@ class AsrctlAudioForConditionalGeneration(nn.Module, SupportsMultiModal, Support
             self.language_model, "make_empty_intermediate_tensors", None
         )
         self.vocab_size = int(config.vocab_size)
-        self.device = torch.device(vllm_config.device_config.device)
+        self.device = torch.device(str(vllm_config.device_config.device))
         self.llm_dtype = vllm_config.model_config.dtype
         with _float32_defaults():
             encoder = self.plugin.adapter.audio_encoder(str(self.device), torch.float32)
@@ -103,18 +103,21 @@ class AsrctlAudioForConditionalGeneration(nn.Module, SupportsMultiModal, Support
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
         return AUDIO_TOKEN if modality.startswith("audio") else None
 
-    def get_language_model(self) -> nn.Module:
+    def get_language_model(self) -> Any:
         return self.language_model
 
     # -- audio ---------------------------------------------------------------------------
 
     def embed_multimodal(self, **kwargs: object) -> list[torch.Tensor]:
-        waves = kwargs.get(FIELD)
-        if waves is None:
+        data = kwargs.get(FIELD)
+        if data is None:
             return []
-        if isinstance(waves, torch.Tensor):
-            waves = list(waves.unbind(0)) if waves.dim() > 1 else [waves]
-        batch = [w.to(self.device, torch.float32).reshape(-1) for w in waves]  # type: ignore[union-attr]
+        # one tensor per audio; vLLM stacks them when their lengths agree
+        if isinstance(data, torch.Tensor):
+            waves = list(data.unbind(0)) if data.dim() > 1 else [data]
+        else:
+            waves = list(cast("Iterable[torch.Tensor]", data))
+        batch = [w.to(self.device, torch.float32).reshape(-1) for w in waves]
         with _encoder_precision(self.device):
             embeds = self._encoder[0](batch)
         return [e.to(self.llm_dtype) for e in embeds]

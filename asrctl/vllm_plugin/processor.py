@@ -146,7 +146,7 @@ class AsrctlAudioProcessor(BaseMultiModalProcessor[AsrctlProcessingInfo]):
         items = inputs.mm_data_items.get_items("audio", AudioProcessorItems)
         waves = [np.asarray(items.get(i), dtype=np.float32) for i in range(items.get_count())]
         self._check_lengths(waves)
-        ids = self._prompt(inputs.prompt, waves)
+        ids = self._prompt(inputs, waves)
         placeholder = plugin.audio_token_id
         if ids.count(placeholder) != len(waves):
             raise ValueError(
@@ -187,18 +187,19 @@ class AsrctlAudioProcessor(BaseMultiModalProcessor[AsrctlProcessingInfo]):
                     "uploads itself)"
                 )
 
-    def _prompt(self, prompt: str | list[int], waves: list[np.ndarray]) -> list[int]:
+    def _prompt(self, inputs: Any, waves: list[np.ndarray]) -> list[int]:
         """The prompt's token ids, one placeholder per audio: the caller's if it has any
         placeholder, else the family's own prompt."""
         info = self.info
         plugin = info.plugin
-        tokenizer = tokenizer_for(info.folder)
-        if isinstance(prompt, str):
+        prompt = inputs.prompt
+        if isinstance(prompt, str):  # vLLM 0.26: tokenized here, as vLLM would
             text = prompt
-            ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
-        else:
+            kwargs = dict(getattr(inputs, "tokenization_kwargs", None) or {})
+            ids = list(info.get_tokenizer().encode(prompt, **kwargs)) if prompt else []
+        else:  # vLLM 0.32: token ids
             ids = list(prompt)
-            text = tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+            text = tokenizer_for(info.folder).decode(ids, skip_special_tokens=True)
         if plugin.audio_token_id in ids or not waves:
             return ids
         options = caller_options(plugin, text)
