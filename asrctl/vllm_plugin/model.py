@@ -184,6 +184,8 @@ class AsrctlAudioForConditionalGeneration(nn.Module, SupportsMultiModal, Support
 
     @classmethod
     def get_generation_prompt(cls, stt_params: Any) -> Any:
+        if getattr(stt_params, "task_type", "transcribe") != "transcribe":
+            raise ValueError("asrctl's models transcribe; they do not translate")
         model_config = stt_params.model_config
         plugin = PluginConfig.from_hf(model_config.hf_config)
         language = stt_params.language
