@@ -27,8 +27,8 @@ warm-up files are timed again), the rest each path's default unless given.
 Usage (GPU machine, after .gpu/p*/unpack.sh; PYTHONPATH=/tmp/site:$PWD):
   python3 benchmarks/plugin.py --workdir /tmp/bench --n 2000 --size full --out plugin.json
 CPU smoke (peers.py's torchaudio shim for the native class):
-  VLLM_CPU_KVCACHE_SPACE=2 python benchmarks/plugin.py --workdir /tmp/pw --n 8 --size tiny \\
-      --enforce-eager --dtype float32 --torchaudio-shim --out plugin.json
+  PYTHONPATH=$PWD VLLM_CPU_KVCACHE_SPACE=2 python benchmarks/plugin.py --workdir /tmp/pw \\
+      --n 8 --size tiny --enforce-eager --dtype float32 --torchaudio-shim --out plugin.json
 """
 
 from __future__ import annotations
