@@ -14,6 +14,8 @@ Variants (``--variants`` picks some; unknown names are refused):
 * ``tf32``: the same with TensorFloat-32 matmuls (asrctl's GPU default, ``auto``);
 * ``tf32-eager-attn`` / ``bf16-eager-attn``: transformers' matmul attention instead of
   ``scaled_dot_product_attention`` (shows what SDPA buys);
+* ``tf32-bf16-attn``: TF32 matmuls, attention on bfloat16 copies of q/k/v (flash attention
+  has no float32 kernel: float32 SDPA runs without tensor cores);
 * ``bf16``: bfloat16 weights (SDPA picks flash attention);
 * ``tf32-compiled`` / ``bf16-compiled``: each encoder layer through ``torch.compile``
   (one graph for the 3000-frame windows, shared by the 32 layers; the window count
@@ -65,6 +67,7 @@ VARIANTS = {
     "fp32": Variant(torch.float32, "highest"),
     "tf32": Variant(torch.float32, "high"),
     "tf32-eager-attn": Variant(torch.float32, "high", attention="eager"),
+    "tf32-bf16-attn": Variant(torch.float32, "high", attention="asrctl_sdpa_bf16"),
     "bf16": Variant(torch.bfloat16, "highest"),
     "bf16-eager-attn": Variant(torch.bfloat16, "highest", attention="eager"),
     "tf32-trim2": Variant(torch.float32, "high", trim_s=2.0),
@@ -79,8 +82,9 @@ def build_audio(size: str, device: str, seed: int):
     """``GlmAsrAudio`` with seeded random weights of the fixture's ``size`` (float32)."""
     from asrctl.fixtures._weights import random_tensors
     from asrctl.fixtures.glm_asr import SIZES, audio_shapes
-    from asrctl.models.glm_asr import GlmAsrAudio, WhisperFeatureOptions
+    from asrctl.models.glm_asr import GlmAsrAudio, WhisperFeatureOptions, register_attention
 
+    register_attention()
     a, hidden = SIZES[size]["audio"], LLM_HIDDEN[size]
     config = {
         "audio_config": {

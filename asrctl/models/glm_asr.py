@@ -211,6 +211,27 @@ class GlmAsrProjector(nn.Module):
         return self.linear_2(nn.functional.gelu(self.linear_1(x)))
 
 
+BF16_ATTENTION = "asrctl_sdpa_bf16"  # attention in bfloat16 inside a float32 encoder
+
+
+def sdpa_bf16(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, *args, **kwargs):
+    """transformers' SDPA attention on bfloat16 copies of q, k, v (flash attention on a
+    GPU, which has no float32 kernel), the output cast back: for a float32/TF32 encoder
+    whose attention would otherwise run in float32 (see benchmarks/glm_encoder.py)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    half = (t.to(torch.bfloat16) for t in (query, key, value))
+    out, weights = sdpa_attention_forward(module, *half, *args, **kwargs)
+    return out.to(query.dtype), weights
+
+
+def register_attention() -> None:
+    """Make :data:`BF16_ATTENTION` a valid ``config._attn_implementation``."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(BF16_ATTENTION, sdpa_bf16)
+
+
 def build_encoder(audio_config: Mapping[str, Any]) -> nn.Module:
     """transformers' ``GlmAsrEncoder`` for ``config.json``'s ``audio_config`` (sdpa)."""
     from transformers import GlmAsrEncoder, GlmAsrEncoderConfig

@@ -1,4 +1,5 @@
-"""GLM-ASR-Nano's trimmed windows (opt-in ``$ASRCTL_GLM_TRIM``) against the original.
+"""GLM-ASR-Nano's encoder options against the original: trimmed windows (opt-in
+``$ASRCTL_GLM_TRIM``) and bfloat16 attention inside a float32 encoder (benchmark variant).
 
 What is claimed, and proven here against transformers' ``GlmAsrProcessor`` +
 ``GlmAsrModel.get_audio_features`` (the original) on the tiny fixture:
@@ -18,16 +19,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from precision import BF16_RTOL, worst_relative_error
 
 from asrctl.adapters.registry import load_adapter
 from asrctl.errors import OptionsError
 from asrctl.fixtures import make_fixture
 from asrctl.models import glm_asr as glm
 from asrctl.models.glm_asr import (
+    BF16_ATTENTION,
     FRAME_STEP,
     TRIM_ENV,
     WhisperFeatureOptions,
     encoded_frames,
+    register_attention,
     trim_frames,
 )
 
@@ -177,3 +181,16 @@ def test_passes_group_by_length(model_dir: Path, monkeypatch) -> None:
     assert encoder.passes(chunks)[0] == ([1, 4], 200)  # 15 windows of 2 s fit 3000 frames
     padded = _encoder(model_dir, monkeypatch, None)
     assert padded.passes(chunks) == [([i], 3000) for i in range(5)]
+
+
+@torch.no_grad()
+def test_bf16_attention_stays_close(model_dir: Path, arrays, monkeypatch) -> None:
+    """q, k, v rounded to bfloat16 for the attention only: within bf16's tolerance."""
+    encoder = _encoder(model_dir, monkeypatch, None)
+    waves = [torch.from_numpy(a) for a in arrays[:3]]
+    ref = encoder(waves)
+    register_attention()
+    encoder.audio_tower.config._attn_implementation = BF16_ATTENTION
+    got = encoder(waves)
+    assert all(g.dtype == torch.float32 for g in got)
+    assert 0 < worst_relative_error(got, ref) < BF16_RTOL
