@@ -13,6 +13,7 @@ import itertools
 import json
 import re
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,7 +59,7 @@ class FakeModel:
     def check_prompt(self, options) -> None:
         self.adapter.prompt(options)
 
-    async def stream(self, audio, prompt, decode, request_id=None):
+    async def stream(self, audio, prompt, decode, request_id=None, *, streaming=True):
         self.calls.append((len(audio), prompt, decode))
         if prompt.hotwords == ("boom",):
             raise OptionsError("prompt too long for max_model_len")
@@ -514,3 +515,23 @@ def test_serve_runs_on_uvloop_where_installed():
     with event_loop_runner() as runner:
         assert type(runner.get_loop()).__module__.startswith("uvloop")
         assert runner.run(asyncio.sleep(0, result=7)) == 7
+
+
+def test_event_loop_lag_is_measured():
+    """Work that blocks the loop shows in asrctl_event_loop_lag_seconds."""
+    from asrctl.server.metrics import Metrics
+
+    metrics = Metrics()
+
+    async def main():
+        watch = asyncio.get_running_loop().create_task(metrics.watch_loop(0.01))
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # a handler that blocks the loop
+        await asyncio.sleep(0.05)
+        watch.cancel()
+
+    asyncio.run(main())
+    text = metrics.render().decode()
+    total = float(re.search(r"^asrctl_event_loop_lag_seconds_sum (\S+)", text, re.M).group(1))
+    count = float(re.search(r"^asrctl_event_loop_lag_seconds_count (\S+)", text, re.M).group(1))
+    assert count >= 5 and 0.25 <= total < 1.0

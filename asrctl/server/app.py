@@ -56,7 +56,11 @@ def create_app(state: ServerState) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        lag = asyncio.get_running_loop().create_task(state.metrics.watch_loop())
+        try:
+            yield
+        finally:
+            lag.cancel()
         await state.close()
 
     app = FastAPI(
