@@ -214,14 +214,23 @@ class GlmAsrProjector(nn.Module):
 BF16_ATTENTION = "asrctl_sdpa_bf16"  # attention in bfloat16 inside a float32 encoder
 
 
-def sdpa_bf16(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, *args, **kwargs):
+def sdpa_bf16(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
     """transformers' SDPA attention on bfloat16 copies of q, k, v (flash attention on a
     GPU, which has no float32 kernel), the output cast back: for a float32/TF32 encoder
     whose attention would otherwise run in float32 (see benchmarks/glm_encoder.py)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    half = (t.to(torch.bfloat16) for t in (query, key, value))
-    out, weights = sdpa_attention_forward(module, *half, *args, **kwargs)
+    half = torch.bfloat16
+    out, weights = sdpa_attention_forward(
+        module, query.to(half), key.to(half), value.to(half), attention_mask, **kwargs
+    )
     return out.to(query.dtype), weights
 
 
