@@ -528,6 +528,18 @@ GpusPerWorkerOpt = Annotated[
         rich_help_panel=SCALE,
     ),
 ]
+EnginesPerGpuOpt = Annotated[
+    int,
+    typer.Option(
+        "--engines-per-gpu",
+        min=1,
+        help="Pipeline replicas sharing each GPU (1/K GPU each, each its own process and "
+        "vLLM engine; one small-LLM engine leaves the GPU mostly idle). They start one by "
+        "one; --gpu-memory-utilization is then what the K engines take together (default "
+        "0.8). Alone: K replicas per GPU of this host.",
+        rich_help_panel=SCALE,
+    ),
+]
 CpusPerWorkerOpt = Annotated[
     float,
     typer.Option(

@@ -24,6 +24,7 @@ from asrctl.cli._options import (
     EncoderBatchSecondsOpt,
     EncoderDtypeOpt,
     EnforceEagerOpt,
+    EnginesPerGpuOpt,
     FormatOpt,
     GpuMemOpt,
     GpusPerWorkerOpt,
@@ -110,6 +111,7 @@ def transcribe(
     ray_address: RayAddressOpt = None,
     num_workers: NumWorkersOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
+    engines_per_gpu: EnginesPerGpuOpt = 1,
     cpus_per_worker: CpusPerWorkerOpt = 1.0,
     shard_size: ShardSizeOpt = None,
 ) -> None:
@@ -165,6 +167,7 @@ def transcribe(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
         shard_size=shard_size,
+        engines_per_gpu=engines_per_gpu,
     )
     if speakers is not None and cluster is not None:
         raise OptionsError("--diarize runs in this process: not with --ray or --data-parallel")
@@ -263,9 +266,11 @@ def cluster_options(
     gpus_per_worker: float | None,
     cpus_per_worker: float,
     shard_size: int | None,
+    engines_per_gpu: int = 1,
 ):
     """The scale-out settings, or None for the single-process run. ``--data-parallel N``
-    is ``--ray --num-workers N`` on a new local cluster."""
+    is ``--ray --num-workers N`` on a new local cluster; ``--engines-per-gpu K`` alone,
+    K replicas per GPU of this host on a new local cluster."""
     from asrctl.distributed import ClusterOptions
     from asrctl.errors import OptionsError
 
@@ -281,6 +286,15 @@ def cluster_options(
             gpus_per_worker=gpus_per_worker,
             cpus_per_worker=cpus_per_worker,
             shard_size=shard_size,
+            engines_per_gpu=engines_per_gpu,
+        )
+    if not ray and engines_per_gpu > 1:
+        return ClusterOptions(
+            address="local",
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            shard_size=shard_size,
+            engines_per_gpu=engines_per_gpu,
         )
     if not ray:
         if address or num_workers or gpus_per_worker is not None or shard_size:
@@ -295,6 +309,7 @@ def cluster_options(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
         shard_size=shard_size,
+        engines_per_gpu=engines_per_gpu,
     )
 
 
