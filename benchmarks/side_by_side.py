@@ -443,7 +443,8 @@ def part_best(c: Child) -> dict:
         result = c.sbs / f"best-{k}.json"
         result.unlink(missing_ok=True)
         cmd = py(str(Path(__file__).resolve()), "--child", "best-k", "--k", str(k))
-        cmd += [*common_args(c.args), "--result", str(result)]
+        budget = argparse.Namespace(**vars(c.args) | {"part_timeout": max(30, c.left() - 10)})
+        cmd += [*common_args(budget), "--result", str(result)]
         done = c.run(cmd, f"best:{k}")
         record = json.loads(result.read_text()) if result.exists() else {}
         if not record:
@@ -471,14 +472,14 @@ def best_k(c: Child, k: int) -> dict:
     timing = ray_replicas(c, model, items, k) if mode == "ray" else process_replicas(c, k)
     audio_s = sum(durations)
     texts = timing.pop("texts")
-    record = {
+    record = timing | {
         "mode": mode,
         "engines": k,
         "seconds": round(timing["seconds"], 2),
         "rtfx": round(audio_s / timing["seconds"], 1),
         "utterances": len(texts),
         "identical_to_one_engine": compare(texts, c.sbs / "texts-default.json"),
-    } | timing
+    }
     (c.sbs / f"texts-best{k}.json").write_text(json.dumps(texts, ensure_ascii=False))
     return record
 
@@ -508,8 +509,14 @@ def ray_replicas(c: Child, model: Path, items: list, k: int) -> dict:
     said: list[str] = []
     spec = PipelineSpec(model, engine_options(c), device="cpu" if c.args.smoke else None)
     cluster = ClusterOptions(address="local", num_workers=k, engines_per_gpu=k)
-    if c.args.smoke:  # no GPU: K CPU workers, as many as the cluster holds
-        cluster = ClusterOptions(address="local", num_workers=k, cpus_per_worker=0.5)
+    if c.args.smoke:  # no GPU: a local cluster that claims one, the engines on the CPU
+        import ray
+
+        cluster = dataclasses.replace(cluster, cpus_per_worker=0.5)
+        env = {n: v for n, v in c.runner.env.items() if n.startswith(("ASRCTL_", "VLLM_"))}
+        env["PYTHONPATH"] = c.runner.env["PYTHONPATH"]
+        ray.init(address="local", num_cpus=k, num_gpus=1, include_dashboard=False,
+                 runtime_env={"env_vars": env}, configure_logging=False)  # fmt: skip
     t0 = time.perf_counter()
     options = transcribe_options(c)
     shard = math.ceil(len(items) / k)  # one shard each: one pipeline drain, as one engine

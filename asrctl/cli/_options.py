@@ -254,6 +254,16 @@ EnforceEagerOpt = Annotated[
         rich_help_panel=ENGINE,
     ),
 ]
+CudaGraphsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cuda-graphs",
+        help="Capture CUDA graphs even for a short input. By default, with a GPU, inputs of "
+        "under an hour of audio start vLLM without them: ~20 s sooner, which a short run "
+        "never wins back (BENCHMARKS.md, round 5).",
+        rich_help_panel=ENGINE,
+    ),
+]
 
 # --- bench and verify ---
 BENCH = "Load test (--server)"
