@@ -443,7 +443,7 @@ def part_best(c: Child) -> dict:
         result = c.sbs / f"best-{k}.json"
         result.unlink(missing_ok=True)
         cmd = py(str(Path(__file__).resolve()), "--child", "best-k", "--k", str(k))
-        budget = argparse.Namespace(**vars(c.args) | {"part_timeout": max(30, c.left() - 10)})
+        budget = argparse.Namespace(**vars(c.args) | {"part_timeout": max(30, int(c.left() - 10))})
         cmd += [*common_args(budget), "--result", str(result)]
         done = c.run(cmd, f"best:{k}")
         record = json.loads(result.read_text()) if result.exists() else {}
@@ -766,7 +766,8 @@ def part_serve(c: Child) -> dict:
 
 
 def wait_healthy(url: str, server: subprocess.Popen, c: Child) -> float:
-    import httpx
+    import urllib.error
+    import urllib.request
 
     t0 = time.perf_counter()
     while True:
@@ -774,9 +775,10 @@ def wait_healthy(url: str, server: subprocess.Popen, c: Child) -> float:
             raise RuntimeError(f"asrctl serve exited with {server.returncode} (see its log)")
         if c.left() < 30:
             raise TimeoutError("asrctl serve was not healthy before the part's deadline")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return round(time.perf_counter() - t0, 1)
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return round(time.perf_counter() - t0, 1)
         time.sleep(1.0)
 
 
