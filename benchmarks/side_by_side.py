@@ -803,7 +803,8 @@ def part_firered(c: Child) -> dict:
     result.unlink(missing_ok=True)
     cmd = py(str(HERE / "firered.py"), "--workdir", str(workdir), "--size", c.args.size)
     cmd += ["--n", str(c.args.short_n), "--skip-lora", "--out", str(result)]
-    done = c.run(cmd, "firered")
+    cmd += [*DEFAULT_FLAGS[:6], "--encoder-dtype", "auto"]  # firered.py has no --max-in-flight
+    done = c.run(cmd + c.smoke_flags(), "firered")
     if not result.exists():
         return {"error": done.get("skipped") or "firered.py failed", "tail": tail(done)}
     record = json.loads(result.read_text())
