@@ -12,6 +12,15 @@ appends them to the one output folder (:class:`asrctl.results.ResultsDir`) as th
   every node (a shared file system); its LLM is exported once, here, before any worker
   starts (:func:`asrctl.export.prepare`), so the workers only reuse the export. With a
   read-only model folder, pass a shared ``--cache-dir`` (else each node exports its own).
+* **Several engines per GPU** (``engines_per_gpu`` K > 1, or a fractional
+  ``gpus_per_worker``): K workers share each GPU (1/K of a GPU each in Ray's
+  accounting), each its own process with its own vLLM engine, which gets 1/K of
+  ``gpu_memory_utilization`` (read as what the K engines of one GPU take together;
+  default :data:`SHARED_GPU_MEMORY`, leaving room for each worker's audio encoder). One
+  vLLM engine's scheduler is CPU-bound on a small LLM and leaves the GPU mostly idle;
+  K processes drive it K times as hard. Workers sharing a GPU start one after another:
+  vLLM sizes its KV cache from the free memory it profiles at start, assuming no other
+  process changes its use meanwhile, and fails its check when one does.
 * **Shards**: the inputs not done yet are cut into shards; each worker takes the next
   shard when it is free, and streams its results back batch by batch (a Ray streaming
   generator), each written at once.
@@ -36,7 +45,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +65,10 @@ MAX_SHARD_ATTEMPTS = 3  # a shard's worker may die this often before its inputs 
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024**2  # a local cluster's object store (results are small)
 LOCAL_IP = "127.0.0.1"
 FORWARDED_ENV = ("ASRCTL_", "VLLM_", "HF_", "OMP_NUM_THREADS")  # driver env the workers get
+# With several engines per GPU: the share of GPU memory the engines of one GPU take
+# together (vLLM's own default, 0.9, is for one engine): the rest holds each worker's
+# CUDA contexts, audio encoder and its activations (~2-3 GiB per worker on an H100).
+SHARED_GPU_MEMORY = 0.8
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,8 @@ class ClusterOptions:
         shard_size: inputs per shard; None: at most 2048, at least 4 shards per worker.
         local_cpus: CPUs of a new local cluster (None: Ray counts them).
         max_restarts: times Ray restarts each dead actor.
+        engines_per_gpu: pipeline replicas sharing each GPU (1/K GPU each); see the
+            module docstring. Not with ``gpus_per_worker``.
     """
 
     address: str | None = None
@@ -83,8 +98,15 @@ class ClusterOptions:
     shard_size: int | None = None
     local_cpus: int | None = None
     max_restarts: int = 3
+    engines_per_gpu: int = 1
 
     def __post_init__(self) -> None:
+        if self.engines_per_gpu < 1:
+            raise OptionsError("--engines-per-gpu must be at least 1")
+        if self.engines_per_gpu > 1 and self.gpus_per_worker is not None:
+            raise OptionsError(
+                "--engines-per-gpu K gives each worker 1/K of a GPU: not with --gpus-per-worker"
+            )
         if self.num_workers is not None and self.num_workers < 1:
             raise OptionsError("--num-workers must be at least 1")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
@@ -105,6 +127,7 @@ class PipelineSpec:
     cache_dir: Path | None = None
     encoder_dtype: str = "auto"
     vad: bool | None = None
+    torch_threads: int | None = None  # torch CPU threads of each worker (None: as it is)
 
 
 @dataclass(frozen=True)
@@ -131,6 +154,11 @@ class PipelineWorker:
     def __init__(self, spec: PipelineSpec) -> None:
         from asrctl.segment import LongAudio
         from asrctl.transcribe import Transcriber
+
+        if spec.torch_threads:
+            import torch
+
+            torch.set_num_threads(spec.torch_threads)
 
         self.transcriber = Transcriber(
             spec.model_dir,
@@ -174,20 +202,29 @@ class RayTranscriber:
         self._started, self._local = _init_ray(ray, cluster)
         try:
             gpus = cluster.gpus_per_worker
+            if gpus is None and cluster.engines_per_gpu > 1:
+                gpus = 1.0 / cluster.engines_per_gpu
             if gpus is None:
                 has_gpus = ray.cluster_resources().get("GPU", 0) > 0 and spec.device != "cpu"
                 gpus = spec.engine_options.tensor_parallel_size if has_gpus else 0
             self.gpus_per_worker = gpus
             n = cluster.num_workers or _default_workers(ray, gpus)
             self._check_room(ray, n, gpus)
+            self.shared = engines_sharing_a_gpu(gpus)
+            if self.shared > 1:
+                spec = shared_gpu_spec(spec, self.shared, n if self._local else None)
+                self.say(
+                    f"{self.shared} engines per GPU, each with gpu_memory_utilization "
+                    f"{spec.engine_options.gpu_memory_utilization}; they start one by one"
+                )
+            self.spec = spec
             actor = ray.remote(PipelineWorker).options(
                 num_cpus=cluster.cpus_per_worker,
                 num_gpus=gpus,
                 max_restarts=cluster.max_restarts,
                 max_task_retries=0,  # the driver re-queues what a dead worker did not finish
             )
-            self.workers = [actor.remote(spec) for _ in range(n)]
-            self.infos = self._start()
+            self.workers, self.infos = self._start(actor, spec, n, one_by_one=self.shared > 1)
         except BaseException:
             self.close()
             raise
@@ -209,13 +246,21 @@ class RayTranscriber:
             raise OptionsError(message, hint="lower --num-workers or --gpus-per-worker")
         self.say(f"warning: {message}; they wait until the cluster has room")
 
-    def _start(self) -> list[WorkerInfo | None]:
-        """Wait for every worker to load the model; report each (pid, node, device)."""
+    def _start(
+        self, actor: Any, spec: PipelineSpec, n: int, *, one_by_one: bool
+    ) -> tuple[list[Any], list[WorkerInfo | None]]:
+        """Start ``n`` workers (all at once, or ``one_by_one``: each once the previous one
+        has loaded the model); wait for each and report it (pid, node, device)."""
         import ray
 
+        workers: list[Any] = []
+        self.workers = workers  # close() stops what started, should a start fail
+        pending = [] if one_by_one else [actor.remote(spec) for _ in range(n)]
         infos: list[WorkerInfo | None] = []
         errors: list[str] = []
-        for i, w in enumerate(self.workers):
+        for i in range(n):
+            w = actor.remote(spec) if one_by_one else pending[i]
+            workers.append(w)
             try:
                 info = ray.get(w.info.remote())
             except Exception as e:  # the actor's constructor failed (Ray wraps the cause)
@@ -228,7 +273,7 @@ class RayTranscriber:
             infos.append(info)
         if all(i is None for i in infos):
             raise AsrctlError(f"no Ray worker could start the pipeline: {errors[0]}")
-        return infos
+        return workers, infos
 
     def close(self) -> None:
         import ray
@@ -397,6 +442,29 @@ def _init_ray(ray: Any, cluster: ClusterOptions) -> tuple[bool, bool]:
         **common,
     )
     return True, True
+
+
+def engines_sharing_a_gpu(gpus_per_worker: float) -> int:
+    """Workers that share one GPU at ``gpus_per_worker`` GPUs each (1: none share)."""
+    if not 0 < gpus_per_worker < 1:
+        return 1
+    return max(1, math.floor(1 / gpus_per_worker + 1e-9))
+
+
+def shared_gpu_spec(spec: PipelineSpec, k: int, local_workers: int | None) -> PipelineSpec:
+    """``spec`` for one of ``k`` workers sharing a GPU: 1/k of the GPU memory the engines
+    of one GPU take together (``gpu_memory_utilization`` if given, else
+    :data:`SHARED_GPU_MEMORY`), and on a local cluster of ``local_workers`` workers an
+    equal share of this host's cores as torch threads (Ray gives each actor one)."""
+    if spec.engine_options.tensor_parallel_size > 1:
+        raise OptionsError("several engines per GPU: not with --tensor-parallel-size > 1")
+    total = spec.engine_options.gpu_memory_utilization or SHARED_GPU_MEMORY
+    share = math.floor(total / k * 1000) / 1000
+    engine = replace(spec.engine_options, gpu_memory_utilization=share)
+    threads = spec.torch_threads
+    if threads is None and local_workers:
+        threads = max(1, (os.cpu_count() or 1) // local_workers)
+    return replace(spec, engine_options=engine, torch_threads=threads)
 
 
 def _default_workers(ray: Any, gpus_per_worker: float) -> int:

@@ -472,19 +472,34 @@ class AsyncEngine(_EngineBase):
         super().__init__(llm_dir, options, asynchronous=True)
 
     async def generate(
-        self, prompt: torch.Tensor, decoding: Decoding, request_id: str | None = None
+        self,
+        prompt: torch.Tensor,
+        decoding: Decoding,
+        request_id: str | None = None,
+        *,
+        streaming: bool = True,
     ) -> AsyncIterator[Generation]:
         """Decode one prompt, yielding its cumulative text as it grows; the last item is
         the finished generation (``finish_reason`` set). Closing the iterator early aborts
-        the request in vLLM."""
-        params = sampling_params(decoding, streaming=True)
+        the request in vLLM. Without ``streaming`` only the finished generation comes,
+        its ids decoded once here as :class:`Engine` does (vLLM neither detokenizes nor
+        sends an output for this request at every step: the server's event loop runs
+        vLLM's output handling, and per-token outputs cost it most under load)."""
+        params = sampling_params(decoding, streaming=streaming)
         rid = request_id or f"asr-{self.next_id()}"
         outputs = self.engine.generate(self.request(prompt, decoding), params, rid)
         # aclosing: a consumer that goes away closes this generator, which must abort the
         # vLLM request now rather than whenever the generator is collected
         async with contextlib.aclosing(outputs):
             async for out in outputs:
-                yield _generation(out.outputs[0], out.outputs[0].text, finished=out.finished)
+                completion = out.outputs[0]
+                if streaming:
+                    yield _generation(completion, completion.text, finished=out.finished)
+                elif out.finished:
+                    text = self.embed_text.tokenizer.decode(
+                        list(completion.token_ids), skip_special_tokens=True
+                    )
+                    yield _generation(completion, text)
 
     async def check_health(self) -> None:
         """Raise if vLLM's engine is dead."""

@@ -62,14 +62,33 @@ def make_audio(root: Path, n: int, seed: int) -> tuple[Path, list[float]]:
     return root / "wav.scp", durations
 
 
-def _timed(transcriber, items, options) -> tuple[float, int]:
+def _timed(transcriber, items, options, texts: dict | None = None) -> tuple[float, int]:
+    """Seconds and results of one pass; ``texts`` (if given) gets each key's text."""
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    n = sum(len(batch) for batch in transcriber.transcribe(items, options))
+    n = 0
+    for batch in transcriber.transcribe(items, options):
+        n += len(batch)
+        if texts is not None:
+            texts.update((r.key, r.text) for r in batch if hasattr(r, "text"))
     return time.perf_counter() - t0, n
+
+
+FIXTURE_DONE = ".fixture-complete"  # written once make_fixture has returned
+
+
+def ensure_fixture(family: str, model: Path, size: str) -> Path:
+    """The random-weight checkpoint of ``family`` in ``model``, generated unless a
+    complete one is there (every family's layout: a marker written after generation)."""
+    from asrctl.fixtures import make_fixture
+
+    if not (model / FIXTURE_DONE).exists():
+        make_fixture(family, model, size=size, seed=0)
+        (model / FIXTURE_DONE).write_text(f"{family} {size} seed 0\n")
+    return model
 
 
 def _versions() -> dict:
@@ -380,6 +399,7 @@ def main() -> int:
     )
     ap.add_argument("--variant", action="append", default=[], help="NAME:key=value,...")
     ap.add_argument("--py-spy", type=Path, default=None, help="profile end_to_end into DIR")
+    ap.add_argument("--texts", type=Path, default=None, help="write end_to_end's texts (JSON)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     variants = dict(parse_variant(v) for v in args.variant)
@@ -387,14 +407,11 @@ def main() -> int:
     import torch
 
     from asrctl.engine import EngineOptions
-    from asrctl.fixtures import make_fixture
     from asrctl.inputs import from_arrays, iter_inputs
     from asrctl.pipeline import apply_encoder_precision
     from asrctl.transcribe import TranscribeOptions, Transcriber
 
-    model = args.workdir / f"{args.family}-{args.size}"
-    if not (model / "model.pt").exists():
-        make_fixture(args.family, model, size=args.size, seed=0)
+    model = ensure_fixture(args.family, args.workdir / f"{args.family}-{args.size}", args.size)
     scp, durations = make_audio(args.workdir / "audio", args.n, seed=1)
     audio_s = sum(durations)
     sizes = (
@@ -424,8 +441,11 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    texts: dict[str, str] = {}
     with GpuUtilisation() as util_e2e:
-        e2e_s, n_e2e = _timed(asr, items, options)
+        e2e_s, n_e2e = _timed(asr, items, options, texts)
+    if args.texts:
+        args.texts.write_text(json.dumps(texts, ensure_ascii=False))
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
     repeats = [round(e2e_s, 2)] + [
         round(_timed(asr, items, options)[0], 2) for _ in range(1, args.repeat)

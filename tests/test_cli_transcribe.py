@@ -256,3 +256,37 @@ def test_an_engine_dying_mid_run_is_an_engine_error(
     run = asrctl_cli("transcribe", data_dir / "a.wav", "--model", fun_asr_tiny)
     assert run.returncode == 5, run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_short_input_starts_vllm_without_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a GPU, under AUTO_EAGER_SECONDS of audio: eager (vLLM starts ~20 s sooner);
+    an hour or more, an unknown duration, --cuda-graphs or no GPU: as asked."""
+    import asrctl.engine
+    from asrctl.cli.transcribe import AUTO_EAGER_SECONDS, short_input_engine
+    from asrctl.engine import EngineOptions
+
+    class Item:
+        def __init__(self, seconds: float | None) -> None:
+            self.seconds = seconds
+
+        def duration(self) -> float | None:
+            return self.seconds
+
+    engine = EngineOptions(max_model_len=512)
+    short = [Item(20.0)] * 3
+    monkeypatch.setattr(asrctl.engine, "cuda_available", lambda: True)
+    eager = short_input_engine(engine, short, cuda_graphs=False)
+    assert eager.enforce_eager and eager.max_model_len == 512
+    assert short_input_engine(engine, short, cuda_graphs=True) is engine
+    assert short_input_engine(engine, [Item(AUTO_EAGER_SECONDS / 2)] * 2, cuda_graphs=False) is (
+        engine
+    )
+    assert short_input_engine(engine, [*short, Item(None)], cuda_graphs=False) is engine
+    monkeypatch.setattr(asrctl.engine, "cuda_available", lambda: False)
+    assert short_input_engine(engine, short, cuda_graphs=False) is engine
+
+
+def test_cuda_graphs_and_enforce_eager_contradict(asrctl_cli, tmp_path: Path) -> None:
+    done = asrctl_cli("transcribe", str(tmp_path), "-m", str(tmp_path), "--cuda-graphs",
+                      "--enforce-eager")  # fmt: skip
+    assert done.returncode != 0 and "contradict" in done.stderr

@@ -23,11 +23,16 @@ import soundfile as sf
 from asrctl.cli.transcribe import cluster_options
 from asrctl.distributed import (
     MAX_SHARD_ATTEMPTS,
+    SHARED_GPU_MEMORY,
     ClusterOptions,
+    PipelineSpec,
     RayTranscriber,
     _Shard,
     _WorkQueue,
+    engines_sharing_a_gpu,
+    shared_gpu_spec,
 )
+from asrctl.engine import EngineOptions
 from asrctl.errors import OptionsError
 from asrctl.inputs import AudioItem
 from tests.clirun import run_asrctl
@@ -103,6 +108,81 @@ def test_cluster_options() -> None:
         cluster_options(ray=True, data_parallel=2, address=None, num_workers=None, **common)
     with pytest.raises(OptionsError, match="need --ray"):
         cluster_options(ray=False, data_parallel=1, address=None, num_workers=2, **common)
+    # --engines-per-gpu K alone: K replicas per GPU of this host; with -dp N: N in all
+    alone = cluster_options(
+        ray=False, data_parallel=1, address=None, num_workers=None, engines_per_gpu=3, **common
+    )
+    assert alone == ClusterOptions(address="local", engines_per_gpu=3)
+    dp = cluster_options(
+        ray=False, data_parallel=4, address=None, num_workers=None, engines_per_gpu=2, **common
+    )
+    assert dp == ClusterOptions(address="local", num_workers=4, engines_per_gpu=2)
+    with pytest.raises(OptionsError, match="not with --gpus-per-worker"):
+        cluster_options(
+            ray=False,
+            data_parallel=2,
+            address=None,
+            num_workers=None,
+            engines_per_gpu=2,
+            **common | {"gpus_per_worker": 0.5},
+        )
+
+
+def test_engines_sharing_a_gpu_split_its_memory_and_this_hosts_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert [engines_sharing_a_gpu(g) for g in (0, 1, 2, 0.5, 1 / 3, 0.4, 0.25)] == [
+        1, 1, 1, 2, 3, 2, 4,
+    ]  # fmt: skip
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    spec = PipelineSpec(Path("m"), EngineOptions(max_model_len=512))
+    three = shared_gpu_spec(spec, 3, local_workers=3)
+    assert three.engine_options.gpu_memory_utilization == 0.266  # 0.8 / 3, rounded down
+    assert SHARED_GPU_MEMORY == 0.8 and three.torch_threads == 5
+    assert three.engine_options.max_model_len == 512 and three.model_dir == spec.model_dir
+    given = PipelineSpec(Path("m"), EngineOptions(gpu_memory_utilization=0.9))
+    two = shared_gpu_spec(given, 2, local_workers=None)  # a remote cluster: threads as they are
+    assert two.engine_options.gpu_memory_utilization == 0.45 and two.torch_threads is None
+    with pytest.raises(OptionsError, match="tensor-parallel"):
+        shared_gpu_spec(PipelineSpec(Path("m"), EngineOptions(tensor_parallel_size=2)), 2, 2)
+
+
+def test_engines_sharing_a_gpu_start_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM profiles free memory at start: a worker sharing the GPU starts only once the
+    one before it is up. Without sharing, all start at once."""
+    ray = pytest.importorskip("ray")
+    events: list[str] = []
+
+    class Worker:
+        def __init__(self, i: int) -> None:
+            self.i = i
+            self.info = self
+
+        def remote(self) -> int:
+            return self.i
+
+    class Actor:
+        created = 0
+
+        def remote(self, spec: object) -> Worker:
+            events.append(f"start {Actor.created}")
+            Actor.created += 1
+            return Worker(Actor.created - 1)
+
+    def get(i: int):
+        events.append(f"ready {i}")
+        return __import__("asrctl.distributed").distributed.WorkerInfo(100 + i, "n", "cuda")
+
+    monkeypatch.setattr(ray, "get", get)
+    runner = RayTranscriber.__new__(RayTranscriber)
+    runner.say = lambda _: None
+    workers, infos = runner._start(Actor(), None, 3, one_by_one=True)
+    assert events == ["start 0", "ready 0", "start 1", "ready 1", "start 2", "ready 2"]
+    assert [i.pid for i in infos] == [100, 101, 102] and len(workers) == 3
+    events.clear()
+    Actor.created = 0
+    runner._start(Actor(), None, 2, one_by_one=False)
+    assert events == ["start 0", "start 1", "ready 0", "ready 1"]
 
 
 def test_serve_data_parallel_is_vllms(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -254,3 +334,46 @@ def test_data_parallel_resumes_to_the_single_process_text(
     assert f"resuming: 4 of {N_CLIPS + 1} keys already done" in run.stderr
     assert "worker 1: pid" in run.stderr
     check_same(out, single)
+
+
+def test_two_engines_sharing_one_gpu_give_the_single_process_text(
+    corpus: Path, fun_asr_tiny: Path, single: Path
+) -> None:
+    """--engines-per-gpu 2 on a local cluster that says it has one GPU: two workers of
+    half a GPU each, 0.4 of its memory each, started one by one; the fake engine runs
+    on the CPU, and the texts are the single-process run's."""
+    import ray
+
+    from asrctl.inputs import iter_inputs
+    from asrctl.transcribe import TranscribeOptions
+
+    said: list[str] = []
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,
+        runtime_env={"env_vars": ENV},
+        configure_logging=False,
+        log_to_driver=False,
+    )
+    try:
+        spec = PipelineSpec(fun_asr_tiny, EngineOptions(), device="cpu")
+        with RayTranscriber(
+            spec, ClusterOptions(engines_per_gpu=2), on_info=said.append
+        ) as replicas:
+            assert replicas.spec.engine_options.gpu_memory_utilization == 0.4
+            assert [i.gpus for i in replicas.infos] == [("0",), ("0",)]  # the same GPU
+            results = [
+                r
+                for batch in replicas.transcribe(iter_inputs([str(corpus)]), TranscribeOptions())
+                for r in batch
+            ]
+    finally:
+        ray.shutdown()
+    assert (
+        said[0] == "2 engines per GPU, each with gpu_memory_utilization 0.4; they start one by one"
+    )
+    texts = sorted(f"{r.key} {r.text}" for r in results if not hasattr(r, "error"))
+    assert texts == sorted((single / "text").read_text().splitlines())
+    assert [r.key for r in results if hasattr(r, "error")] == ["missing"]

@@ -20,16 +20,13 @@ settings. One vLLM engine for the module (the transcribe run).
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from clirun import run_asrctl
+from parity import asrctl_texts, assert_audio_dependent, assert_same_text, chirp_wavs
 
 from asrctl.fixtures import make_fixture
 
@@ -76,16 +73,7 @@ def original(tmp_path_factory: pytest.TempPathFactory, funasr_auto_model):
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("fun-asr-wav")
-    paths = []
-    for i, seconds in enumerate(DURATIONS):
-        rng = np.random.default_rng(40 + i)
-        t = np.arange(round(SR * seconds)) / SR
-        x = 0.3 * np.sin(2 * np.pi * (170 + 210 * i) * t * (1 + 0.15 * t))
-        x += 0.05 * rng.standard_normal(t.size)
-        path = folder / f"utt{i}.wav"
-        sf.write(path, np.clip(x, -1, 1).astype(np.float32), SR, subtype="PCM_16")
-        paths.append(path)
-    return paths
+    return chirp_wavs(folder, DURATIONS, SR, seed=40, base_hz=170, step_hz=210, sweep=0.15)
 
 
 def test_reference_version() -> None:
@@ -145,36 +133,14 @@ def test_asrctl_transcribe_equals_the_original_pipeline(original, wavs, tmp_path
     saved, model = original
     references = [_reference(model, wav) for wav in wavs]
     model_dir = Path(shutil.copytree(saved, tmp_path / "Fun-ASR-Nano"))
-    out = tmp_path / "out"
-    proc = run_asrctl(
-        "transcribe",
-        "-m",
-        str(model_dir),
-        *map(str, wavs),
-        "-o",
-        str(out),
-        "--raw-text",
-        "--device",
-        "cpu",
-        "--enforce-eager",
-        "--dtype",  # the reference runs its LLM in float32 (inference's llm_dtype default)
-        "float32",
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == len(wavs)
-    got = []
-    for wav in wavs:
-        [row] = [r for r in rows if r["key"] == wav.stem or r["key"].endswith(wav.name)]
-        got.append(_clean(row["text"]))  # the raw text with funasr's whitespace clean-up
+    # the reference runs its LLM in float32 (inference's llm_dtype default); the raw text
+    # gets funasr's whitespace clean-up
+    texts = asrctl_texts(model_dir, wavs, tmp_path / "out", "--dtype", "float32")
+    got = [_clean(text) for text in texts]
     for wav, text, (reference, stable) in zip(wavs, got, references, strict=True):
         if stable == reference:  # no near-tie: the whole transcript agrees
-            # vLLM's incremental detokenizer holds an undecodable byte-token tail back
-            held_back = reference[len(text) :]
-            assert reference.startswith(text), (wav.name, text, reference)
-            assert not held_back or "\ufffd" in held_back, (wav.name, held_back)
+            assert_same_text(wav.name, text, reference)
         else:  # up to the near-tie (a last partial character may complete differently)
             assert text.startswith(stable.rstrip("\ufffd")), (wav.name, text, stable)
         assert len(stable) >= MIN_STABLE_CHARS, (wav.name, stable)
-    assert len(set(got)) == len(got) and all(got)  # outputs depend on the audio
+    assert_audio_dependent(got)

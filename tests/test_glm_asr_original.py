@@ -17,11 +17,10 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from clirun import run_asrctl
+from parity import asrctl_texts, assert_audio_dependent, assert_same_text, chirp_wavs
 from safetensors.torch import load_file, save_file
 
 from asrctl.adapters.registry import load_adapter
@@ -67,16 +66,7 @@ def original(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("glm-wav")
-    paths = []
-    for i, seconds in enumerate(DURATIONS):
-        rng = np.random.default_rng(20 + i)
-        t = np.arange(round(SR * seconds)) / SR
-        x = 0.3 * np.sin(2 * np.pi * (180 + 230 * i) * t * (1 + 0.1 * t))
-        x += 0.05 * rng.standard_normal(t.size)
-        path = folder / f"utt{i}.wav"
-        sf.write(path, np.clip(x, -1, 1).astype(np.float32), SR, subtype="PCM_16")
-        paths.append(path)
-    return paths
+    return chirp_wavs(folder, DURATIONS, SR, seed=20, base_hz=180, step_hz=230, sweep=0.1)
 
 
 def _release_copy(saved: Path, dst: Path) -> Path:
@@ -133,32 +123,7 @@ def _original_text(processor, model, wav: Path) -> str:
 def test_asrctl_transcribe_equals_the_original_pipeline(original, wavs, tmp_path: Path) -> None:
     saved, processor, model = original
     model_dir = Path(shutil.copytree(saved, tmp_path / "GLM-ASR-Nano"))
-    setup = run_asrctl("setup", str(model_dir), timeout=300)
-    assert setup.returncode == 0, setup.stderr
-    out = tmp_path / "out"
-    proc = run_asrctl(
-        "transcribe",
-        "-m",
-        str(model_dir),
-        *map(str, wavs),
-        "-o",
-        str(out),
-        "--raw-text",
-        "--device",
-        "cpu",
-        "--enforce-eager",
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = {r["key"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
-    assert len(rows) == len(wavs)
-    texts = []
-    for wav in wavs:
-        [row] = [r for k, r in rows.items() if k == wav.stem or k.endswith(wav.name)]
-        expected = _original_text(processor, model, wav)
-        # vLLM's incremental detokenizer holds an undecodable byte-token tail back
-        held_back = expected[len(row["text"]) :]
-        assert expected.startswith(row["text"]), (wav.name, row["text"], expected)
-        assert not held_back or "\ufffd" in held_back, (wav.name, held_back)
-        texts.append(row["text"])
-    assert len(set(texts)) == len(texts) and all(texts)  # outputs depend on the audio
+    texts = asrctl_texts(model_dir, wavs, tmp_path / "out", setup=True)
+    for wav, text in zip(wavs, texts, strict=True):
+        assert_same_text(wav.name, text, _original_text(processor, model, wav))
+    assert_audio_dependent(texts)

@@ -34,9 +34,13 @@ class Stats:
         self.in_flight = 0
         self.max_in_flight = 0
         self.models: set[str] = set()
+        self.peers: set[tuple[str, int]] = set()  # client (host, port): one per connection
+        self.forms: list[dict] = []
 
     def reset(self) -> None:
         self.max_in_flight = 0
+        self.peers.clear()
+        self.forms.clear()
 
 
 def make_app(stats: Stats):
@@ -50,10 +54,15 @@ def make_app(stats: Stats):
         return {"data": [{"id": "stub-model", "object": "model"}]}
 
     @app.post("/v1/audio/transcriptions")
-    async def transcriptions(file: fastapi.UploadFile, model: str = fastapi.Form(...)):
+    async def transcriptions(
+        request: fastapi.Request, file: fastapi.UploadFile, model: str = fastapi.Form(...)
+    ):
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         stats.models.add(model)
+        stats.peers.add((request.client.host, request.client.port))
+        form = await request.form()
+        stats.forms.append({k: v for k, v in form.items() if isinstance(v, str)})
         try:
             await file.read()
             await asyncio.sleep(SLOW_S if file.filename.startswith("slow") else 0.02)
@@ -136,6 +145,23 @@ def test_closed_loop_counts_errors_latency_and_concurrency(server, clips_dir):
         # the report rounds to 0.1 ms, so the slowest request bounds p99 within that
         assert lat["p50"] <= lat["p95"] <= lat["p99"] <= max(r.latency_s for r in ok) + 5e-5
     assert stats.models == {"stub-model"}  # discovered from GET /v1/models
+
+
+def test_each_closed_loop_worker_keeps_one_connection_and_cpu_is_reported(server, clips_dir):
+    """Workers do not share a pool (httpx's pool costs CPU per request per connection);
+    the pre-built multipart body carries the form fields; the client's CPU is reported."""
+    url, stats = server
+    clips = [c for c in load_clips(iter_inputs(clips_dir), pcm=False) if c.key == "good"]
+    stats.reset()
+    options = LoadOptions(
+        url=url, model="m", concurrency=(4,), requests=24, warmup=0, language="en"
+    )
+    (result,) = run_load_test(options, clips)
+    row = result.to_json()
+    assert row["ok"] == 24
+    assert len(stats.peers) == 4  # 24 requests over 4 kept-alive connections
+    assert stats.forms[0] == {"model": "m", "response_format": "json", "language": "en"}
+    assert 0 < row["client_cpu"] < 4
 
 
 def test_poisson_arrivals_are_spread_at_the_rate(server, clips_dir):

@@ -13,6 +13,7 @@ import itertools
 import json
 import re
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,7 +59,7 @@ class FakeModel:
     def check_prompt(self, options) -> None:
         self.adapter.prompt(options)
 
-    async def stream(self, audio, prompt, decode, request_id=None):
+    async def stream(self, audio, prompt, decode, request_id=None, *, streaming=True):
         self.calls.append((len(audio), prompt, decode))
         if prompt.hotwords == ("boom",):
             raise OptionsError("prompt too long for max_model_len")
@@ -453,6 +454,40 @@ def test_batcher_groups_concurrent_jobs_and_isolates_failures():
     ]  # fmt: skip
 
 
+def test_batcher_runs_a_lone_job_at_once_and_waits_under_load():
+    """A job after a quiet spell (longer than the window) is not held for the window;
+    jobs closer together than the window are collected into one batch."""
+    calls: list[list[int]] = []
+
+    def run(jobs):
+        calls.append(list(jobs))
+        return list(jobs)
+
+    async def main():
+        batcher = EncoderBatcher(run, window_s=0.5, max_batch=8)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        waits = []
+        for job in (1, 2):
+            start = loop.time()
+            await batcher.submit(job)
+            waits.append(loop.time() - start)
+            await asyncio.sleep(0.6)
+
+        async def later(job: int, delay: float) -> int:
+            await asyncio.sleep(delay)
+            return await batcher.submit(job)
+
+        results = await asyncio.gather(*(later(j, 0.01 * k) for k, j in enumerate((3, 4, 5))))
+        await batcher.close()
+        return waits, results
+
+    waits, results = asyncio.run(main())
+    assert max(waits) < 0.25, waits
+    assert results == [3, 4, 5]
+    assert calls == [[1], [2], [3], [4, 5]]
+
+
 def test_subtitles_and_helpers():
     segments = [
         Segment(0.0, 3723.5, "a --> b\n\nc"),
@@ -471,3 +506,32 @@ def test_subtitles_and_helpers():
     with pytest.raises(OptionsError, match="encoder-dtype"):
         ServerOptions(encoder_dtype="fp8")
     assert RealtimeOptions().first_partial_s < RealtimeOptions().partial_interval_s
+
+
+def test_serve_runs_on_uvloop_where_installed():
+    pytest.importorskip("uvloop")
+    from asrctl.server.app import event_loop_runner
+
+    with event_loop_runner() as runner:
+        assert type(runner.get_loop()).__module__.startswith("uvloop")
+        assert runner.run(asyncio.sleep(0, result=7)) == 7
+
+
+def test_event_loop_lag_is_measured():
+    """Work that blocks the loop shows in asrctl_event_loop_lag_seconds."""
+    from asrctl.server.metrics import Metrics
+
+    metrics = Metrics()
+
+    async def main():
+        watch = asyncio.get_running_loop().create_task(metrics.watch_loop(0.01))
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # a handler that blocks the loop
+        await asyncio.sleep(0.05)
+        watch.cancel()
+
+    asyncio.run(main())
+    text = metrics.render().decode()
+    total = float(re.search(r"^asrctl_event_loop_lag_seconds_sum (\S+)", text, re.M).group(1))
+    count = float(re.search(r"^asrctl_event_loop_lag_seconds_count (\S+)", text, re.M).group(1))
+    assert count >= 5 and 0.25 <= total < 1.0

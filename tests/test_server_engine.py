@@ -61,3 +61,31 @@ def test_too_long_audio_is_refused_before_encoding(fake_engine, fun_asr_tiny: Pa
     assert str(error).startswith(f"audio: prompt of {positions} positions (20.0 s of audio)")
     assert f"--max-model-len {limit}" in str(error) and "larger --max-model-len" in str(error)
     assert encoded == [SR] and set(text.split()) <= set(testing.WORDS)
+
+
+def test_transcribe_asks_vllm_for_the_final_output_only(fake_engine, fun_asr_tiny: Path) -> None:
+    """A whole-result request (every non-streaming route) gets no per-token outputs from
+    vLLM, nor its detokenizer: the text is decoded once, as the batch path does; it equals
+    the streamed request's final text, and streaming still yields partial text."""
+
+    async def scenario():
+        model = await AsyncModel.start(
+            fun_asr_tiny, EngineOptions(), device="cpu", batch_window_s=0.0,
+            encoder_batch_size=4, max_tokens=8,
+        )  # fmt: skip
+        try:
+            audio = noise(1.0)
+            done = await model.transcribe(audio, PromptOptions(), DecodeOptions())
+            steps = [p async for p in model.stream(audio, PromptOptions(), DecodeOptions())]
+        finally:
+            await model.close()
+        return done, steps, model.engine.engine.requests
+
+    done, steps, requests = asyncio.run(scenario())
+    params = [p for _, _, p in requests]
+    assert [p.output_kind.name for p in params] == ["FINAL_ONLY", "CUMULATIVE"]
+    assert [p.detokenize for p in params] == [False, True]
+    final = steps[-1].result
+    assert final is not None and len(steps) > 2
+    assert done.text and done.text == final.text
+    assert done.token_ids == final.token_ids

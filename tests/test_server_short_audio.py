@@ -24,10 +24,11 @@ class FakeAsyncLLM:
     def __init__(self) -> None:
         self.model_config = SimpleNamespace(max_model_len=4096)
         self.prompt_lengths: list[int] = []
+        self.ids = [1]  # the answer's token ids (the text is decoded from them)
 
     async def generate(self, request, params, request_id):
         self.prompt_lengths.append(len(request["prompt_embeds"]))
-        done = SimpleNamespace(text="ok", token_ids=[1], finish_reason="stop")
+        done = SimpleNamespace(text="ok", token_ids=self.ids, finish_reason="stop")
         yield SimpleNamespace(finished=True, outputs=[done])
 
     def shutdown(self) -> None:
@@ -46,6 +47,7 @@ def test_clips_shorter_than_a_frame_alone_in_their_pass(
             fun_asr_tiny, EngineOptions(), device="cpu", batch_window_s=0.0,
             encoder_batch_size=4, max_tokens=8,
         )  # fmt: skip
+        engine.ids = model.engine.embed_text.tokenizer.encode("ok", add_special_tokens=False).ids
         try:
             texts = []
             for samples in (1, 160, 399):  # 0.06 ms to 25 ms, one request at a time

@@ -52,7 +52,7 @@ class DiarizedModel(FakeModel):
         super().__init__()
         self.word_timing = True
 
-    async def stream(self, audio, prompt, decode, request_id=None):
+    async def stream(self, audio, prompt, decode, request_id=None, *, streaming=True):
         segments = (
             Segment(0.0, 1.2, "hello there", speaker=0),
             Segment(1.3, 2.0, HOSTILE, speaker=1),

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -317,16 +318,20 @@ class GlmAsrAdapter(Adapter):
     # --- audio and prompt ---------------------------------------------------------------
 
     def audio_encoder(self, device: str, dtype: torch.dtype) -> AudioEncoder:
-        from asrctl.models.glm_asr import GlmAsrAudio, WhisperFeatureOptions
+        """The audio path; ``$ASRCTL_GLM_TRIM`` (opt-in) trims the 30 s windows."""
+        from asrctl.models.glm_asr import TRIM_ENV, GlmAsrAudio, WhisperFeatureOptions, trim_frames
 
+        features = WhisperFeatureOptions.from_config(self.preprocessor)
+        trim = trim_frames(os.environ.get(TRIM_ENV), features)  # fails before the load
         state = dict(self.checkpoint.tensors(lambda n: n.startswith(KEYS.audio)))
         return GlmAsrAudio.from_checkpoint(
             self.config,
-            WhisperFeatureOptions.from_config(self.preprocessor),
+            features,
             state,
             max_audio_seconds=MAX_AUDIO_SECONDS,
             device=device,
             dtype=dtype,
+            trim=trim,
         )
 
     def audio_positions(self, num_samples: int) -> int:

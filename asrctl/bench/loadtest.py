@@ -10,6 +10,12 @@ HTTP: ``POST {URL}/v1/audio/transcriptions`` (multipart ``file``, ``model``,
   its time whatever is in flight (at most ``MAX_OPEN_CONNECTIONS`` connections; beyond
   that, waiting for a connection counts in the latency).
 
+The client must not be what limits the server: each closed-loop worker has its own
+connection (httpx's shared pool scans every connection for each request, which cost
+~4 ms of CPU per request at 128 connections), the multipart body of each clip is built
+once, and every level reports the client process's CPU use (``client_cpu``: near 1.0 means
+the client, not the server, was the limit).
+
 Latency is measured at the client, from just before the request is sent to the parsed
 response. RTFx = seconds of audio answered successfully / the level's wall time (first
 request sent to last answer). Errors are counted by HTTP status or transport error.
@@ -46,7 +52,8 @@ from asrctl.inputs import AudioItem
 ENDPOINT = "/v1/audio/transcriptions"
 WS_PATH = "/ws"
 WS_RATE = 16000  # Hz of the PCM16 frames sent to /ws
-MAX_OPEN_CONNECTIONS = 512  # Poisson mode's connection pool
+MAX_OPEN_CONNECTIONS = 512  # Poisson mode's connections, over POISSON_CLIENTS clients
+POISSON_CLIENTS = 32
 MAX_REQUESTS = 100_000  # hard cap per level
 PERCENTILES = (50, 95, 99)
 ERROR_BODY_CHARS = 200
@@ -129,6 +136,7 @@ class Level:
     rate: float | None
     wall_s: float
     requests: tuple[Request, ...]
+    cpu_s: float | None = None  # the client process's CPU seconds during the level
 
     @property
     def label(self) -> str:
@@ -152,6 +160,9 @@ class Level:
             "audio_s": round(audio, 3),
             "rtfx": round(audio / self.wall_s, 2) if self.wall_s else None,
             "latency_s": percentiles([r.latency_s for r in ok]),
+            "client_cpu": round(self.cpu_s / self.wall_s, 3)
+            if self.cpu_s is not None and self.wall_s
+            else None,
         }
         if self.mode == "ws":
             out["first_partial_s"] = percentiles(
@@ -209,31 +220,92 @@ def run_load_test(options: LoadOptions, clips: Sequence[Clip], on_level=None) ->
     return asyncio.run(_run(options, list(clips), on_level or (lambda _lvl: None)))
 
 
-async def _run(options: LoadOptions, clips: list[Clip], on_level) -> list[Level]:
+@dataclass(frozen=True)
+class _Upload:
+    """A clip's request body, built once: multipart ``file``, ``model``, ``response_format``
+    (and ``language``)."""
+
+    clip: Clip
+    body: bytes
+    content_type: str
+
+
+def _uploads(clips: Sequence[Clip], options: LoadOptions, model: str) -> list[_Upload]:
     import httpx
 
-    headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
-    async with httpx.AsyncClient(
-        base_url=options.url.rstrip("/"),
-        headers=headers,
-        timeout=options.timeout_s,
-        limits=httpx.Limits(max_connections=MAX_OPEN_CONNECTIONS),
-    ) as client:
-        model = options.model or await _first_model(client)
-        for clip in itertools.islice(itertools.cycle(clips), options.warmup):
+    form = {"model": model, "response_format": "json"}
+    if options.language:
+        form["language"] = options.language
+    out = []
+    for clip in clips:
+        request = httpx.Request(
+            "POST", "http://x/", files={"file": (clip.filename, clip.data)}, data=form
+        )
+        out.append(_Upload(clip, request.read(), request.headers["content-type"]))
+    return out
+
+
+class _Clients:
+    """httpx clients with small pools (see the module's notes): closed-loop worker ``i``
+    uses ``clients[i]`` (one connection); Poisson requests spread over :meth:`spread`."""
+
+    def __init__(self, options: LoadOptions) -> None:
+        import httpx
+
+        self.options = options
+        self._workers: list = []
+        self._spread: list = []
+        self._tls = httpx.create_ssl_context()  # once: loading the CA store takes ~50 ms
+
+    def __getitem__(self, i: int):
+        while len(self._workers) <= i:
+            self._workers.append(self._new(1))
+        return self._workers[i]
+
+    def spread(self) -> list:
+        """:data:`POISSON_CLIENTS` clients, :data:`MAX_OPEN_CONNECTIONS` connections in all."""
+        if not self._spread:
+            per = MAX_OPEN_CONNECTIONS // POISSON_CLIENTS
+            self._spread = [self._new(per) for _ in range(POISSON_CLIENTS)]
+        return self._spread
+
+    def _new(self, connections: int):
+        import httpx
+
+        key = self.options.api_key
+        return httpx.AsyncClient(
+            base_url=self.options.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=self.options.timeout_s,
+            limits=httpx.Limits(max_connections=connections),
+            verify=self._tls,
+        )
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self._workers + self._spread))
+
+
+async def _run(options: LoadOptions, clips: list[Clip], on_level) -> list[Level]:
+    clients = _Clients(options)
+    try:
+        model = options.model or await _first_model(clients[0])
+        uploads = [] if options.ws else _uploads(clips, options, model)
+        for i in range(options.warmup):
             if options.ws:
-                await _ws_session(options, clip, time.perf_counter())
+                await _ws_session(options, clips[i % len(clips)], time.perf_counter())
             else:
-                await _post(client, options, model, clip, time.perf_counter())
+                await _post(clients[0], uploads[i % len(uploads)], time.perf_counter())
         levels = []
         for c in options.concurrency:
             n = options.requests or max(len(clips), 4 * c)
-            levels.append(await _closed(client, options, model, clips, c, n))
+            levels.append(await _closed(clients, options, clips, uploads, c, n))
             on_level(levels[-1])
         for rate in options.rate:
             n = options.requests or max(len(clips), 4 * round(rate))
-            levels.append(await _poisson(client, options, model, clips, rate, n))
+            levels.append(await _poisson(clients, options, uploads, rate, n))
             on_level(levels[-1])
+    finally:
+        await clients.aclose()
     return levels
 
 
@@ -250,49 +322,50 @@ async def _first_model(client) -> str:
         ) from e
 
 
-async def _closed(client, options, model, clips, concurrency: int, n: int) -> Level:
+async def _closed(clients, options, clips, uploads, concurrency: int, n: int) -> Level:
     counter = itertools.count()
-    t0 = time.perf_counter()
+    own = [None if options.ws else clients[w] for w in range(concurrency)]  # made untimed
+    cpu0, t0 = time.process_time(), time.perf_counter()
     deadline = t0 + options.time_limit_s
     done: list[Request] = []
 
-    async def worker() -> None:
+    async def worker(w: int) -> None:
         while (i := next(counter)) < n and time.perf_counter() < deadline:
-            clip = clips[i % len(clips)]
             if options.ws:
-                done.append(await _ws_session(options, clip, t0))
+                done.append(await _ws_session(options, clips[i % len(clips)], t0))
             else:
-                done.append(await _post(client, options, model, clip, t0))
+                done.append(await _post(own[w], uploads[i % len(uploads)], t0))
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
     mode = "ws" if options.ws else "closed"
-    return Level(mode, concurrency, None, time.perf_counter() - t0, tuple(done))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return Level(mode, concurrency, None, wall, tuple(done), cpu)
 
 
-async def _poisson(client, options, model, clips, rate: float, n: int) -> Level:
+async def _poisson(clients, options, uploads, rate: float, n: int) -> Level:
     gaps = np.random.default_rng(options.seed).exponential(1.0 / rate, n)
     arrivals = [a for a in np.cumsum(gaps) if a < options.time_limit_s]
-    t0 = time.perf_counter()
+    pool = clients.spread()  # made untimed
+    cpu0, t0 = time.process_time(), time.perf_counter()
 
     async def one(i: int, at: float) -> Request:
         await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
-        return await _post(client, options, model, clips[i % len(clips)], t0)
+        return await _post(pool[i % len(pool)], uploads[i % len(uploads)], t0)
 
     done = await asyncio.gather(*(one(i, float(a)) for i, a in enumerate(arrivals)))
-    return Level("poisson", None, rate, time.perf_counter() - t0, tuple(done))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return Level("poisson", None, rate, wall, tuple(done), cpu)
 
 
-async def _post(client, options: LoadOptions, model: str, clip: Clip, t0: float) -> Request:
+async def _post(client, upload: _Upload, t0: float) -> Request:
     import httpx
 
-    form = {"model": model, "response_format": "json"}
-    if options.language:
-        form["language"] = options.language
+    clip = upload.clip
     start = time.perf_counter()
     text = detail = None
     try:
         response = await client.post(
-            ENDPOINT, files={"file": (clip.filename, clip.data)}, data=form
+            ENDPOINT, content=upload.body, headers={"Content-Type": upload.content_type}
         )
         status = str(response.status_code)
         if response.status_code != 200:

@@ -254,6 +254,16 @@ EnforceEagerOpt = Annotated[
         rich_help_panel=ENGINE,
     ),
 ]
+CudaGraphsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cuda-graphs",
+        help="Capture CUDA graphs even for a short input. By default, with a GPU, inputs of "
+        "under an hour of audio start vLLM without them: ~20 s sooner, which a short run "
+        "never wins back (BENCHMARKS.md, round 5).",
+        rich_help_panel=ENGINE,
+    ),
+]
 
 # --- bench and verify ---
 BENCH = "Load test (--server)"
@@ -525,6 +535,18 @@ GpusPerWorkerOpt = Annotated[
         min=0.0,
         show_default=False,
         help="GPUs per replica (default: --tensor-parallel-size with GPUs, else 0).",
+        rich_help_panel=SCALE,
+    ),
+]
+EnginesPerGpuOpt = Annotated[
+    int,
+    typer.Option(
+        "--engines-per-gpu",
+        min=1,
+        help="Pipeline replicas sharing each GPU (1/K GPU each, each its own process and "
+        "vLLM engine; one small-LLM engine leaves the GPU mostly idle). They start one by "
+        "one; --gpu-memory-utilization is then what the K engines take together (default "
+        "0.8). Alone: K replicas per GPU of this host.",
         rich_help_panel=SCALE,
     ),
 ]

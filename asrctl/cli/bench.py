@@ -305,7 +305,8 @@ def _server(items, options, output_dir: Path) -> None:
         row = level.to_json()
         _output.info(
             f"{level.label}: {row['ok']}/{row['requests']} ok, {row['requests_per_s']} req/s, "
-            f"RTFx {row['rtfx']}, p50 {row['latency_s']['p50']} s"
+            f"RTFx {row['rtfx']}, p50 {row['latency_s']['p50']} s, "
+            f"client CPU {row['client_cpu']}"
         )
 
     levels = run_load_test(options, clips, on_level=show)

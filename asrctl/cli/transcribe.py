@@ -17,6 +17,7 @@ from asrctl.cli._options import (
     BatchSizeOpt,
     CacheDirOpt,
     CpusPerWorkerOpt,
+    CudaGraphsOpt,
     DataParallelOpt,
     DeviceOpt,
     DiarizeOpt,
@@ -24,6 +25,7 @@ from asrctl.cli._options import (
     EncoderBatchSecondsOpt,
     EncoderDtypeOpt,
     EnforceEagerOpt,
+    EnginesPerGpuOpt,
     FormatOpt,
     GpuMemOpt,
     GpusPerWorkerOpt,
@@ -57,6 +59,11 @@ from asrctl.cli._options import (
 )
 
 INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
+# With a GPU, an input of less audio than this starts vLLM eagerly (no compilation, no
+# CUDA graphs). On an H100 (BENCHMARKS.md, round 5; Fun-ASR-Nano) that starts 21 s
+# sooner (38.5 s against 59.9 s) and costs ~1.7 ms per second of audio transcribed
+# (4.21 s against 1.47 s for 1,588 s): break-even near 12,000 s. An hour costs ~6 s.
+AUTO_EAGER_SECONDS = 3600.0
 
 
 def _progress() -> Progress:
@@ -98,6 +105,7 @@ def transcribe(
     max_model_len: MaxModelLenOpt = None,
     max_num_seqs: MaxNumSeqsOpt = None,
     enforce_eager: EnforceEagerOpt = False,
+    cuda_graphs: CudaGraphsOpt = False,
     format_: FormatOpt = None,
     vad: VadOpt = None,
     no_word_timestamps: NoWordTimesOpt = False,
@@ -110,6 +118,7 @@ def transcribe(
     ray_address: RayAddressOpt = None,
     num_workers: NumWorkersOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
+    engines_per_gpu: EnginesPerGpuOpt = 1,
     cpus_per_worker: CpusPerWorkerOpt = 1.0,
     shard_size: ShardSizeOpt = None,
 ) -> None:
@@ -123,6 +132,8 @@ def transcribe(
 
     if resume and output_dir is None:
         raise OptionsError("--resume needs --output-dir")
+    if cuda_graphs and enforce_eager:
+        raise OptionsError("--cuda-graphs and --enforce-eager contradict each other")
     formats = parse_formats(format_)
     resolve_encoder_dtype(encoder_dtype)  # before the model loads
     speakers = diarize_options(
@@ -165,6 +176,7 @@ def transcribe(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
         shard_size=shard_size,
+        engines_per_gpu=engines_per_gpu,
     )
     if speakers is not None and cluster is not None:
         raise OptionsError("--diarize runs in this process: not with --ray or --data-parallel")
@@ -177,8 +189,8 @@ def transcribe(
         )
 
     @contextmanager
-    def runner() -> Iterator[Any]:
-        """What ``_run`` transcribes with: Ray replicas, or the model in this process."""
+    def runner(todo) -> Iterator[Any]:
+        """What ``_run`` transcribes ``todo`` with: Ray replicas, or the model here."""
         if cluster is not None:
             spec = PipelineSpec(model, engine, device, cache_dir, encoder_dtype, vad)
             with _output.err.status("starting the Ray workers…"):
@@ -186,10 +198,11 @@ def transcribe(
             with replicas:
                 yield replicas
             return
+        started = short_input_engine(engine, todo, cuda_graphs=cuda_graphs)
         with _output.err.status("loading the model…"):
             transcriber = Transcriber(
                 model,
-                engine_options=engine,
+                engine_options=started,
                 device=device,
                 cache_dir=cache_dir,
                 encoder_dtype=encoder_dtype,
@@ -231,7 +244,7 @@ def _transcribe(
         if not todo:
             _output.info("nothing to do")
             return None
-        with runner() as run_on:
+        with runner(todo) as run_on:
             return _run(run_on, todo, options, results, formats, output_dir)
 
 
@@ -254,6 +267,31 @@ def _recovered(results) -> None:
         )
 
 
+def short_input_engine(engine, items, *, cuda_graphs: bool):
+    """``engine`` with ``enforce_eager`` on where a GPU would capture CUDA graphs for an
+    input of less than :data:`AUTO_EAGER_SECONDS` of audio (every duration known from the
+    headers), unless ``cuda_graphs``; else ``engine`` as it is."""
+    from dataclasses import replace
+
+    from asrctl.engine import cuda_available
+
+    if cuda_graphs or engine.enforce_eager or not cuda_available():
+        return engine
+    total = 0.0
+    for item in items:
+        seconds = item.duration()
+        if seconds is None:
+            return engine
+        total += seconds
+        if total >= AUTO_EAGER_SECONDS:
+            return engine
+    _output.info(
+        f"{total:.0f} s of audio: vLLM starts without CUDA graphs, ~20 s sooner "
+        "(--cuda-graphs captures them)"
+    )
+    return replace(engine, enforce_eager=True)
+
+
 def cluster_options(
     *,
     ray: bool,
@@ -263,9 +301,11 @@ def cluster_options(
     gpus_per_worker: float | None,
     cpus_per_worker: float,
     shard_size: int | None,
+    engines_per_gpu: int = 1,
 ):
     """The scale-out settings, or None for the single-process run. ``--data-parallel N``
-    is ``--ray --num-workers N`` on a new local cluster."""
+    is ``--ray --num-workers N`` on a new local cluster; ``--engines-per-gpu K`` alone,
+    K replicas per GPU of this host on a new local cluster."""
     from asrctl.distributed import ClusterOptions
     from asrctl.errors import OptionsError
 
@@ -281,6 +321,15 @@ def cluster_options(
             gpus_per_worker=gpus_per_worker,
             cpus_per_worker=cpus_per_worker,
             shard_size=shard_size,
+            engines_per_gpu=engines_per_gpu,
+        )
+    if not ray and engines_per_gpu > 1:
+        return ClusterOptions(
+            address="local",
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            shard_size=shard_size,
+            engines_per_gpu=engines_per_gpu,
         )
     if not ray:
         if address or num_workers or gpus_per_worker is not None or shard_size:
@@ -295,6 +344,7 @@ def cluster_options(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
         shard_size=shard_size,
+        engines_per_gpu=engines_per_gpu,
     )
 
 

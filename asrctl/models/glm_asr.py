@@ -10,7 +10,15 @@
 * Encoder: transformers' ``GlmAsrEncoder`` (conv1/conv2 + GELU, pre-LN layers with partial
   rotary embeddings, final LN), built from ``config.json``'s ``audio_config`` and loaded
   strictly from the checkpoint's ``audio_tower.*`` tensors. It sees the full 3000-frame
-  window (no attention mask), as in the reference.
+  window (no attention mask), as in the reference: transformers' ``get_audio_features``
+  and vLLM's ``glmasr`` use ``input_features_mask`` only to count the output rows, so the
+  padded frames take part in every layer's attention and change the valid rows.
+* Trimmed windows (opt-in, ``$ASRCTL_GLM_TRIM`` = a step in seconds, e.g. ``2``): each
+  window is encoded padded only to the next multiple of that step (at most 30 s), windows
+  of equal length batched together. That is exactly the original encoder fed a shorter
+  zero-padded window (tests/test_glm_asr_trim.py), ~3× less work for 8 s clips, but not
+  the original's output: its embeddings differ from the 30 s windows' (see
+  ``benchmarks/glm_encoder.py`` and BENCHMARKS.md for the measured error).
 * Projector: 4 consecutive frames concatenated, ``linear_1`` → GELU → ``linear_2``; of each
   window only the first ``glm_asr_token_count(valid frames)`` rows are kept, and the
   windows of one utterance are concatenated in order (one prompt per utterance).
@@ -40,6 +48,8 @@ PROJECTOR_PREFIX = "multi_modal_projector."
 MERGE_FACTOR = 4
 SKIPPED_KEYS = ("audio_tower.embed_positions.weight",)  # a Whisper leftover, unused
 WINDOWS_PER_PASS = 16  # 30 s windows per encoder forward (one 655 s input has 21)
+TRIM_ENV = "ASRCTL_GLM_TRIM"  # opt-in: pad windows to a multiple of this many seconds
+FRAME_STEP = 2 * MERGE_FACTOR  # mel frames per audio token (conv2's stride 2, merge 4)
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,34 @@ def min_samples(options: WhisperFeatureOptions) -> int:
     return shortest_input(lambda n: glm_asr_token_count(options.valid_frames(n)))
 
 
+def trim_frames(value: str | None, options: WhisperFeatureOptions) -> int | None:
+    """``$ASRCTL_GLM_TRIM`` (seconds) as mel frames, a multiple of :data:`FRAME_STEP`;
+    None (unset, empty or 0) keeps the original 30 s windows."""
+    from asrctl.errors import OptionsError
+
+    text = (value or "").strip()
+    try:
+        seconds = float(text or 0)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= options.chunk_length:
+        raise OptionsError(
+            f"{TRIM_ENV}={text!r}: give seconds between 0 (off) and {options.chunk_length}"
+        )
+    if seconds == 0:
+        return None
+    frames = seconds * options.sample_rate / options.hop_length
+    return max(FRAME_STEP, -(-math.ceil(frames) // FRAME_STEP) * FRAME_STEP)
+
+
+def encoded_frames(valid: int, options: WhisperFeatureOptions, step: int | None) -> int:
+    """Mel frames the encoder sees for a window of ``valid`` frames: the whole window, or
+    with trimming the valid frames rounded up to a multiple of ``step``."""
+    if step is None:
+        return options.window_frames
+    return min(options.window_frames, -(-max(valid, 1) // step) * step)
+
+
 class GlmAsrProjector(nn.Module):
     """``multi_modal_projector``: Linear(4·audio hidden, 2·llm) → GELU → Linear(→ llm)."""
 
@@ -171,6 +209,36 @@ class GlmAsrProjector(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear_2(nn.functional.gelu(self.linear_1(x)))
+
+
+BF16_ATTENTION = "asrctl_sdpa_bf16"  # attention in bfloat16 inside a float32 encoder
+
+
+def sdpa_bf16(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """transformers' SDPA attention on bfloat16 copies of q, k, v (flash attention on a
+    GPU, which has no float32 kernel), the output cast back: for a float32/TF32 encoder
+    whose attention would otherwise run in float32 (see benchmarks/glm_encoder.py)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    half = torch.bfloat16
+    out, weights = sdpa_attention_forward(
+        module, query.to(half), key.to(half), value.to(half), attention_mask, **kwargs
+    )
+    return out.to(query.dtype), weights
+
+
+def register_attention() -> None:
+    """Make :data:`BF16_ATTENTION` a valid ``config._attn_implementation``."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(BF16_ATTENTION, sdpa_bf16)
 
 
 def build_encoder(audio_config: Mapping[str, Any]) -> nn.Module:
@@ -200,9 +268,11 @@ class GlmAsrAudio(nn.Module, AudioEncoder):
         llm_hidden: int,
         projector_mid: int,
         max_audio_seconds: float,
+        trim: int | None = None,
     ) -> None:
         super().__init__()
         self.options = features
+        self.trim = trim  # None: 30 s windows (the original); else a step in mel frames
         self.max_windows = features.max_windows(max_audio_seconds)
         audio = config["audio_config"]
         self.audio_hidden = int(audio["hidden_size"])
@@ -225,9 +295,11 @@ class GlmAsrAudio(nn.Module, AudioEncoder):
         max_audio_seconds: float,
         device: str,
         dtype: torch.dtype,
+        trim: int | None = None,
     ) -> GlmAsrAudio:
         """Build from config.json and the ``audio_tower.*`` / ``multi_modal_projector.*``
-        tensors of model.safetensors (strict: every key must land)."""
+        tensors of model.safetensors (strict: every key must land); ``trim``: see
+        :func:`trim_frames`."""
         mid, in_dim = state[PROJECTOR_PREFIX + "linear_1.weight"].shape
         hidden = state[PROJECTOR_PREFIX + "linear_2.weight"].shape[0]
         if in_dim != int(config["audio_config"]["intermediate_size"]):
@@ -235,7 +307,7 @@ class GlmAsrAudio(nn.Module, AudioEncoder):
                 f"multi_modal_projector.linear_1 takes {in_dim} inputs, but "
                 f"audio_config.intermediate_size is {config['audio_config']['intermediate_size']}"
             )
-        model = cls(config, features, hidden, mid, max_audio_seconds)
+        model = cls(config, features, hidden, mid, max_audio_seconds, trim)
         enc = {
             k[len(ENCODER_PREFIX) :]: v
             for k, v in state.items()
@@ -277,18 +349,29 @@ class GlmAsrAudio(nn.Module, AudioEncoder):
             per_utt.append(len(spans))
         return chunks, per_utt
 
-    def window_features(self, chunks: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """``(W, n_mels, 3000)`` log-mel of zero-padded windows and their ``(W, 3000)`` masks."""
-        batch = torch.zeros(len(chunks), self.options.window_samples, device=self.device)
+    def window_features(
+        self, chunks: Sequence[Tensor], frames: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(W, n_mels, frames)`` log-mel of zero-padded windows and their ``(W, frames)``
+        masks; ``frames`` defaults to the whole window (3000). Fewer frames are the first
+        ``frames`` of the whole window's log-mel, exactly: the signal is padded far enough
+        that no STFT frame before ``frames`` reaches its end, and the frames cut off hold
+        only padding (the floor) or the same audio, so the peak is the same."""
+        full = self.options.window_frames
+        frames = full if frames is None else min(frames, full)
+        hop = self.options.hop_length
+        samples = min(self.options.window_samples, (frames + 4) * hop + self.options.n_fft)
+        batch = torch.zeros(len(chunks), samples, device=self.device)
         for i, c in enumerate(chunks):
             batch[i, : len(c)] = c.to(self.device, torch.float32)
-        feats = log_mel(batch, self.options, self.filters())
-        frames = torch.tensor([self.options.valid_frames(len(c)) for c in chunks])
-        mask = torch.arange(self.options.window_frames)[None, :] < frames[:, None]
+        feats = log_mel(batch, self.options, self.filters())[..., :frames]
+        valid = torch.tensor([self.options.valid_frames(len(c)) for c in chunks])
+        mask = torch.arange(frames)[None, :] < valid[:, None]
         return feats, mask.long().to(self.device)
 
     def embed_features(self, feats: Tensor, mask: Tensor) -> list[Tensor]:
-        """Audio embeddings of each window (its valid rows only)."""
+        """Audio embeddings of each window (its valid rows only); ``feats`` may hold fewer
+        frames than the window (trimmed), a multiple of :data:`FRAME_STEP`."""
         dtype = next(self.parameters()).dtype
         hidden = self.audio_tower(feats.to(dtype)).last_hidden_state
         merged = hidden.reshape(hidden.shape[0], -1, self.audio_hidden * MERGE_FACTOR)
@@ -296,12 +379,33 @@ class GlmAsrAudio(nn.Module, AudioEncoder):
         counts = [glm_asr_token_count(int(n)) for n in mask.sum(-1).tolist()]
         return [out[i, :n] for i, n in enumerate(counts)]
 
+    def passes(self, chunks: Sequence[Tensor]) -> list[tuple[list[int], int]]:
+        """Encoder forwards: ``(window indices, frames)`` each. 30 s windows in order,
+        :data:`WINDOWS_PER_PASS` at a time; trimmed windows grouped by their length, as
+        many per forward as fit the same number of frames."""
+        if self.trim is None:
+            n, frames = len(chunks), self.options.window_frames
+            return [
+                (list(range(i, min(i + WINDOWS_PER_PASS, n))), frames)
+                for i in range(0, n, WINDOWS_PER_PASS)
+            ]
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(chunks):
+            valid = self.options.valid_frames(len(c))
+            groups.setdefault(encoded_frames(valid, self.options, self.trim), []).append(i)
+        out = []
+        for frames, idx in sorted(groups.items()):
+            per = max(1, WINDOWS_PER_PASS * self.options.window_frames // frames)
+            out += [(idx[i : i + per], frames) for i in range(0, len(idx), per)]
+        return out
+
     def forward(self, waves: Sequence[Tensor]) -> list[Tensor]:
         chunks, per_utt = self.windows(waves)
-        per_window: list[Tensor] = []
-        for start in range(0, len(chunks), WINDOWS_PER_PASS):  # bounds activation memory
-            feats, mask = self.window_features(chunks[start : start + WINDOWS_PER_PASS])
-            per_window += self.embed_features(feats, mask)
+        per_window: list[Tensor] = [torch.empty(0)] * len(chunks)
+        for idx, frames in self.passes(chunks):  # bounds activation memory
+            feats, mask = self.window_features([chunks[i] for i in idx], frames)
+            for i, emb in zip(idx, self.embed_features(feats, mask), strict=True):
+                per_window[i] = emb
         out, at = [], 0
         for n in per_utt:
             out.append(torch.cat(per_window[at : at + n]))

@@ -56,7 +56,11 @@ def create_app(state: ServerState) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        lag = asyncio.get_running_loop().create_task(state.metrics.watch_loop())
+        try:
+            yield
+        finally:
+            lag.cancel()
         await state.close()
 
     app = FastAPI(
@@ -189,7 +193,19 @@ class Gatekeeper:
 
 def serve(model_dir: str | Path, options: ServerOptions, engine_options: EngineOptions) -> None:
     """Load the model, start vLLM and serve until SIGINT/SIGTERM (then shut down gracefully)."""
-    asyncio.run(_serve(model_dir, options, engine_options))
+    with event_loop_runner() as runner:
+        runner.run(_serve(model_dir, options, engine_options))
+
+
+def event_loop_runner() -> asyncio.Runner:
+    """A runner on uvloop where installed (vLLM depends on it; uvicorn picks it only when
+    uvicorn makes the loop, and here asrctl does): every request's HTTP handling, vLLM's
+    output handling and the encoder batcher share this one loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
 async def start_state(

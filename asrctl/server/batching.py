@@ -5,12 +5,18 @@ Requests arrive one coroutine at a time; the encoder is fastest on batches. An
 job, waits at most ``window_s`` for more (or until ``max_batch`` are queued), and runs the
 whole batch in a single worker thread, so the event loop never waits on PyTorch. Jobs
 that arrive while a batch is running are taken together as soon as it finishes.
+
+The wait is skipped when it would only add latency: a job that finds nothing else queued
+and came more than ``window_s`` after the job before it (light load: one client, or
+requests spaced out) runs at once. Under load, jobs come closer together than the window
+and are batched as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -54,6 +60,8 @@ class EncoderBatcher(Generic[J, R]):
         self._queue: asyncio.Queue[tuple[J, asyncio.Future[R]]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="asrctl-encoder")
         self._task: asyncio.Task | None = None
+        self._last_submit = -math.inf  # loop time of the latest submit
+        self._gap = math.inf  # seconds between the latest two submits
 
     def start(self) -> None:
         """Start the consumer task on the running event loop."""
@@ -69,7 +77,10 @@ class EncoderBatcher(Generic[J, R]):
         """Queue ``job`` and wait for its result (or its exception)."""
         if self._task is None or self._task.done():
             raise BatcherClosed("the server is shutting down")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._gap, self._last_submit = now - self._last_submit, now
+        future: asyncio.Future[R] = loop.create_future()
         self._queue.put_nowait((job, future))
         return await future
 
@@ -87,6 +98,8 @@ class EncoderBatcher(Generic[J, R]):
     async def _collect(self) -> list[tuple[J, asyncio.Future[R]]]:
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
+        if self._queue.empty() and self._gap > self._window_s:
+            return batch  # light load: nobody is likely to come within the window
         deadline = loop.time() + self._window_s
         while len(batch) < self._max_batch:
             if not self._queue.empty():

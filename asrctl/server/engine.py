@@ -154,8 +154,12 @@ class AsyncModel:
         prompt: PromptOptions,
         decode: DecodeOptions,
         request_id: str | None = None,
+        *,
+        streaming: bool = True,
     ) -> AsyncIterator[Progress]:
-        """Transcribe ``audio`` (float32 mono at ``sample_rate``), yielding text as it grows.
+        """Transcribe ``audio`` (float32 mono at ``sample_rate``), yielding text as it grows
+        (without ``streaming``: only the result, the text decoded once as the batch path
+        decodes it, and vLLM sends no per-token outputs).
 
         Raises:
             OptionsError: the prompt leaves no room in ``max_model_len``, or the family
@@ -173,7 +177,10 @@ class AsyncModel:
         decoding = self.pipeline.decoding(decode, encoded)
         last: Generation | None = None
         try:
-            async for gen in self.engine.generate(encoded.prompt, decoding, request_id):
+            outputs = self.engine.generate(
+                encoded.prompt, decoding, request_id, streaming=streaming
+            )
+            async for gen in outputs:
                 last = gen
                 if not gen.finished:
                     yield Progress(self.pipeline.clean(gen.text, decode))
@@ -193,7 +200,7 @@ class AsyncModel:
         self, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
     ) -> Transcript:
         """Transcribe ``audio`` and return the finished result."""
-        async for progress in self.stream(audio, prompt, decode):
+        async for progress in self.stream(audio, prompt, decode, streaming=False):
             if progress.result is not None:
                 return progress.result
         raise EngineError("the engine returned no result")

@@ -9,6 +9,7 @@ path is masked, and ``python_info`` (the interpreter's version) is left out.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 
 from prometheus_client import (
@@ -31,6 +32,8 @@ ENDPOINTS = (
 )
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+LAG_INTERVAL_S = 0.05  # how often the event loop's lag is sampled
 HIDDEN_FAMILIES = frozenset({"python_info"})
 MASK = "-"
 
@@ -101,6 +104,22 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+        self.loop_lag = Histogram(
+            "asrctl_event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled every 50 ms): every request's "
+            "HTTP handling and vLLM's output handling share this loop",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+
+    async def watch_loop(self, interval_s: float = LAG_INTERVAL_S) -> None:
+        """Sample the event loop's lag until cancelled (started by the app's lifespan)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + interval_s
+            await asyncio.sleep(interval_s)
+            self.loop_lag.observe(max(0.0, loop.time() - due))
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))

@@ -125,15 +125,23 @@ class ServerState:
             raise ApiError(400, str(e), param=param, code="unsupported_value") from None
 
     async def stream(
-        self, endpoint: str, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
+        self,
+        endpoint: str,
+        audio: np.ndarray,
+        prompt: PromptOptions,
+        decode: DecodeOptions,
+        *,
+        streaming: bool = True,
     ) -> AsyncIterator[Progress]:
-        """The model's stream, with metrics and errors mapped to API errors."""
+        """The model's stream, with metrics and errors mapped to API errors (without
+        ``streaming``: the result only)."""
         metrics = self.metrics
         start = time.perf_counter()
         first = True
         with _gauge(metrics.generating):
             try:
-                async for progress in self.model.stream(audio, prompt, decode):
+                outputs = self.model.stream(audio, prompt, decode, streaming=streaming)
+                async for progress in outputs:
                     if first:
                         metrics.first_text.observe(time.perf_counter() - start)
                         first = False
@@ -174,7 +182,7 @@ class ServerState:
     async def transcribe_one(
         self, endpoint: str, audio: np.ndarray, prompt: PromptOptions, decode: DecodeOptions
     ) -> Transcript:
-        async for progress in self.stream(endpoint, audio, prompt, decode):
+        async for progress in self.stream(endpoint, audio, prompt, decode, streaming=False):
             if progress.result is not None:
                 return progress.result
         raise ApiError(500, "the engine returned no result", code="engine_error")

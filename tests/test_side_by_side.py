@@ -1,0 +1,122 @@
+"""Tests for benchmarks/side_by_side.py: the merged side-by-side file and its parts.
+
+The summary is computed from part records as the parts write them; one part (``cli``: the
+real CLI as a process, then throughput.py) runs for real on the tiny fixture with
+asrctl.testing's fake engine, so the script's plumbing (child processes, time limits,
+parsing, merging) is exercised without vLLM starting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import side_by_side as sbs  # noqa: E402
+
+TOP = (
+    "device",
+    "asrctl_default_rtfx",
+    "asrctl_best_rtfx",
+    "funasr_rtfx",
+    "native_rtfx",
+    "cli_process_seconds",
+    "glm_default_rtfx",
+    "commands",
+    "versions",
+)
+
+
+def test_cli_summary_is_parsed() -> None:
+    lines = [
+        "model ready: setup 0.1 s, vLLM 59.9 s, encoder 2.1 s",
+        "2000 transcribed, 0 failed; 15750.8 s of audio in 8.8 s (RTFx 1789.9, model load "
+        "excluded)",
+    ]
+    assert sbs.cli_summary(lines) == {
+        "model_ready": "setup 0.1 s, vLLM 59.9 s, encoder 2.1 s",
+        "transcribed": 2000,
+        "failed": 0,
+        "audio_seconds": 15750.8,
+        "transcribe_seconds": 8.8,
+        "summary_rtfx": 1789.9,
+    }
+
+
+def test_gpu_slug() -> None:
+    assert sbs.gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
+    assert sbs.gpu_slug("NVIDIA H200") == "h200"
+    assert sbs.gpu_slug("") == "cpu"
+
+
+def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    versions = {"gpu": "NVIDIA H100 80GB HBM3, 81559 MiB", "vllm": "0.26.0"}
+    cli = {
+        "versions": versions,
+        "cli": {"summary_rtfx": 1790.0, "process_seconds": 103.6},
+        "fixed_work": {"end_to_end": {"median_rtfx": 3000.0}},
+        "commands": ["asrctl transcribe ..."],
+    }
+    sbs.merge(out, "cli", cli, "side_by_side.py --part cli")
+    peers = {"peers": {"funasr": {"rtfx": 575.0}, "native": {"rtfx": 594.0}}, "commands": []}
+    sbs.merge(out, "peers", peers, "side_by_side.py --part peers")
+    best = {"replicas": {"2": {"rtfx": 5000.0}, "3": {"rtfx": 6100.0}, "4": {"error": "x"}}}
+    sbs.merge(out, "best", best, "side_by_side.py --part best")
+    sbs.merge(out, "serve", {"c1": {"p50_ms": 90.0}, "c128": {"rtfx": 1432.0}}, "x")
+    report = json.loads(out.read_text())
+    assert all(k in report for k in TOP)
+    assert report["device"] == versions["gpu"] and report["versions"] == versions
+    assert report["asrctl_default_rtfx"] == 1790.0 and report["cli_process_seconds"] == 103.6
+    assert report["asrctl_default_fixed_work_rtfx"] == 3000.0
+    assert report["asrctl_best_rtfx"] == 6100.0 and report["asrctl_best_config"] == "3 engines"
+    assert report["ratio_best_vs_funasr"] == round(6100 / 575, 2)
+    assert report["ratio_default_fixed_work_vs_funasr"] == round(3000 / 575, 2)
+    assert report["serve_c128_vs_batch"] == 0.8 and report["serve_c1_p50_ms"] == 90.0
+    assert report["glm_default_rtfx"] is None  # not run yet
+    assert report["commands"]["cli"] == ["asrctl transcribe ..."]
+    assert set(report["parts"]) == {"cli", "peers", "best", "serve"}
+    sbs.merge(out, "cli", cli | {"cli": {"summary_rtfx": 1800.0}}, "again")  # a rerun replaces
+    assert json.loads(out.read_text())["asrctl_default_rtfx"] == 1800.0
+
+
+def test_texts_compared_with_the_single_engines(tmp_path: Path) -> None:
+    ref = tmp_path / "texts-default.json"
+    assert sbs.compare({"a": "x"}, ref)["compared"] == 0  # no reference yet: said so
+    ref.write_text(json.dumps({"a": "x", "b": "y", "c": "z"}))
+    got = sbs.compare({"a": "x", "b": "w", "d": "q"}, ref)
+    assert (got["compared"], got["identical"], got["differing_keys"]) == (2, 1, ["b"])
+    assert got["keys_in_one_only"] == ["c", "d"]
+
+
+def test_the_cli_part_on_the_fake_engine(tmp_path: Path) -> None:
+    """`--part cli` end to end: the CLI timed as a process, throughput.py's fixed work
+    with asrctl's defaults, both in the file, texts kept for the best part."""
+    pytest.importorskip("vllm")  # throughput.py reports vLLM's version
+    out = tmp_path / "r.json"
+    env = dict(os.environ, ASRCTL_FAKE_ENGINE="1")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "side_by_side.py"), "--workdir",
+         str(tmp_path / "w"), "--size", "tiny", "--n", "4", "--smoke", "--part", "cli",
+         "--part-timeout", "300", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    cli = report["parts"]["cli"]
+    assert cli["cli"]["exit_code"] == 0 and cli["cli"]["transcribed"] == 4, cli
+    assert report["cli_process_seconds"] > 0 and report["asrctl_default_rtfx"] > 0
+    assert report["asrctl_default_fixed_work_rtfx"] > 0
+    fixed = cli["fixed_work"]
+    assert fixed["settings"]["encoder_dtype"] == "auto" and fixed["settings"]["batch_size"] == 1024
+    assert fixed["workload"]["generated_tokens"] > 0
+    texts = json.loads((tmp_path / "w" / "side-by-side" / "texts-default.json").read_text())
+    assert len(texts) == 4
+    assert json.loads(done.stdout)["asrctl_default_rtfx"] == report["asrctl_default_rtfx"]
