@@ -188,6 +188,7 @@ def test_cli_setup(fun_asr_copy: Path) -> None:
         "family\tfun-asr-nano",
         f"model_dir\t{fun_asr_copy.resolve()}",
         f"llm_dir\t{fun_asr_copy.resolve() / '.asrctl' / 'llm'}",
+        f"vllm_dir\t{fun_asr_copy.resolve() / '.asrctl' / 'vllm'}",  # the vLLM plugin's
     ]
     assert _weights(fun_asr_copy / ".asrctl" / "llm").is_file()
 

@@ -80,7 +80,7 @@ def test_killed_setup_leftovers_are_removed_by_the_next_run(fun_asr_copy: Path) 
         assert not any(d.exists() for d in leftovers)
         assert in_progress.exists()  # another export still running is left alone
         assert sorted(p.name for p in cache.iterdir()) == sorted(
-            ["llm", "manifest.json", in_progress.name]
+            ["llm", "manifest.json", "vllm", in_progress.name]
         )
     finally:
         alive.kill()

@@ -107,6 +107,16 @@ def test_setup_is_idempotent_and_leaves_the_model_folder_alone(fun_asr_copy):
     assert not list(first.parent.glob("vllm.tmp-*"))
 
 
+def test_a_killed_setups_temporary_folder_is_removed(fun_asr_copy):
+    cache = _setup(fun_asr_copy).parent
+    old, fresh = cache / "vllm.tmp-killed", cache / "vllm.tmp-writing"
+    for d in (old, fresh):
+        d.mkdir()
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    _setup(fun_asr_copy)
+    assert not old.exists() and fresh.exists()  # a write in progress is left alone
+
+
 def test_register_never_raises(monkeypatch, caplog):
     import asrctl.vllm_plugin as plugin
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from asrctl.adapters.base import Adapter
@@ -23,6 +24,7 @@ from asrctl.vllm_plugin import ARCH
 from asrctl.vllm_plugin.family import AUDIO_TOKEN, CONFIG_KEY, PluginConfig
 
 VLLM_DIRNAME = "vllm"
+STALE_TEMP_S = 600.0
 LINKED = (  # the export's files vLLM reads unchanged: relative links
     WEIGHTS_FILE,
     "vocab.json",
@@ -51,6 +53,7 @@ def vllm_dir(prepared: PreparedModel) -> Path:
 def write_vllm_dir(adapter: Adapter, prepared: PreparedModel) -> Path:
     """Write (or keep) the vLLM folder of ``prepared``; returns its path."""
     dest = vllm_dir(prepared)
+    _remove_stale_temps(dest.parent)
     files = vllm_files(adapter, prepared.llm_dir)
     if _is_current(dest, prepared.llm_dir, files):
         return dest
@@ -145,6 +148,18 @@ def _is_current(dest: Path, llm_dir: Path, files: dict[str, str]) -> bool:
     except OSError:
         return False
     return same and all((dest / n).resolve() == (llm_dir / n).resolve() for n in _linked(llm_dir))
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Remove what a killed setup left (``vllm.tmp-*``, written in milliseconds: one older
+    than :data:`STALE_TEMP_S` is no write in progress)."""
+    for path in root.glob(f"{VLLM_DIRNAME}.tmp-*"):
+        try:
+            stale = time.time() - path.stat().st_mtime > STALE_TEMP_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _swap(new: Path, target: Path) -> None:
