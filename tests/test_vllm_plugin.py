@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from speechlike import noise
@@ -140,6 +141,119 @@ def test_the_entry_point_is_declared():
     text = (REPO / "pyproject.toml").read_text()
     assert '[project.entry-points."vllm.general_plugins"]' in text
     assert 'asrctl = "asrctl.vllm_plugin:register"' in text
+
+
+# -- the multimodal processor (vLLM's config and processor, no engine) ----------------------
+
+
+@pytest.fixture(scope="module")
+def processor(fun_asr_vllm_dir):
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    from asrctl.vllm_plugin import register
+
+    register()
+    config = ModelConfig(model=str(fun_asr_vllm_dir), max_model_len=1024, dtype="float32")
+    return MULTIMODAL_REGISTRY.create_processor(config)
+
+
+def _apply(processor, prompt, audio):
+    from vllm.multimodal.processing import ProcessorInputs, TimingContext
+
+    items = processor.info.parse_mm_data({"audio": audio})
+    inputs = ProcessorInputs(prompt=prompt, mm_data_items=items)
+    return processor.apply(inputs, TimingContext(enabled=False))
+
+
+def _family_ids(model_dir: Path, vllm_dir: Path, options) -> tuple[list, list]:
+    from tokenizers import Tokenizer
+
+    from asrctl.adapters.registry import load_adapter
+
+    tok = Tokenizer.from_file(str(vllm_dir / "tokenizer.json"))
+    prompt = load_adapter(model_dir).prompt(options)
+    return (
+        tok.encode(prompt.prefix, add_special_tokens=False).ids,
+        tok.encode(prompt.suffix, add_special_tokens=False).ids,
+    )
+
+
+def test_an_empty_prompt_gets_the_familys_own(processor, fun_asr_tiny, fun_asr_vllm_dir):
+    from asrctl.adapters.base import PromptOptions
+    from asrctl.adapters.registry import load_adapter
+
+    audio = noise(1.5, seed=3)
+    n = load_adapter(fun_asr_tiny).audio_positions(len(audio))
+    audio_id = processor.info.plugin.audio_token_id
+    prefix, suffix = _family_ids(fun_asr_tiny, fun_asr_vllm_dir, PromptOptions())
+    for prompt in ([], ""):
+        out = _apply(processor, prompt, audio)
+        assert out["prompt_token_ids"] == [*prefix, *[audio_id] * n, *suffix]
+        (where,) = out["mm_placeholders"]["audio"]
+        assert (where.offset, where.length) == (len(prefix), n)
+
+
+def test_text_without_the_placeholder_enters_the_familys_prompt(
+    processor, fun_asr_tiny, fun_asr_vllm_dir
+):
+    """As asrctl's chat API: Fun-ASR-Nano takes a caller's text as hotwords."""
+    from tokenizers import Tokenizer
+
+    from asrctl.adapters.base import PromptOptions
+
+    tok = Tokenizer.from_file(str(fun_asr_vllm_dir / "tokenizer.json"))
+    audio = noise(1.0, seed=4)
+    out = _apply(processor, tok.encode("阿里巴巴, 通义", add_special_tokens=False).ids, audio)
+    options = PromptOptions(hotwords=("阿里巴巴", "通义"))
+    prefix, suffix = _family_ids(fun_asr_tiny, fun_asr_vllm_dir, options)
+    (where,) = out["mm_placeholders"]["audio"]
+    ids = out["prompt_token_ids"]
+    assert ids[: where.offset] == prefix and ids[where.offset + where.length :] == suffix
+    assert prefix != _family_ids(fun_asr_tiny, fun_asr_vllm_dir, PromptOptions())[0]
+
+
+def test_a_prompt_with_the_placeholder_is_used_as_written(processor, fun_asr_vllm_dir):
+    from tokenizers import Tokenizer
+
+    from asrctl.vllm_plugin.family import AUDIO_TOKEN
+
+    tok = Tokenizer.from_file(str(fun_asr_vllm_dir / "tokenizer.json"))
+    before, after = (tok.encode(t, add_special_tokens=False).ids for t in ("say ", " now"))
+    ids = tok.encode(f"say {AUDIO_TOKEN} now", add_special_tokens=False).ids
+    out = _apply(processor, ids, noise(0.8, seed=5))
+    (where,) = out["mm_placeholders"]["audio"]
+    assert out["prompt_token_ids"][: where.offset] == before
+    assert out["prompt_token_ids"][where.offset + where.length :] == after
+
+
+def test_every_audio_form_gives_asrctls_samples(processor, tmp_path):
+    """A path, (samples, rate) at any rate, samples at the family's rate: resampled by
+    asrctl's loader, so the model sees what asrctl's pipeline sees."""
+    from asrctl.audio import load_audio
+
+    low = noise(1.2, seed=6, sr=8000)
+    path = tmp_path / "a.wav"
+    sf.write(path, low, 8000, subtype="FLOAT")
+    want = load_audio(str(path), sample_rate=16000)
+    for form in (str(path), path, (low, 8000), want, (want, 16000)):
+        (got,) = processor.info.parse_mm_data({"audio": form})["audio"].get_all()
+        assert np.array_equal(np.asarray(got, dtype=np.float32), want), type(form)
+
+
+def test_audio_longer_than_the_window_is_refused(processor):
+    with pytest.raises(ValueError, match=r"audio of 31\.0 s is longer than Fun-ASR-Nano"):
+        _apply(processor, [], noise(31.0, seed=7))
+
+
+def test_profiling_uses_the_longest_audio_a_prompt_takes(processor):
+    from asrctl.adapters.registry import load_adapter
+
+    info = processor.info
+    assert info.max_samples == 30 * 16000  # the family's window (fits 1,024 positions)
+    (tokens,) = info.get_mm_max_tokens_per_item(1024, {"audio": 1}).values()
+    adapter = load_adapter(info.plugin.model_dir)
+    assert tokens == adapter.audio_positions(30 * 16000)
 
 
 # -- vLLM runs it --------------------------------------------------------------------------
