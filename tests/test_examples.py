@@ -190,7 +190,7 @@ def test_readme_library_block_runs_as_a_script(fun_asr_tiny, folder, tmp_path):
 
 def test_vllm_plugin_command_line():
     """``vllm_plugin.py`` is seed 000's code on an ``asrctl setup`` folder: it starts its own
-    engine, so tests/test_vllm_plugin.py runs it on every family (tokens equal asrctl's
+    engine, so tests/test_vllm_plugin_engine.py runs it on every family (tokens equal asrctl's
     pipeline); here, only its command line."""
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "vllm_plugin.py"), "--help"],
