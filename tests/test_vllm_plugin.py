@@ -247,3 +247,44 @@ def test_profiling_uses_the_longest_audio_a_prompt_takes(processor):
     (tokens,) = info.get_mm_max_tokens_per_item(1024, {"audio": 1}).values()
     adapter = load_adapter(info.plugin.model_dir)
     assert tokens == adapter.audio_positions(30 * 16000)
+
+
+# -- /v1/audio/transcriptions hooks (classmethods vLLM's server calls) ---------------------
+
+
+def test_transcription_hooks(processor, fun_asr_tiny, fun_asr_vllm_dir):
+    from types import SimpleNamespace
+
+    from asrctl.adapters.base import PromptOptions
+    from asrctl.adapters.registry import load_adapter
+    from asrctl.vllm_plugin.model import AsrctlAudioForConditionalGeneration as cls
+
+    model_config = processor.info.ctx.model_config
+    stt = cls.get_speech_to_text_config(model_config, "transcribe")
+    assert (stt.sample_rate, stt.max_audio_clip_s) == (16000, 30)
+    adapter = load_adapter(fun_asr_tiny)
+    assert cls.get_num_audio_tokens(1.5, stt, model_config) == adapter.audio_positions(24000)
+
+    audio = noise(1.5, seed=8)
+    params = SimpleNamespace(
+        audio=audio,
+        stt_config=stt,
+        model_config=model_config,
+        language=None,
+        hotwords=None,
+        task_type="transcribe",
+    )
+    prompt = cls.get_generation_prompt(params)
+    audio_id = processor.info.plugin.audio_token_id
+    prefix, suffix = _family_ids(fun_asr_tiny, fun_asr_vllm_dir, PromptOptions())
+    assert prompt["prompt_token_ids"] == [*prefix, audio_id, *suffix]
+    assert prompt["multi_modal_data"]["audio"][1] == 16000
+
+    hot = cls.get_generation_prompt(SimpleNamespace(**{**vars(params), "hotwords": "通义, 千问"}))
+    hot_prefix, hot_suffix = _family_ids(
+        fun_asr_tiny, fun_asr_vllm_dir, PromptOptions(hotwords=("通义", "千问"))
+    )
+    assert hot["prompt_token_ids"] == [*hot_prefix, audio_id, *hot_suffix]
+    assert hot_prefix != prefix
+    with pytest.raises(ValueError, match="do not translate"):
+        cls.get_generation_prompt(SimpleNamespace(**{**vars(params), "task_type": "translate"}))

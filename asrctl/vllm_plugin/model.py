@@ -189,10 +189,11 @@ class AsrctlAudioForConditionalGeneration(nn.Module, SupportsMultiModal, Support
         model_config = stt_params.model_config
         plugin = PluginConfig.from_hf(model_config.hf_config)
         language = stt_params.language
-        hotwords = getattr(stt_params, "hotwords", None)
+        from asrctl.server.openai_api import split_hotwords  # as asrctl serve splits them
+
+        hotwords = getattr(stt_params, "hotwords", None)  # vLLM's extension field
         options = PromptOptions(
-            language=language,
-            hotwords=tuple(w.strip() for w in hotwords.split(",") if w.strip()) if hotwords else (),
+            language=language, hotwords=split_hotwords(hotwords) if hotwords else ()
         )
         audio = stt_params.audio
         try:
