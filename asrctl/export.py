@@ -180,7 +180,7 @@ def export_llm(
         ) from e
     try:
         _write_llm(adapter, tmp / "llm")
-        _replace_dir(tmp / "llm", root / "llm")
+        replace_dir(tmp / "llm", root / "llm")
         _write_manifest(root, family, sources)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -243,7 +243,7 @@ def _write_setup_files(adapter: Adapter) -> None:
             log.warning("cannot write %s: %s", path, e)
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path) -> None:
     """Move ``new`` to ``target``; an old ``target`` is removed only after the move."""
     trash = target.with_name(target.name + ".old")
     shutil.rmtree(trash, ignore_errors=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from glm_reference import SR, chirp, transformers_glm
 from precision import BF16_RTOL, worst_relative_error
 
 from asrctl.adapters.registry import load_adapter
@@ -35,17 +36,8 @@ from asrctl.models.glm_asr import (
     trim_frames,
 )
 
-SR = 16000
 DURATIONS = (0.7, 3.3, 8.0, 9.1, 31.4, 61.2)  # 1, 1, 1, 1, 2 and 3 windows of 30 s
 ATOL = 1e-5  # fp32, the same modules on the same features (measured ~1e-7 on CPU)
-
-
-def _audio(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(SR * seconds)) / SR
-    x = 0.3 * np.sin(2 * np.pi * (150 + 250 * seed) * t * (1 + 0.1 * t))
-    x += 0.05 * rng.standard_normal(t.size)
-    return np.clip(x, -1, 1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -55,25 +47,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def arrays() -> list[np.ndarray]:
-    return [_audio(s, i) for i, s in enumerate(DURATIONS)]
+    return [chirp(s, i) for i, s in enumerate(DURATIONS)]
 
 
 @pytest.fixture(scope="module")
 def reference(model_dir: Path):
-    from transformers import (
-        AutoTokenizer,
-        GlmAsrForConditionalGeneration,
-        GlmAsrProcessor,
-        WhisperFeatureExtractor,
-    )
-
-    processor = GlmAsrProcessor(
-        WhisperFeatureExtractor.from_pretrained(model_dir),
-        AutoTokenizer.from_pretrained(model_dir),
-        chat_template=(model_dir / "chat_template.jinja").read_text(),
-    )
-    model = GlmAsrForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-    return processor, model.eval()
+    return transformers_glm(model_dir)
 
 
 @torch.no_grad()

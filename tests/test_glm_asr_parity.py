@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from glm_reference import SR, chirp, transformers_glm
 from precision import assert_bf16_close
 
 from asrctl.adapters.registry import load_adapter
@@ -34,19 +35,9 @@ from asrctl.models.glm_asr import glm_asr_token_count
 from asrctl.results import Failure, Transcript
 from asrctl.transcribe import TranscribeOptions, Transcriber
 
-SR = 16000
 DURATIONS = (0.7, 3.3, 9.1, 31.4, 61.2)  # s: 1, 1, 1, 2 and 3 windows of 30 s
 MAX_TOKENS = 24
 EMBED_ATOL = 1e-5  # fp32, same encoder module, our log-mel (measured 0.0 on CPU)
-
-
-def _audio(seconds: float, seed: int) -> np.ndarray:
-    """A seeded chirp plus noise (no digital silence), float32 in [-1, 1]."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(SR * seconds)) / SR
-    x = 0.3 * np.sin(2 * np.pi * (150 + 250 * seed) * t * (1 + 0.1 * t))
-    x += 0.05 * rng.standard_normal(t.size)
-    return np.clip(x, -1, 1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -56,25 +47,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def arrays() -> list[np.ndarray]:
-    return [_audio(s, i) for i, s in enumerate(DURATIONS)]
+    return [chirp(s, i) for i, s in enumerate(DURATIONS)]
 
 
 @pytest.fixture(scope="module")
 def reference(model_dir: Path):
-    from transformers import (
-        AutoTokenizer,
-        GlmAsrForConditionalGeneration,
-        GlmAsrProcessor,
-        WhisperFeatureExtractor,
-    )
-
-    processor = GlmAsrProcessor(
-        WhisperFeatureExtractor.from_pretrained(model_dir),
-        AutoTokenizer.from_pretrained(model_dir),
-        chat_template=(model_dir / "chat_template.jinja").read_text(),
-    )
-    model = GlmAsrForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-    return processor, model.eval()
+    return transformers_glm(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from asrctl.adapters.base import Adapter
-from asrctl.export import WEIGHTS_FILE, PreparedModel
+from asrctl.export import WEIGHTS_FILE, PreparedModel, replace_dir
 from asrctl.vllm_plugin import ARCH
 from asrctl.vllm_plugin.family import AUDIO_TOKEN, CONFIG_KEY, PluginConfig
 
@@ -64,7 +64,7 @@ def write_vllm_dir(adapter: Adapter, prepared: PreparedModel) -> Path:
             (tmp / name).write_text(text, encoding="utf-8")
         for name in _linked(prepared.llm_dir):
             (tmp / name).symlink_to(Path("..") / prepared.llm_dir.name / name)
-        _swap(tmp, dest)
+        replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -160,16 +160,6 @@ def _remove_stale_temps(root: Path) -> None:
             continue
         if stale:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _swap(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an old ``target`` is removed only after the move."""
-    trash = target.with_name(target.name + ".old")
-    shutil.rmtree(trash, ignore_errors=True)
-    if target.exists():
-        target.rename(trash)
-    new.rename(target)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_entry_point(root: Path) -> Path:
