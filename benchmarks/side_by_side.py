@@ -397,20 +397,24 @@ def part_cli(c: Child) -> dict:
     cmd = py("-m", "asrctl", "transcribe", str(scp), "-m", str(model), "-o", str(out_dir))
     done = c.run(cmd + c.smoke_flags(), "cli")
     texts = (out_dir / "text").read_text().splitlines() if (out_dir / "text").exists() else []
-    cli = {
-        "command": done["command"],
-        "process_seconds": done.get("seconds"),
-        "exit_code": done.get("exit_code"),
-        "scope": "`asrctl transcribe` as a process, from exec to exit (Python start, "
-        "imports, vLLM start with compile cache and CUDA graphs, encoder, transcription, "
-        "results written); EOS honoured: random weights decode lengths of their own",
-        "mean_text_chars": round(sum(len(t) for t in texts) / len(texts), 1) if texts else None,
-        "vllm_log": [
-            line[-240:]
-            for line in done["lines"]
-            if any(w in line for w in ("took", "Graph capturing", "init engine", "compile"))
-        ][-12:],
-    } | cli_summary(done["lines"])
+    cli = (
+        {
+            "command": done["command"],
+            "process_seconds": done.get("seconds"),
+            "exit_code": done.get("exit_code"),
+            "scope": "`asrctl transcribe` as a process, from exec to exit (Python start, "
+            "imports, vLLM start with compile cache and CUDA graphs, encoder, transcription, "
+            "results written); EOS honoured: random weights decode lengths of their own",
+            "mean_text_chars": round(sum(len(t) for t in texts) / len(texts), 1) if texts else None,
+            "vllm_log": [
+                line[-240:]
+                for line in done["lines"]
+                if any(w in line for w in ("took", "Graph capturing", "init engine", "compile"))
+            ][-12:],
+        }
+        | cli_summary(done["lines"])
+        | cli_tokens(out_dir / "results.jsonl")
+    )
     if done.get("exit_code") not in (0, None) or "skipped" in done:
         cli["output_tail"] = tail(done) if done["lines"] else done.get("skipped")
     fixed, texts_path = fixed_work(c, scp, "default", c.sbs / "texts-default.json")
@@ -421,6 +425,23 @@ def part_cli(c: Child) -> dict:
         "fixed_work": fixed,
         "texts": str(texts_path),
         "commands": c.runner.commands,
+    }
+
+
+def cli_tokens(results: Path) -> dict:
+    """Generated tokens and finish reasons of the CLI's run (EOS honoured), to set its
+    work beside the fixed work's (ceil(4 x seconds) tokens per utterance)."""
+    if not results.exists():
+        return {}
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    reasons: dict[str, int] = {}
+    for row in rows:
+        reasons[str(row.get("finish_reason"))] = reasons.get(str(row.get("finish_reason")), 0) + 1
+    tokens = [int(row.get("num_tokens") or 0) for row in rows]
+    return {
+        "generated_tokens": sum(tokens),
+        "max_tokens_one_utterance": max(tokens, default=0),
+        "finish_reasons": reasons,
     }
 
 

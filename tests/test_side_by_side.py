@@ -50,6 +50,22 @@ def test_cli_summary_is_parsed() -> None:
     }
 
 
+def test_cli_tokens_sum_the_results(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    rows = [("a", 12, "stop"), ("b", 200, "length"), ("c", 3, "stop")]
+    results.write_text(
+        "".join(
+            json.dumps({"key": k, "num_tokens": n, "finish_reason": r}) + "\n" for k, n, r in rows
+        )
+    )
+    assert sbs.cli_tokens(results) == {
+        "generated_tokens": 215,
+        "max_tokens_one_utterance": 200,
+        "finish_reasons": {"stop": 2, "length": 1},
+    }
+    assert sbs.cli_tokens(tmp_path / "missing.jsonl") == {}
+
+
 def test_gpu_slug() -> None:
     assert sbs.gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
     assert sbs.gpu_slug("NVIDIA H200") == "h200"
@@ -112,6 +128,7 @@ def test_the_cli_part_on_the_fake_engine(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     cli = report["parts"]["cli"]
     assert cli["cli"]["exit_code"] == 0 and cli["cli"]["transcribed"] == 4, cli
+    assert cli["cli"]["generated_tokens"] > 0 and sum(cli["cli"]["finish_reasons"].values()) == 4
     assert report["cli_process_seconds"] > 0 and report["asrctl_default_rtfx"] > 0
     assert report["asrctl_default_fixed_work_rtfx"] > 0
     fixed = cli["fixed_work"]
