@@ -81,30 +81,12 @@ VARIANTS = {
 def build_audio(size: str, device: str, seed: int):
     """``GlmAsrAudio`` with seeded random weights of the fixture's ``size`` (float32)."""
     from asrctl.fixtures._weights import random_tensors
-    from asrctl.fixtures.glm_asr import SIZES, audio_shapes
+    from asrctl.fixtures.glm_asr import SIZES, audio_config, audio_shapes
     from asrctl.models.glm_asr import GlmAsrAudio, WhisperFeatureOptions, register_attention
 
     register_attention()
     a, hidden = SIZES[size]["audio"], LLM_HIDDEN[size]
-    config = {
-        "audio_config": {
-            "head_dim": a["hidden"] // a["heads"],
-            "hidden_act": "gelu",
-            "hidden_size": a["hidden"],
-            "intermediate_size": a["intermediate"],
-            "max_position_embeddings": 1500,
-            "model_type": "glmasr_encoder",
-            "num_attention_heads": a["heads"],
-            "num_hidden_layers": a["layers"],
-            "num_key_value_heads": a["heads"],
-            "num_mel_bins": 128,
-            "rope_parameters": {
-                "partial_rotary_factor": 0.5,
-                "rope_theta": 10000.0,
-                "rope_type": "default",
-            },
-        }
-    }
+    config = {"audio_config": audio_config(a)}
     shapes = {
         **audio_shapes(a["hidden"], a["intermediate"], a["layers"]),
         "multi_modal_projector.linear_1.weight": (2 * hidden, a["intermediate"]),

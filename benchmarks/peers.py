@@ -680,8 +680,8 @@ def parent(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_workload_args(ap: argparse.ArgumentParser) -> None:
+    """The workload and vLLM options every path's child gets (see :func:`child_args`)."""
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--size", choices=("tiny", "full"), default="full")
@@ -691,6 +691,11 @@ def main() -> int:
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--gpu-memory-utilization", type=float, default=None)
     ap.add_argument("--enforce-eager", action="store_true", help="CPU smoke runs")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_workload_args(ap)
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated: funasr,native")
     ap.add_argument("--torchaudio-shim", action="store_true", help="fbank without torchaudio")
     ap.add_argument(

@@ -236,15 +236,7 @@ def parent(args: argparse.Namespace) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", type=Path, required=True)
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--size", choices=("tiny", "full"), default="full")
-    ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--max-model-len", type=int, default=512)
-    ap.add_argument("--max-num-seqs", type=int, default=None)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=None)
-    ap.add_argument("--gpu-memory-utilization", type=float, default=None)
-    ap.add_argument("--enforce-eager", action="store_true", help="CPU smoke runs")
+    peers.add_workload_args(ap)
     ap.add_argument("--paths", default=",".join(PATHS), help="comma-separated: " + ",".join(PATHS))
     ap.add_argument(
         "--torchaudio-shim", action="store_true", help="native: fbank without torchaudio"
