@@ -19,6 +19,12 @@ means every utterance generates exactly ceil(4 x audio seconds) tokens, EOS igno
 Parts (time on a warm H100; a fresh machine adds ~2-3 min of compilation to the first
 vLLM start; each part's child stops its steps at its own deadline and records why):
 
+  start  ~3 min on a fresh machine (run it first there). Cold start: the real CLI on the
+         first --start-n (16) files (under an hour of audio, so vLLM starts without CUDA
+         graphs), with no other flags but -v (vLLM's own start-up log), twice: the first
+         run on this machine (caches as they were: cold on a fresh one) and again (warm).
+         Each: process seconds, seconds from exec to the first result written, the CLI's
+         "model ready" split and vLLM's log lines of where its start went.
   cli    ~4 min. (1) The real CLI, ``python -m asrctl transcribe wav.scp -m MODEL -o DIR``
          with no other flags, timed as a process (cli_process_seconds) after the export
          exists (as after ``asrctl setup``); its own summary gives asrctl_default_rtfx
@@ -80,8 +86,9 @@ sys.path.insert(0, str(HERE))
 
 import throughput  # noqa: E402  benchmarks/throughput.py: workload, fixtures, versions
 
-PARTS = ("cli", "best", "peers", "glm", "serve", "firered", "vibevoice")
+PARTS = ("start", "cli", "best", "peers", "glm", "serve", "firered", "vibevoice")
 ESTIMATES_S = {
+    "start": 240,
     "cli": 240,
     "best": 360,
     "peers": 300,
@@ -272,6 +279,8 @@ def summarize(report: dict) -> dict:
         "funasr_rtfx": funasr,
         "native_rtfx": _get(parts, "peers", "peers", "native", "rtfx"),
         "cli_process_seconds": _get(parts, "cli", "cli", "process_seconds"),
+        "cold_start_first_result_s": _get(parts, "start", "first", "first_result_seconds"),
+        "warm_start_first_result_s": _get(parts, "start", "again", "first_result_seconds"),
         "glm_default_rtfx": _get(parts, "glm", "end_to_end", "rtfx"),
         "serve_c1_p50_ms": _get(parts, "serve", "c1", "p50_ms"),
         "serve_c128_rtfx": c128,
@@ -326,6 +335,7 @@ def common_args(args: argparse.Namespace) -> list[str]:
     out = ["--workdir", str(args.workdir), "--size", args.size, "--n", str(args.n)]
     out += ["--glm-n", str(args.glm_n), "--replicas", args.replicas]
     out += ["--part-timeout", str(args.part_timeout), "--clips", str(args.clips)]
+    out += ["--start-n", str(args.start_n)]
     out += ["--short-n", str(args.short_n), "--replica-mode", args.replica_mode]
     return out + (["--smoke"] if args.smoke else [])
 
@@ -390,6 +400,64 @@ def cli_summary(lines: list[str]) -> dict:
     return found
 
 
+def part_start(c: Child) -> dict:
+    model, scp, durations = c.fun_asr()
+    n = min(c.args.start_n, len(durations))
+    small = c.sbs / "start.scp"
+    small.write_text("".join(scp.read_text().splitlines(keepends=True)[:n]))
+    cache = Path.home() / ".cache" / "vllm"
+    record: dict[str, Any] = {
+        "files": n,
+        "audio_seconds": round(sum(durations[:n]), 1),
+        "vllm_cache_existed": cache.exists(),
+        "scope": "`asrctl transcribe` on a short input as a process: exec to the first "
+        "result in results.jsonl, and to exit",
+    }
+    for run in ("first", "again"):
+        out_dir = c.sbs / f"start-{run}"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        cmd = py("-m", "asrctl", "-v", "transcribe", str(small), "-m", str(model))
+        cmd += ["-o", str(out_dir), *c.smoke_flags()]
+        first = FirstResult(out_dir / "results.jsonl")
+        done = c.run(cmd, f"start:{run}")
+        record[run] = {
+            "command": done["command"],
+            "process_seconds": done.get("seconds"),
+            "first_result_seconds": first.stop(),
+            "exit_code": done.get("exit_code"),
+            "vllm_log": startup_lines(done["lines"]),
+        } | cli_summary(done["lines"])
+        if done.get("exit_code") not in (0, None) or "skipped" in done:
+            record[run]["output_tail"] = tail(done) if done["lines"] else done.get("skipped")
+    return record | {"versions": throughput._versions(), "commands": c.runner.commands}
+
+
+class FirstResult:
+    """Seconds from now until ``path`` first holds a line (polled every 50 ms)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.t0, self.seen = path, time.perf_counter(), None
+        self.done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.05):
+            with contextlib.suppress(OSError):
+                if self.path.exists() and b"\n" in self.path.read_bytes()[:65536]:
+                    self.seen = round(time.perf_counter() - self.t0, 2)
+                    return
+
+    def stop(self) -> float | None:
+        self.done.set()
+        return self.seen
+
+
+def startup_lines(lines: list[str]) -> list[str]:
+    """vLLM's (and the CLI's) log lines of where start-up time went."""
+    words = ("took", "Graph capturing", "init engine", "compile", "model ready", "seconds")
+    return [line[-240:] for line in lines if any(w in line for w in words)][-20:]
+
+
 def part_cli(c: Child) -> dict:
     model, scp, durations = c.fun_asr()
     out_dir = c.sbs / "cli-out"
@@ -406,11 +474,7 @@ def part_cli(c: Child) -> dict:
             "imports, vLLM start with compile cache and CUDA graphs, encoder, transcription, "
             "results written); EOS honoured: random weights decode lengths of their own",
             "mean_text_chars": round(sum(len(t) for t in texts) / len(texts), 1) if texts else None,
-            "vllm_log": [
-                line[-240:]
-                for line in done["lines"]
-                if any(w in line for w in ("took", "Graph capturing", "init engine", "compile"))
-            ][-12:],
+            "vllm_log": startup_lines(done["lines"]),
         }
         | cli_summary(done["lines"])
         | cli_tokens(out_dir / "results.jsonl")
@@ -841,6 +905,7 @@ def part_vibevoice(c: Child) -> dict:
 
 
 CHILDREN = {
+    "start": part_start,
     "cli": part_cli,
     "best": part_best,
     "peers": part_peers,
@@ -872,6 +937,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench"))
     ap.add_argument("--size", choices=("tiny", "full"), default="full")
     ap.add_argument("--n", type=int, default=2000, help="Fun-ASR-Nano files")
+    ap.add_argument("--start-n", type=int, default=16, help="files of the start part")
     ap.add_argument("--glm-n", type=int, default=1000, help="GLM-ASR-Nano files")
     ap.add_argument("--short-n", type=int, default=1000, help="firered / vibevoice files")
     ap.add_argument("--clips", type=int, default=CLIPS, help="5 s clips of the c=1 test")

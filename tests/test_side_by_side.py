@@ -50,6 +50,27 @@ def test_cli_summary_is_parsed() -> None:
     }
 
 
+def test_first_result_times_the_first_line(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    watch = sbs.FirstResult(results)
+    results.write_text('{"key": "a"')  # a partial line is not a result yet
+    import time
+
+    time.sleep(0.3)
+    assert watch.seen is None
+    results.write_text('{"key": "a"}\n')
+    time.sleep(0.3)
+    seen = watch.stop()
+    assert seen is not None and 0.3 <= seen < 5
+
+
+def test_summary_has_the_cold_start() -> None:
+    start = {"first": {"first_result_seconds": 41.5}, "again": {"first_result_seconds": 22.0}}
+    top = sbs.summarize({"parts": {"start": start}})
+    assert top["cold_start_first_result_s"] == 41.5
+    assert top["warm_start_first_result_s"] == 22.0
+
+
 def test_cli_tokens_sum_the_results(tmp_path: Path) -> None:
     results = tmp_path / "results.jsonl"
     rows = [("a", 12, "stop"), ("b", 200, "length"), ("c", 3, "stop")]
