@@ -21,8 +21,9 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
 
   start  ~3 min on a fresh machine (run it first there). Cold start: the real CLI on the
          first --start-n (16) files (under an hour of audio, so vLLM starts without CUDA
-         graphs), with no other flags but -v (vLLM's own start-up log), twice: the first
-         run on this machine (caches as they were: cold on a fresh one) and again (warm).
+         graphs), with no other flags but -v (vLLM's own start-up log), three times: the first
+         run on this machine (caches as they were: cold on a fresh one), again (warm), and
+         with vLLM's engine core in the CLI's process (VLLM_ENABLE_V1_MULTIPROCESSING=0).
          Each: process seconds, seconds from exec to the first result written, the CLI's
          "model ready" split and vLLM's log lines of where its start went.
   cli    ~4 min. (1) The real CLI, ``python -m asrctl transcribe wav.scp -m MODEL -o DIR``
@@ -108,6 +109,7 @@ SUMMARY = re.compile(
 )
 CLIP_SECONDS = 5.0
 CLIPS = 64
+IN_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 MARGIN_S = 15  # a child stops starting steps this long before its deadline
 
 # --- parent: parts in child processes, one JSON ----------------------------------------
@@ -281,6 +283,9 @@ def summarize(report: dict) -> dict:
         "cli_process_seconds": _get(parts, "cli", "cli", "process_seconds"),
         "cold_start_first_result_s": _get(parts, "start", "first", "first_result_seconds"),
         "warm_start_first_result_s": _get(parts, "start", "again", "first_result_seconds"),
+        "in_process_start_first_result_s": _get(
+            parts, "start", "in_process", "first_result_seconds"
+        ),
         "glm_default_rtfx": _get(parts, "glm", "end_to_end", "rtfx"),
         "serve_c1_p50_ms": _get(parts, "serve", "c1", "p50_ms"),
         "serve_c128_rtfx": c128,
@@ -413,15 +418,21 @@ def part_start(c: Child) -> dict:
         "scope": "`asrctl transcribe` on a short input as a process: exec to the first "
         "result in results.jsonl, and to exit",
     }
-    for run in ("first", "again"):
+    # in_process: vLLM's engine core in the CLI's own process (one process start less)
+    for run, env in (("first", {}), ("again", {}), ("in_process", IN_PROCESS)):
         out_dir = c.sbs / f"start-{run}"
         shutil.rmtree(out_dir, ignore_errors=True)
         cmd = py("-m", "asrctl", "-v", "transcribe", str(small), "-m", str(model))
         cmd += ["-o", str(out_dir), *c.smoke_flags()]
         first = FirstResult(out_dir / "results.jsonl")
-        done = c.run(cmd, f"start:{run}")
+        saved, c.runner.env = c.runner.env, c.runner.env | env
+        try:
+            done = c.run(cmd, f"start:{run}")
+        finally:
+            c.runner.env = saved
         record[run] = {
             "command": done["command"],
+            "env": env,
             "process_seconds": done.get("seconds"),
             "first_result_seconds": first.stop(),
             "exit_code": done.get("exit_code"),
