@@ -144,6 +144,20 @@ def test_stdout_modes_print_the_same_transcripts(
     assert cut.returncode == 0 and text["a"].startswith(_kaldi_lines(cut.stdout)["a"])
 
 
+def test_tokens_per_second_is_fixed_work(asrctl_cli, fake_engine, fun_asr_tiny, data_dir, tmp_path):
+    """The benchmark option: ceil(N x seconds) tokens each, EOS ignored (hidden flag)."""
+    out = tmp_path / "out"
+    wavs = [str(data_dir / "a.wav"), str(data_dir / "b.flac")]
+    run = asrctl_cli("transcribe", *wavs, "--model", str(fun_asr_tiny), "-o", str(out),
+                     "--tokens-per-second", "10")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = {r["key"]: r for r in _rows(out / "results.jsonl")}
+    assert {k: (r["num_tokens"], r["finish_reason"]) for k, r in rows.items()} == {
+        "a": (12, "length"), "b": (21, "length"),  # 1.2 s and 2.1 s
+    }  # fmt: skip
+    assert "--tokens-per-second" not in asrctl_cli("transcribe", "--help").stdout
+
+
 def _kaldi_lines(stdout: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in stdout.splitlines())
 

@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 
 from asrctl.bench.loadtest import LoadOptions, load_clips, run_load_test
+from asrctl.errors import OptionsError
 from asrctl.inputs import iter_inputs
 
 SLOW_S = 0.3
@@ -162,6 +163,20 @@ def test_each_closed_loop_worker_keeps_one_connection_and_cpu_is_reported(server
     assert len(stats.peers) == 4  # 24 requests over 4 kept-alive connections
     assert stats.forms[0] == {"model": "m", "response_format": "json", "language": "en"}
     assert 0 < row["client_cpu"] < 4
+
+
+def test_fixed_work_asks_each_request_for_its_share_of_tokens(server, clips_dir):
+    """--tokens-per-second: max_tokens = ceil(N x seconds) per clip, and ignore_eos."""
+    url, stats = server
+    clips = [c for c in load_clips(iter_inputs(clips_dir), pcm=False) if c.key != "bad"]
+    stats.reset()
+    options = LoadOptions(url=url, concurrency=(1,), requests=2, warmup=0, tokens_per_second=4)
+    (result,) = run_load_test(options, clips)
+    assert result.to_json()["ok"] == 2
+    asked = sorted((f["max_tokens"], f["ignore_eos"]) for f in stats.forms)
+    assert asked == [("2", "true"), ("4", "true")]  # 0.5 s and 1.0 s clips
+    with pytest.raises(OptionsError, match="tokens-per-second"):
+        LoadOptions(url=url, ws=True, tokens_per_second=4)
 
 
 def test_poisson_arrivals_are_spread_at_the_rate(server, clips_dir):

@@ -152,6 +152,9 @@ def test_every_sampling_field_is_honoured(app_client):
     )  # fmt: skip
     post(app_client, max_tokens="9")
     assert app_client.model.calls[-1][2].max_tokens == 9
+    assert not app_client.model.calls[-1][2].ignore_eos
+    post(app_client, max_tokens="9", ignore_eos="true")  # vLLM's extension (benchmarks)
+    assert app_client.model.calls[-1][2].ignore_eos
 
 
 def test_stream_sends_deltas_then_done(app_client):
@@ -202,6 +205,7 @@ def test_stream_failure_is_an_error_event(app_client):
         ({"repetition_penalty": "nan"}, AUTH, 400, "repetition_penalty"),
         ({"seed": "²"}, AUTH, 400, "seed"),
         ({"stream": "maybe"}, AUTH, 400, "stream"),
+        ({"ignore_eos": "perhaps"}, AUTH, 400, "ignore_eos"),
         ({"stream": "true", "response_format": "srt"}, AUTH, 400, "stream"),
         ({"include[]": "logprobs"}, AUTH, 400, "include[]"),
     ],

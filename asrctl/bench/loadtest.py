@@ -37,6 +37,7 @@ import contextlib
 import io
 import itertools
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -82,6 +83,9 @@ class LoadOptions:
         timeout_s: per request (per session with ``ws``).
         time_limit_s: per level; no new request starts after it.
         ws: stream to ``/ws`` instead of posting files.
+        tokens_per_second: fixed work, for random-weight checkpoints (which rarely stop):
+            each posted request asks for exactly ceil(this x its seconds) tokens
+            (``max_tokens`` and ``ignore_eos``), as ``transcribe``'s benchmark option.
     """
 
     url: str
@@ -97,6 +101,7 @@ class LoadOptions:
     ws: bool = False
     frame_ms: int = 100
     seed: int = 0
+    tokens_per_second: float | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -104,6 +109,8 @@ class LoadOptions:
             raise OptionsError(f"--server needs an http(s) URL, got {self.url!r}")
         if any(c < 1 for c in self.concurrency) or any(r <= 0 for r in self.rate):
             raise OptionsError("--concurrency values must be >= 1 and --rate values > 0")
+        if self.tokens_per_second is not None and (self.ws or not self.tokens_per_second > 0):
+            raise OptionsError("--tokens-per-second must be > 0 and applies to HTTP requests")
         if self.ws and self.rate:
             raise OptionsError("--rate applies to HTTP requests, not to --ws sessions")
         if not self.concurrency and not self.rate:
@@ -238,8 +245,12 @@ def _uploads(clips: Sequence[Clip], options: LoadOptions, model: str) -> list[_U
         form["language"] = options.language
     out = []
     for clip in clips:
+        fields = form
+        if options.tokens_per_second is not None:
+            tokens = max(1, math.ceil(options.tokens_per_second * clip.duration_s))
+            fields = form | {"max_tokens": str(tokens), "ignore_eos": "true"}
         request = httpx.Request(
-            "POST", "http://x/", files={"file": (clip.filename, clip.data)}, data=form
+            "POST", "http://x/", files={"file": (clip.filename, clip.data)}, data=fields
         )
         out.append(_Upload(clip, request.read(), request.headers["content-type"]))
     return out

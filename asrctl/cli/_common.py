@@ -55,6 +55,7 @@ def transcribe_options(
     seed: int | None = None,
     repetition_penalty: float | None = None,
     raw_text: bool = False,
+    tokens_per_second: float | None = None,
 ) -> TranscribeOptions:
     """The transcription settings from the shared flags (``batch_size``, ``max_in_flight``
     and ``encoder_batch_seconds`` None: the defaults)."""
@@ -73,6 +74,7 @@ def transcribe_options(
         seed=seed,
         repetition_penalty=repetition_penalty,
         raw_text=raw_text,
+        tokens_per_second=tokens_per_second,
     )
     if encoder_batch_seconds is not None:
         options = replace(options, encoder_batch_seconds=encoder_batch_seconds)

@@ -360,6 +360,16 @@ RequestTimeoutOpt = Annotated[
     float,
     typer.Option("--timeout", min=0.1, help="Seconds per request.", rich_help_panel=BENCH),
 ]
+TokensPerSecondOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--tokens-per-second",
+        min=0.01,
+        hidden=True,
+        help="Benchmarks with random-weight checkpoints (which rarely stop): every "
+        "utterance generates exactly ceil(N x its seconds) tokens, EOS ignored.",
+    ),
+]
 TimeLimitOpt = Annotated[
     float,
     typer.Option(

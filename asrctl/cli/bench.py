@@ -52,6 +52,7 @@ from asrctl.cli._options import (
     TemperatureOpt,
     TensorParallelOpt,
     TimeLimitOpt,
+    TokensPerSecondOpt,
     TopKOpt,
     TopPOpt,
     WarmupOpt,
@@ -83,6 +84,7 @@ def bench(
     ws: WsOpt = False,
     timeout: RequestTimeoutOpt = 120.0,
     time_limit: TimeLimitOpt = 300.0,
+    tokens_per_second: TokensPerSecondOpt = None,
     hotwords: HotwordsOpt = None,
     no_itn: NoItnOpt = False,
     batch_size: BatchSizeOpt = None,
@@ -131,6 +133,7 @@ def bench(
             api_key=api_key,
             language=language,
             ws=ws,
+            tokens_per_second=tokens_per_second,
         )
         _server(items, load_options, output_dir)
         return

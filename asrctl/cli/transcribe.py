@@ -53,6 +53,7 @@ from asrctl.cli._options import (
     ShardSizeOpt,
     TemperatureOpt,
     TensorParallelOpt,
+    TokensPerSecondOpt,
     TopKOpt,
     TopPOpt,
     VadOpt,
@@ -109,6 +110,7 @@ def transcribe(
     format_: FormatOpt = None,
     vad: VadOpt = None,
     no_word_timestamps: NoWordTimesOpt = False,
+    tokens_per_second: TokensPerSecondOpt = None,
     diarize: DiarizeOpt = False,
     num_speakers: NumSpeakersOpt = None,
     min_speakers: MinSpeakersOpt = None,
@@ -159,6 +161,7 @@ def transcribe(
         max_in_flight=max_in_flight,
         word_timestamps=not no_word_timestamps,
         encoder_batch_seconds=encoder_batch_seconds,
+        tokens_per_second=tokens_per_second,
     )
     engine = engine_options(
         dtype=dtype,

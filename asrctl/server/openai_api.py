@@ -188,6 +188,8 @@ def decode_options(form: FormData, **fixed: bool) -> DecodeOptions:
         value = form_text(form, name)
         if value is not None and value.strip():
             values[field_name] = _int(value, name)
+    if form_bool(form, "ignore_eos"):  # vLLM's extension: exactly max_tokens (benchmarks)
+        values["ignore_eos"] = True
     try:
         return DecodeOptions(**values)  # type: ignore[arg-type]
     except OptionsError as e:
