@@ -102,18 +102,20 @@ def _asrctl_tokens(model_dir: Path, clips: list[Path]) -> list[list[int]]:
     return [list(results[item.key].token_ids) for item in items]
 
 
-def _example(env: dict[str, str], vllm_dir: Path, clips: list[Path], *extra: str) -> list:
-    args = [*map(str, clips), *extra, "--max-tokens", str(MAX_TOKENS), *ENGINE_ARGS]
+def _python(env: dict[str, str], cwd: Path, *args: str) -> str:
+    """``python ARGS`` as a user runs it (vLLM spawns processes); its stdout, or a failure
+    showing the end of its stderr."""
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLE), str(vllm_dir), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.stdout
+
+
+def _example(env: dict[str, str], vllm_dir: Path, clips: list[Path], *extra: str) -> list:
+    args = [*map(str, clips), *extra, "--max-tokens", str(MAX_TOKENS), *ENGINE_ARGS]
+    stdout = _python(env, REPO, str(EXAMPLE), str(vllm_dir), *args)
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
 @pytest.mark.vllm
@@ -146,16 +148,8 @@ def test_readme_block_runs(family, plugin_env, tmp_path):
         assert old in code
         code = code.replace(old, new)
     (tmp_path / "demo.py").write_text(code)
-    proc = subprocess.run(
-        [sys.executable, "demo.py"],
-        capture_output=True,
-        text=True,
-        env=plugin_env,
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    printed = [line for line in proc.stdout.splitlines() if line.startswith("Transcription: ")]
+    stdout = _python(plugin_env, tmp_path, "demo.py")
+    printed = [line for line in stdout.splitlines() if line.startswith("Transcription: ")]
     assert [line.removeprefix("Transcription: ").strip() for line in printed] == _expected(family)[
         :1
     ]
