@@ -293,6 +293,7 @@ def summarize(report: dict) -> dict:
         "serve_c128_rtfx": c128,
         "serve_c128_vs_batch": _ratio(c128, fixed),
         "ratio_default_fixed_work_vs_funasr": _ratio(fixed, funasr),
+        "ratio_cli_vs_funasr": _ratio(cli_rtfx, funasr),
         "ratio_best_vs_funasr": _ratio(candidates.get(best_name) if best_name else None, funasr),
         "firered_default_rtfx": _get(parts, "firered", "rtfx"),
         "vibevoice_default_rtfx": _get(parts, "vibevoice", "end_to_end", "rtfx"),
@@ -344,6 +345,7 @@ def common_args(args: argparse.Namespace) -> list[str]:
     out += ["--part-timeout", str(args.part_timeout), "--clips", str(args.clips)]
     out += ["--start-n", str(args.start_n)]
     out += ["--short-n", str(args.short_n), "--replica-mode", args.replica_mode]
+    out += ["--lean"] if args.lean else []
     return out + (["--smoke"] if args.smoke else [])
 
 
@@ -495,13 +497,16 @@ def part_cli(c: Child) -> dict:
     )
     if done.get("exit_code") not in (0, None) or "skipped" in done:
         cli["output_tail"] = tail(done) if done["lines"] else done.get("skipped")
-    fixed, texts_path = fixed_work(c, scp, "default", c.sbs / "texts-default.json")
+    if c.args.lean:
+        fixed, texts_path = {"skipped": "--lean: the CLI's own run is the measurement"}, None
+    else:
+        fixed, texts_path = fixed_work(c, scp, "default", c.sbs / "texts-default.json")
     return {
         "versions": fixed.get("versions") or throughput._versions(),
         "workload": {"utterances": len(durations), "audio_seconds": round(sum(durations), 1)},
         "cli": cli,
         "fixed_work": fixed,
-        "texts": str(texts_path),
+        "texts": str(texts_path) if texts_path else None,
         "commands": c.runner.commands,
     }
 
@@ -754,9 +759,10 @@ def part_peers(c: Child) -> dict:
     missing = [m for m in ("funasr",) if not _importable(m)]
     if missing:
         return {"skipped": f"not importable here: {', '.join(missing)}", "versions": {}}
-    per_peer = max(60, int((c.left() - 30) / 2))
+    per_peer = max(60, int((c.left() - 30) / (1 if c.args.lean else 2)))
     cmd = py(str(HERE / "peers.py"), "--workdir", str(c.args.workdir), "--n", str(c.args.n))
     cmd += ["--size", c.args.size, "--max-model-len", "512", "--peer-timeout", str(per_peer)]
+    cmd += ["--peers", "funasr"] if c.args.lean else []
     if c.args.smoke:
         cmd += ["--enforce-eager", "--dtype", "float32", "--torchaudio-shim"]
     else:
@@ -966,6 +972,11 @@ def main() -> int:
     ap.add_argument("--part", action="append", default=[], choices=PARTS)
     ap.add_argument("--parts", default="", help="comma-separated, in order")
     ap.add_argument("--part-timeout", type=float, default=540.0, help="seconds per part")
+    ap.add_argument(
+        "--lean",
+        action="store_true",
+        help="little device time left: cli without throughput.py's run, peers FunASR only",
+    )
     ap.add_argument("--smoke", action="store_true", help="CPU: eager, float32, shims")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/...")
     ap.add_argument("--child", help=argparse.SUPPRESS)
