@@ -19,6 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import sbs_parts  # noqa: E402
+import sbs_scale  # noqa: E402
 import side_by_side as sbs  # noqa: E402
 
 TOP = (
@@ -40,7 +42,7 @@ def test_cli_summary_is_parsed() -> None:
         "2000 transcribed, 0 failed; 15750.8 s of audio in 8.8 s (RTFx 1789.9, model load "
         "excluded)",
     ]
-    assert sbs.cli_summary(lines) == {
+    assert sbs_parts.cli_summary(lines) == {
         "model_ready": "setup 0.1 s, vLLM 59.9 s, encoder 2.1 s",
         "transcribed": 2000,
         "failed": 0,
@@ -52,7 +54,7 @@ def test_cli_summary_is_parsed() -> None:
 
 def test_first_result_times_the_first_line(tmp_path: Path) -> None:
     results = tmp_path / "results.jsonl"
-    watch = sbs.FirstResult(results)
+    watch = sbs_parts.FirstResult(results)
     results.write_text('{"key": "a"')  # a partial line is not a result yet
     import time
 
@@ -79,12 +81,12 @@ def test_cli_tokens_sum_the_results(tmp_path: Path) -> None:
             json.dumps({"key": k, "num_tokens": n, "finish_reason": r}) + "\n" for k, n, r in rows
         )
     )
-    assert sbs.cli_tokens(results) == {
+    assert sbs_parts.cli_tokens(results) == {
         "generated_tokens": 215,
         "max_tokens_one_utterance": 200,
         "finish_reasons": {"stop": 2, "length": 1},
     }
-    assert sbs.cli_tokens(tmp_path / "missing.jsonl") == {}
+    assert sbs_parts.cli_tokens(tmp_path / "missing.jsonl") == {}
 
 
 def test_gpu_slug() -> None:
@@ -126,9 +128,9 @@ def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) ->
 
 def test_texts_compared_with_the_single_engines(tmp_path: Path) -> None:
     ref = tmp_path / "texts-default.json"
-    assert sbs.compare({"a": "x"}, ref)["compared"] == 0  # no reference yet: said so
+    assert sbs_scale.compare({"a": "x"}, ref)["compared"] == 0  # no reference yet: said so
     ref.write_text(json.dumps({"a": "x", "b": "y", "c": "z"}))
-    got = sbs.compare({"a": "x", "b": "w", "d": "q"}, ref)
+    got = sbs_scale.compare({"a": "x", "b": "w", "d": "q"}, ref)
     assert (got["compared"], got["identical"], got["differing_keys"]) == (2, 1, ["b"])
     assert got["keys_in_one_only"] == ["c", "d"]
 

@@ -1,0 +1,247 @@
+"""side_by_side.py's single-engine parts: start, cli, peers, glm, firered, vibevoice
+(each runs in its own child process; see side_by_side.py's docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sbs_common import (
+    DEFAULT_FLAGS,
+    HERE,
+    IN_PROCESS,
+    SUMMARY,
+    Child,
+    _get,
+    _importable,
+    py,
+    tail,
+    throughput,
+)
+
+
+def cli_summary(lines: list[str]) -> dict:
+    """The CLI's own summary line and model-ready line, parsed."""
+    found: dict[str, Any] = {}
+    for line in lines:
+        m = SUMMARY.search(line)
+        if m:
+            found |= {
+                "transcribed": int(m.group(1)),
+                "failed": int(m.group(2)),
+                "audio_seconds": float(m.group(3)),
+                "transcribe_seconds": float(m.group(4)),
+                "summary_rtfx": float(m.group(5)),
+            }
+        if "model ready:" in line:
+            found["model_ready"] = line.split("model ready:", 1)[1].strip()
+    return found
+
+
+def part_start(c: Child) -> dict:
+    model, scp, durations = c.fun_asr()
+    n = min(c.args.start_n, len(durations))
+    small = c.sbs / "start.scp"
+    small.write_text("".join(scp.read_text().splitlines(keepends=True)[:n]))
+    cache = Path.home() / ".cache" / "vllm"
+    record: dict[str, Any] = {
+        "files": n,
+        "audio_seconds": round(sum(durations[:n]), 1),
+        "vllm_cache_existed": cache.exists(),
+        "scope": "`asrctl transcribe` on a short input as a process: exec to the first "
+        "result in results.jsonl, and to exit",
+    }
+    # in_process: vLLM's engine core in the CLI's own process (one process start less)
+    for run, env in (("first", {}), ("again", {}), ("in_process", IN_PROCESS)):
+        out_dir = c.sbs / f"start-{run}"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        cmd = py("-m", "asrctl", "-v", "transcribe", str(small), "-m", str(model))
+        cmd += ["-o", str(out_dir), *c.smoke_flags()]
+        first = FirstResult(out_dir / "results.jsonl")
+        saved, c.runner.env = c.runner.env, c.runner.env | env
+        try:
+            done = c.run(cmd, f"start:{run}")
+        finally:
+            c.runner.env = saved
+        record[run] = {
+            "command": done["command"],
+            "env": env,
+            "process_seconds": done.get("seconds"),
+            "first_result_seconds": first.stop(),
+            "exit_code": done.get("exit_code"),
+            "vllm_log": startup_lines(done["lines"]),
+        } | cli_summary(done["lines"])
+        if done.get("exit_code") not in (0, None) or "skipped" in done:
+            record[run]["output_tail"] = tail(done) if done["lines"] else done.get("skipped")
+    return record | {"versions": throughput._versions(), "commands": c.runner.commands}
+
+
+class FirstResult:
+    """Seconds from now until ``path`` first holds a line (polled every 50 ms)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.t0, self.seen = path, time.perf_counter(), None
+        self.done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.05):
+            with contextlib.suppress(OSError):
+                if self.path.exists() and b"\n" in self.path.read_bytes()[:65536]:
+                    self.seen = round(time.perf_counter() - self.t0, 2)
+                    return
+
+    def stop(self) -> float | None:
+        self.done.set()
+        return self.seen
+
+
+def startup_lines(lines: list[str]) -> list[str]:
+    """vLLM's (and the CLI's) log lines of where start-up time went."""
+    words = ("took", "Graph capturing", "init engine", "compile", "model ready", "seconds")
+    return [line[-240:] for line in lines if any(w in line for w in words)][-20:]
+
+
+def part_cli(c: Child) -> dict:
+    model, scp, durations = c.fun_asr()
+    out_dir = c.sbs / "cli-out"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cmd = py("-m", "asrctl", "transcribe", str(scp), "-m", str(model), "-o", str(out_dir))
+    cmd += ["--tokens-per-second", str(throughput.TOKENS_PER_SECOND)]
+    done = c.run(cmd + c.smoke_flags(), "cli")
+    texts = (out_dir / "text").read_text().splitlines() if (out_dir / "text").exists() else []
+    cli = (
+        {
+            "command": done["command"],
+            "process_seconds": done.get("seconds"),
+            "exit_code": done.get("exit_code"),
+            "scope": "`asrctl transcribe` as a process, from exec to exit (Python start, "
+            "imports, vLLM start with compile cache and CUDA graphs, encoder, transcription, "
+            "results written); fixed work (--tokens-per-second 4), as the peers",
+            "mean_text_chars": round(sum(len(t) for t in texts) / len(texts), 1) if texts else None,
+            "vllm_log": startup_lines(done["lines"]),
+        }
+        | cli_summary(done["lines"])
+        | cli_tokens(out_dir / "results.jsonl")
+    )
+    if done.get("exit_code") not in (0, None) or "skipped" in done:
+        cli["output_tail"] = tail(done) if done["lines"] else done.get("skipped")
+    if c.args.lean:
+        fixed, texts_path = {"skipped": "--lean: the CLI's own run is the measurement"}, None
+    else:
+        fixed, texts_path = fixed_work(c, scp, "default", c.sbs / "texts-default.json")
+    return {
+        "versions": fixed.get("versions") or throughput._versions(),
+        "workload": {"utterances": len(durations), "audio_seconds": round(sum(durations), 1)},
+        "cli": cli,
+        "fixed_work": fixed,
+        "texts": str(texts_path) if texts_path else None,
+        "commands": c.runner.commands,
+    }
+
+
+def cli_tokens(results: Path) -> dict:
+    """Generated tokens and finish reasons of the CLI's run (a check that it did the fixed
+    work: ceil(4 x seconds) tokens per utterance, finish reason "length")."""
+    if not results.exists():
+        return {}
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    reasons: dict[str, int] = {}
+    for row in rows:
+        reasons[str(row.get("finish_reason"))] = reasons.get(str(row.get("finish_reason")), 0) + 1
+    tokens = [int(row.get("num_tokens") or 0) for row in rows]
+    return {
+        "generated_tokens": sum(tokens),
+        "max_tokens_one_utterance": max(tokens, default=0),
+        "finish_reasons": reasons,
+    }
+
+
+def fixed_work(c: Child, scp: Path, name: str, texts: Path) -> tuple[dict, Path]:
+    """throughput.py with asrctl's defaults (fixed work), its JSON."""
+    result = c.sbs / f"throughput-{name}.json"
+    result.unlink(missing_ok=True)
+    cmd = py(str(HERE / "throughput.py"), "--workdir", str(c.args.workdir), "--n", str(c.args.n))
+    cmd += ["--size", c.args.size, *DEFAULT_FLAGS, "--repeat", "2", "--texts", str(texts)]
+    cmd += ["--dtype", "float32" if c.args.smoke else "auto", "--out", str(result)]
+    done = c.run(cmd + (["--enforce-eager"] if c.args.smoke else []), f"cli:{name}")
+    if result.exists():
+        return without_profiles(json.loads(result.read_text())), texts
+    return {"error": done.get("skipped") or "throughput.py failed", "tail": tail(done)}, texts
+
+
+def part_peers(c: Child) -> dict:
+    c.fun_asr()  # the checkpoint and files, as the other parts have them
+    result = c.sbs / "peers.json"
+    result.unlink(missing_ok=True)
+    missing = [m for m in ("funasr",) if not _importable(m)]
+    if missing:
+        return {"skipped": f"not importable here: {', '.join(missing)}", "versions": {}}
+    per_peer = max(60, int((c.left() - 30) / (1 if c.args.lean else 2)))
+    cmd = py(str(HERE / "peers.py"), "--workdir", str(c.args.workdir), "--n", str(c.args.n))
+    cmd += ["--size", c.args.size, "--max-model-len", "512", "--peer-timeout", str(per_peer)]
+    cmd += ["--peers", "funasr"] if c.args.lean else []
+    if c.args.smoke:
+        cmd += ["--enforce-eager", "--dtype", "float32", "--torchaudio-shim"]
+    else:
+        cmd += ["--gpu-memory-utilization", "0.5"]
+    done = c.run([*cmd, "--out", str(result)], "peers")
+    record = json.loads(result.read_text()) if result.exists() else {"tail": tail(done)}
+    for peer in (record.get("peers") or {}).values():
+        if isinstance(peer.get("error"), dict):  # keep the cause, not pages of log
+            peer["error"].pop("output_tail", None)
+    return record | {"commands": c.runner.commands}
+
+
+def part_glm(c: Child) -> dict:
+    workdir = c.args.workdir / "glm"
+    t0 = time.perf_counter()  # generated here, once (a rerun of the part reuses it)
+    throughput.ensure_fixture("glm-asr-nano", workdir / f"glm-asr-nano-{c.args.size}", c.args.size)
+    fixture_s = round(time.perf_counter() - t0, 1)
+    record = throughput_part(c, "glm-asr-nano", workdir, c.args.glm_n, 1024, "glm")
+    return record | {"fixture_seconds": fixture_s, "commands": c.runner.commands}
+
+
+def throughput_part(c: Child, family: str, workdir: Path, n: int, max_len: int, label: str):
+    result = workdir / "throughput.json"
+    result.unlink(missing_ok=True)
+    cmd = py(str(HERE / "throughput.py"), "--workdir", str(workdir), "--family", family)
+    cmd += ["--n", str(n), "--size", c.args.size, "--max-model-len", str(max_len)]
+    cmd += [*DEFAULT_FLAGS, "--dtype", "float32" if c.args.smoke else "auto"]
+    cmd += ["--enforce-eager"] if c.args.smoke else []
+    done = c.run([*cmd, "--out", str(result)], label)
+    if not result.exists():
+        return {"error": done.get("skipped") or "throughput.py failed", "tail": tail(done)}
+    return without_profiles(json.loads(result.read_text()))
+
+
+def without_profiles(record: dict) -> dict:
+    """A throughput.py record less its (empty unless --py-spy) profile sections."""
+    return {k: v for k, v in record.items() if not k.startswith("profile_")}
+
+
+def part_firered(c: Child) -> dict:
+    workdir = c.args.workdir / "firered"
+    result = workdir / "firered.json"
+    result.unlink(missing_ok=True)
+    cmd = py(str(HERE / "firered.py"), "--workdir", str(workdir), "--size", c.args.size)
+    cmd += ["--n", str(c.args.short_n), "--skip-lora", "--out", str(result)]
+    cmd += [*DEFAULT_FLAGS[:6], "--encoder-dtype", "auto"]  # firered.py has no --max-in-flight
+    done = c.run(cmd + c.smoke_flags(), "firered")
+    if not result.exists():
+        return {"error": done.get("skipped") or "firered.py failed", "tail": tail(done)}
+    record = json.loads(result.read_text())
+    rtfx = _get(record, "merged", "end_to_end", "rtfx")
+    return {"rtfx": rtfx, "firered": record, "commands": c.runner.commands}
+
+
+def part_vibevoice(c: Child) -> dict:
+    workdir = c.args.workdir / "vibevoice"
+    record = throughput_part(c, "vibevoice-asr", workdir, c.args.short_n, 2048, "vibevoice")
+    record["not_measured"] = "the one-hour single pass (not in this script)"
+    return record | {"commands": c.runner.commands}
