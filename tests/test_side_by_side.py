@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,12 +57,12 @@ def test_first_result_times_the_first_line(tmp_path: Path) -> None:
     results = tmp_path / "results.jsonl"
     watch = sbs_parts.FirstResult(results)
     results.write_text('{"key": "a"')  # a partial line is not a result yet
-    import time
-
     time.sleep(0.3)
     assert watch.seen is None
     results.write_text('{"key": "a"}\n')
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5  # the watcher polls every 50 ms (slower on a busy CI)
+    while watch.seen is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     seen = watch.stop()
     assert seen is not None and 0.3 <= seen < 5
 
