@@ -111,8 +111,7 @@ def bench(
 ) -> None:
     """Measure accuracy (CER/WER) and speed (RTFx) of a model, or load-test a server.
 
-    With --diarize, the end-to-end timing is also run with speaker diarization on, and
-    both RTFx are printed (the cost of diarization)."""
+    With --diarize, the timing runs again with diarization on and both RTFx are printed."""
     from asrctl.inputs import iter_inputs
 
     items = iter_inputs(inputs)

@@ -7,8 +7,9 @@ from asrctl.cli._options import CacheDirOpt, ForceOpt, ModelDirArg
 
 
 def setup(model_dir: ModelDirArg, cache_dir: CacheDirOpt = None, force: ForceOpt = False) -> None:
-    """Validate a model directory, detect its family and export its LLM, plus the folder
-    vLLM loads with asrctl's plugin (``LLM(model=vllm_dir)``); idempotent."""
+    """Validate a model directory, detect its family and export what vLLM loads; idempotent.
+
+    Writes the LLM export, and the folder that LLM(model=...) loads with asrctl's plugin."""
     from asrctl.adapters.registry import load_adapter
     from asrctl.export import export_llm
 
