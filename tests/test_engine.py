@@ -8,8 +8,20 @@ import pytest
 
 from asrctl import engine
 from asrctl.adapters.base import Prompt
-from asrctl.engine import EngineOptions, TextEmbedder, engine_core_threads, engine_kwargs
+from asrctl.engine import (
+    EngineOptions,
+    TextEmbedder,
+    engine_core_here,
+    engine_core_threads,
+    engine_kwargs,
+)
 from asrctl.export import prepare
+
+
+@pytest.fixture(autouse=True)
+def own_environ(monkeypatch):
+    """engine_kwargs sets vLLM's variables in os.environ: keep them out of other tests."""
+    monkeypatch.setattr(engine.os, "environ", dict(engine.os.environ))
 
 
 @pytest.fixture
@@ -25,6 +37,42 @@ def test_gpu_defaults_capture_cuda_graphs_for_every_batch_size(on_gpu, monkeypat
     assert kwargs["compilation_config"] == {"max_cudagraph_capture_size": engine.GPU_MAX_NUM_SEQS}
     # a forked engine core inherits this process's OpenMP pool and can hang: spawn
     assert engine.os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+
+
+def test_gpu_start_skips_flashinfer_sampler_unless_the_user_chose(on_gpu, monkeypatch):
+    """Its kernels compile at vLLM's start on a fresh machine; greedy decoding never uses it."""
+    monkeypatch.delenv(engine.FLASHINFER_SAMPLER_ENV, raising=False)
+    engine_kwargs(Path("/m"), "bfloat16", EngineOptions())
+    assert engine.os.environ[engine.FLASHINFER_SAMPLER_ENV] == "0"
+    monkeypatch.setenv(engine.FLASHINFER_SAMPLER_ENV, "1")
+    engine_kwargs(Path("/m"), "bfloat16", EngineOptions())
+    assert engine.os.environ[engine.FLASHINFER_SAMPLER_ENV] == "1"
+
+
+def test_cpu_start_leaves_the_sampler_alone(monkeypatch):
+    monkeypatch.setattr(engine, "cuda_available", lambda: False)
+    monkeypatch.delenv(engine.FLASHINFER_SAMPLER_ENV, raising=False)
+    engine_kwargs(Path("/m"), "float32", EngineOptions())
+    assert engine.FLASHINFER_SAMPLER_ENV not in engine.os.environ
+
+
+def test_in_process_engine_core_only_where_asked_and_possible(monkeypatch):
+    env = engine.MULTIPROCESSING_ENV
+    monkeypatch.delenv(env, raising=False)
+    here = EngineOptions(in_process=True)
+    with engine_core_here(here, asynchronous=False):  # what vLLM reads while it starts
+        assert engine.os.environ[env] == "0"
+    assert env not in engine.os.environ  # restored after the start
+    for options, asynchronous in (
+        (EngineOptions(), False),  # not asked
+        (here, True),  # AsyncLLM (the server) always runs its engine core apart
+        (EngineOptions(in_process=True, tensor_parallel_size=2), False),
+    ):
+        with engine_core_here(options, asynchronous=asynchronous):
+            assert env not in engine.os.environ
+    monkeypatch.setenv(env, "1")
+    with engine_core_here(here, asynchronous=False):
+        assert engine.os.environ[env] == "1"  # the user's choice wins
 
 
 def test_graph_capture_follows_max_num_seqs_and_yields_to_eager_and_extra(on_gpu):

@@ -258,9 +258,10 @@ CudaGraphsOpt = Annotated[
     bool,
     typer.Option(
         "--cuda-graphs",
-        help="Capture CUDA graphs even for a short input. By default, with a GPU, inputs of "
-        "under an hour of audio start vLLM without them: ~20 s sooner, which a short run "
-        "never wins back (BENCHMARKS.md, round 5).",
+        help="Start vLLM in full even for a short input. By default, with a GPU, inputs of "
+        "under an hour of audio start vLLM without CUDA graphs and with its engine core in "
+        "asrctl's process, each ~20 s sooner, which a short run never wins back "
+        "(BENCHMARKS.md, rounds 5 and 9).",
         rich_help_panel=ENGINE,
     ),
 ]

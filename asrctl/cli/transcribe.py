@@ -64,6 +64,8 @@ INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
 # CUDA graphs). On an H100 (BENCHMARKS.md, round 5; Fun-ASR-Nano) that starts 21 s
 # sooner (38.5 s against 59.9 s) and costs ~1.7 ms per second of audio transcribed
 # (4.21 s against 1.47 s for 1,588 s): break-even near 12,000 s. An hour costs ~6 s.
+# Such an input also runs vLLM's engine core in this process: on an H200 (round 9) the
+# engine was ready 25 s after exec that way, against 46 s with a process of its own.
 AUTO_EAGER_SECONDS = 3600.0
 
 
@@ -271,9 +273,9 @@ def _recovered(results) -> None:
 
 
 def short_input_engine(engine, items, *, cuda_graphs: bool):
-    """``engine`` with ``enforce_eager`` on where a GPU would capture CUDA graphs for an
-    input of less than :data:`AUTO_EAGER_SECONDS` of audio (every duration known from the
-    headers), unless ``cuda_graphs``; else ``engine`` as it is."""
+    """``engine`` with ``enforce_eager`` and ``in_process`` on where a GPU would capture
+    CUDA graphs for an input of less than :data:`AUTO_EAGER_SECONDS` of audio (every
+    duration known from the headers), unless ``cuda_graphs``; else ``engine`` as it is."""
     from dataclasses import replace
 
     from asrctl.engine import cuda_available
@@ -289,10 +291,10 @@ def short_input_engine(engine, items, *, cuda_graphs: bool):
         if total >= AUTO_EAGER_SECONDS:
             return engine
     _output.info(
-        f"{total:.0f} s of audio: vLLM starts without CUDA graphs, ~20 s sooner "
-        "(--cuda-graphs captures them)"
+        f"{total:.0f} s of audio: vLLM starts sooner, in this process and without CUDA "
+        "graphs (--cuda-graphs: the full start)"
     )
-    return replace(engine, enforce_eager=True)
+    return replace(engine, enforce_eager=True, in_process=True)
 
 
 def cluster_options(
