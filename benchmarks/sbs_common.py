@@ -77,11 +77,13 @@ class Runner:
         )
         self.live.add(proc.pid)
         lines: list[str] = []
+        stamps: list[float] = []  # seconds after the start at which each line came
 
         def read() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
                 print(f"[{label}] {line.rstrip()}"[:600], file=sys.stderr, flush=True)
+                stamps.append(round(time.perf_counter() - t0, 2))
                 lines.append(line.rstrip())
 
         reader = threading.Thread(target=read, daemon=True)
@@ -103,6 +105,7 @@ class Runner:
             "seconds": round(time.perf_counter() - t0, 2),
             "timed_out": killed,
             "lines": lines,
+            "stamps": stamps,
         }
 
     def kill_all(self, *_: object) -> None:

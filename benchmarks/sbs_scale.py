@@ -286,8 +286,13 @@ def part_serve(c: Child) -> dict:
         t0 = time.perf_counter()
         record["server_ready_s"] = wait_healthy(url, server, c)
         record["server_start_s"] = round(time.perf_counter() - t0, 1)
-        record["c1"] = load_level(c, clips, url, 1, c.args.clips, 4, "c1")
-        record["c128"] = load_level(c, scp, url, 128, len(durations), 8, "c128")
+        for name, conc, files, n, warmup in (
+            ("c1", 1, clips, c.args.clips, 4),
+            ("c128", 128, scp, len(durations), 8),
+        ):
+            before = scrape(url)
+            record[name] = load_level(c, files, url, conc, n, warmup, name)
+            record[name]["server_side"] = histogram_means(before, scrape(url))
     except (RuntimeError, TimeoutError) as e:
         record["error"] = str(e)
     finally:
@@ -303,6 +308,47 @@ def part_serve(c: Child) -> dict:
     record["batch_reference"] = "the cli part's fixed-work RTFx (same 2,000 files, same "
     record["batch_reference"] += "defaults, ceil(4 x seconds) tokens each, end to end)"
     return record | {"versions": throughput._versions(), "commands": c.runner.commands}
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The server's ``/metrics`` (asrctl's and vLLM's), parsed; empty if unreadable."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+            return parse_metrics(answer.read().decode("utf-8", "replace"))
+    except OSError:
+        return {}
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text: each sample name's value, summed over its labels."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        with contextlib.suppress(ValueError):
+            samples[name] = samples.get(name, 0.0) + float(value)
+    return samples
+
+
+def histogram_means(before: dict[str, float], after: dict[str, float]) -> dict[str, dict]:
+    """Per histogram, what a load level added: observations, their sum and mean (the
+    server side of where a request's time went: encoder batches, event-loop lag, vLLM's
+    queue, prefill and decode times)."""
+    out: dict[str, dict] = {}
+    for key, total in after.items():
+        if not key.endswith("_count"):
+            continue
+        name = key[: -len("_count")]
+        count = total - before.get(key, 0.0)
+        if f"{name}_sum" not in after or count <= 0:
+            continue
+        summed = after[f"{name}_sum"] - before.get(f"{name}_sum", 0.0)
+        out[name] = {"count": int(count), "sum": round(summed, 4), "mean": round(summed / count, 6)}
+    return out
 
 
 def wait_healthy(url: str, server: subprocess.Popen, c: Child) -> float:

@@ -69,9 +69,62 @@ def test_first_result_times_the_first_line(tmp_path: Path) -> None:
 
 def test_summary_has_the_cold_start() -> None:
     start = {"first": {"first_result_seconds": 41.5}, "again": {"first_result_seconds": 22.0}}
+    start["own_process"] = {"first_result_seconds": 40.0}
+    start["flashinfer_sampler"] = {"first_result_seconds": 120.0}
     top = sbs.summarize({"parts": {"start": start}})
     assert top["cold_start_first_result_s"] == 41.5
     assert top["warm_start_first_result_s"] == 22.0
+    assert top["own_process_start_first_result_s"] == 40.0
+    assert top["flashinfer_sampler_start_first_result_s"] == 120.0
+
+
+def test_start_runs_turn_each_start_default_back() -> None:
+    runs = dict(sbs_parts.START_RUNS)
+    assert runs["first"] == runs["again"] == {}  # asrctl's defaults, no variable set
+    assert runs["own_process"] == {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    assert runs["flashinfer_sampler"] == {"VLLM_USE_FLASHINFER_SAMPLER": "1"}
+
+
+def test_startup_lines_carry_the_seconds_since_exec() -> None:
+    lines = ["noise", "INFO [model.py:623] Resolved architecture: Qwen3ForCausalLM", "x"]
+    lines.append("init engine (profile, create kv cache, warmup model) took 2.65 s")
+    got = sbs_parts.startup_lines(lines, [0.5, 20.04, 21.0, 46.2])
+    assert got == [f"+20.0s {lines[1]}", f"+46.2s {lines[3]}"]
+    assert sbs_parts.startup_lines(lines) == [lines[1], lines[3]]  # no stamps: as they came
+
+
+def test_lean_runs_compare_serving_with_the_cli_summary() -> None:
+    """--lean skips throughput.py's fixed-work pass: the CLI's own summary is the batch."""
+    cli = {"cli": {"summary_rtfx": 3000.0}, "fixed_work": {"skipped": "--lean"}}
+    top = sbs.summarize({"parts": {"cli": cli, "serve": {"c128": {"rtfx": 960.0}}}})
+    assert top["serve_c128_vs_batch"] == 0.32
+    assert top["asrctl_best_rtfx"] == 3000.0 and top["asrctl_best_config"] == "1 engine (defaults)"
+
+
+def test_server_metrics_become_per_level_means() -> None:
+    text = "\n".join(
+        [
+            "# HELP asrctl_encoder_batch_size Utterances per audio-encoder batch",
+            'asrctl_encoder_batch_size_bucket{le="8.0"} 3.0',
+            "asrctl_encoder_batch_size_count 4.0",
+            "asrctl_encoder_batch_size_sum 40.0",
+            'vllm:request_queue_time_seconds_count{model_name="m"} 10.0',
+            'vllm:request_queue_time_seconds_sum{model_name="m"} 1.0',
+            'asrctl_requests_total{endpoint="/a",status="200"} 7.0',
+            'asrctl_requests_total{endpoint="/b",status="200"} 3.0',
+        ]
+    )
+    before = sbs_scale.parse_metrics(text)
+    assert before["asrctl_requests_total"] == 10.0  # summed over labels
+    after = dict(before)
+    after |= {"asrctl_encoder_batch_size_count": 6.0, "asrctl_encoder_batch_size_sum": 64.0}
+    after |= {"vllm:request_queue_time_seconds_count": 30.0}
+    after |= {"vllm:request_queue_time_seconds_sum": 5.0}
+    means = sbs_scale.histogram_means(before, after)
+    assert means["asrctl_encoder_batch_size"] == {"count": 2, "sum": 24.0, "mean": 12.0}
+    assert means["vllm:request_queue_time_seconds"]["mean"] == 0.2
+    assert sbs_scale.histogram_means(before, before) == {}  # nothing observed: nothing
+    assert sbs_scale.scrape("http://127.0.0.1:9") == {}  # no server: empty, no error
 
 
 def test_cli_tokens_sum_the_results(tmp_path: Path) -> None:
