@@ -22,7 +22,9 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
   start  ~3 min on a fresh machine (run it first there). Cold start: the real CLI on the
          first --start-n (16) files (under an hour of audio, so vLLM starts without CUDA
          graphs and with its engine core in the CLI's process), with no other flags but -v
-         (vLLM's own start-up log), four times: the first run on this machine (caches as
+         (vLLM's own start-up log) and fixed work (``--tokens-per-second 4``: a real
+         model's output lengths, where random weights would run to the token cap), four
+         times: the first run on this machine (caches as
          they were: cold on a fresh one), again (warm), then with each start-up default of
          round 9 turned back: the engine core in its own process
          (VLLM_ENABLE_V1_MULTIPROCESSING=1) and FlashInfer's sampler
