@@ -56,10 +56,13 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
          benchmarks/throughput.py --family glm-asr-nano, asrctl's defaults, N=--glm-n
          (1,000) files of its own (``W/glm``), max-model-len 1,024 (30 s of audio is ~375
          positions).
-  serve  ~4 min. ``asrctl serve`` (defaults) and ``asrctl bench --server``: concurrency 1
+  serve  ~5 min. ``asrctl serve`` (defaults) and ``asrctl bench --server``: concurrency 1
          over 5 s clips (p50 latency), then concurrency 128 over the 2,000 files; fixed
          work (``--tokens-per-second 4``: each request sends max_tokens and ignore_eos),
-         compared with the cli part's fixed-work RTFx (throughput.py, end to end).
+         compared with the cli part's fixed-work RTFx (throughput.py, end to end). Each
+         level keeps what the server's /metrics histograms added during it (encoder
+         batches, event-loop lag, vLLM's queue/prefill/decode times). With time left, a
+         second server with ``--encoder-batch-size 64`` takes the c=128 level again.
   firered, vibevoice  optional, last (each ~8 min and more; 7B LLMs, fixtures of ~15 GB
          written the first time): benchmarks/firered.py (merged path) and throughput.py
          --family vibevoice-asr on short clips. The one-hour VibeVoice pass is not here.
@@ -93,7 +96,7 @@ ESTIMATES_S = {
     "best": 360,
     "peers": 300,
     "glm": 360,
-    "serve": 240,
+    "serve": 300,
     "firered": 480,
     "vibevoice": 480,
 }
@@ -181,6 +184,7 @@ def summarize(report: dict) -> dict:
         "glm_default_rtfx": _get(parts, "glm", "end_to_end", "rtfx"),
         "serve_c1_p50_ms": _get(parts, "serve", "c1", "p50_ms"),
         "serve_c128_rtfx": c128,
+        "serve_c128_encoder_batch_64_rtfx": _get(parts, "serve", "eb64", "c128", "rtfx"),
         "serve_c128_vs_batch": _ratio(c128, batch),
         "ratio_default_fixed_work_vs_funasr": _ratio(fixed, funasr),
         "ratio_cli_vs_funasr": _ratio(cli_rtfx, funasr),
