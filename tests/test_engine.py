@@ -60,18 +60,19 @@ def test_in_process_engine_core_only_where_asked_and_possible(monkeypatch):
     env = engine.MULTIPROCESSING_ENV
     monkeypatch.delenv(env, raising=False)
     here = EngineOptions(in_process=True)
-    with engine_core_here(here, asynchronous=False):  # what vLLM reads while it starts
+    with engine_core_here(here, asynchronous=False, dtype_name="bfloat16"):  # vLLM reads it
         assert engine.os.environ[env] == "0"
     assert env not in engine.os.environ  # restored after the start
-    for options, asynchronous in (
-        (EngineOptions(), False),  # not asked
-        (here, True),  # AsyncLLM (the server) always runs its engine core apart
-        (EngineOptions(in_process=True, tensor_parallel_size=2), False),
+    for options, asynchronous, dtype_name in (
+        (EngineOptions(), False, "bfloat16"),  # not asked
+        (here, True, "bfloat16"),  # AsyncLLM (the server) always runs its engine core apart
+        (EngineOptions(in_process=True, tensor_parallel_size=2), False, "bfloat16"),
+        (here, False, "float32"),  # would share the encoder's TF32 matmul setting
     ):
-        with engine_core_here(options, asynchronous=asynchronous):
+        with engine_core_here(options, asynchronous=asynchronous, dtype_name=dtype_name):
             assert env not in engine.os.environ
     monkeypatch.setenv(env, "1")
-    with engine_core_here(here, asynchronous=False):
+    with engine_core_here(here, asynchronous=False, dtype_name="bfloat16"):
         assert engine.os.environ[env] == "1"  # the user's choice wins
 
 

@@ -33,6 +33,26 @@ def pipeline(fun_asr_tiny: Path, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
     return Pipeline(fun_asr_tiny, device="cpu")
 
 
+def test_encoder_precision_is_set_after_vllm_starts(
+    fun_asr_tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vLLM worker in this process (an in-process engine core) sets the float32 matmul
+    precision to its own default while it starts; the encoder's tf32 must win."""
+    import torch
+
+    def start_like_vllm(*args, **kwargs):
+        torch.set_float32_matmul_precision("highest")  # what vLLM's GPU worker does
+        return SimpleNamespace(model_config=SimpleNamespace(max_model_len=256))
+
+    monkeypatch.setattr(engine_module, "start_vllm", start_like_vllm)
+    old = torch.get_float32_matmul_precision()
+    try:
+        Pipeline(fun_asr_tiny, device="cpu", encoder_dtype="tf32")
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
 def _noise(seconds: float) -> np.ndarray:
     rng = np.random.default_rng(0)
     return (0.1 * rng.standard_normal(round(SR * seconds))).astype(np.float32)
