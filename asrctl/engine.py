@@ -129,7 +129,7 @@ def engine_kwargs(llm_dir: Path, dtype_name: str, options: EngineOptions) -> dic
         # Greedy decoding never samples, but vLLM's start-up runs its sampler once with
         # top-k/top-p: with FlashInfer's sampler (vLLM's default) that compiles
         # FlashInfer's sampling kernels where its JIT cache is empty. On a fresh H200 that
-        # start-up step took 96 s, 2.7 s with warm caches (BENCHMARKS.md, round 9; the
+        # start-up step took 97 s, 2.7 s with warm caches (BENCHMARKS.md, round 9; the
         # compile as its cause is inferred from vLLM's code). Off, vLLM samples with its
         # PyTorch/Triton top-k/top-p path instead.
         os.environ.setdefault(FLASHINFER_SAMPLER_ENV, "0")
