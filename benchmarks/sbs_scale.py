@@ -339,15 +339,14 @@ def scrape(url: str) -> dict[str, float]:
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text: each sample name's value, summed over its labels."""
+    """Prometheus text (prometheus_client's parser): each sample name's value, summed over
+    its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        with contextlib.suppress(ValueError):
-            samples[name] = samples.get(name, 0.0) + float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
     return samples
 
 
