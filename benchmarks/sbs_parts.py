@@ -180,12 +180,20 @@ def cli_tokens(results: Path) -> dict:
     }
 
 
+# The same engine with at most 128 utterances in vLLM at once: the batch figure that
+# `serve` at concurrency 128 can reach at best (128 requests in flight), so the serve
+# part's gap divides into what 128 sequences allow and what the server adds.
+IN_FLIGHT_128 = "in_flight_128"
+
+
 def fixed_work(c: Child, scp: Path, name: str, texts: Path) -> tuple[dict, Path]:
-    """throughput.py with asrctl's defaults (fixed work), its JSON."""
+    """throughput.py with asrctl's defaults (fixed work), and again with 128 in flight;
+    its JSON."""
     result = c.sbs / f"throughput-{name}.json"
     result.unlink(missing_ok=True)
     cmd = py(str(HERE / "throughput.py"), "--workdir", str(c.args.workdir), "--n", str(c.args.n))
     cmd += ["--size", c.args.size, *DEFAULT_FLAGS, "--repeat", "2", "--texts", str(texts)]
+    cmd += ["--variant", f"{IN_FLIGHT_128}:max_in_flight=128"]
     cmd += ["--dtype", "float32" if c.args.smoke else "auto", "--out", str(result)]
     done = c.run(cmd + (["--enforce-eager"] if c.args.smoke else []), f"cli:{name}")
     if result.exists():

@@ -42,7 +42,9 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
          defaults and no precision flags (``--encoder-dtype auto --dtype auto``, batch
          1,024, encoder batches of <= 256 utterances and 960 s, 1,024 in flight;
          max-model-len 512), two timed passes: asrctl_default_fixed_work_rtfx. Its texts
-         are kept for the identity check of ``best``.
+         are kept for the identity check of ``best``. Then once more in the same engine
+         with at most 128 utterances in flight (batch_in_flight_128_rtfx): the most
+         ``serve`` at concurrency 128 can reach.
   best   ~3 min per K (K x ~60 s of staggered starts). K engine replicas sharing the GPU
          (``--replicas 2,3``), fixed work, each K in its own process: asrctl's
          RayTranscriber with ``engines_per_gpu=K`` (``asrctl transcribe --engines-per-gpu
@@ -59,7 +61,8 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
   serve  ~5 min. ``asrctl serve`` (defaults) and ``asrctl bench --server``: concurrency 1
          over 5 s clips (p50 latency), then concurrency 128 over the 2,000 files; fixed
          work (``--tokens-per-second 4``: each request sends max_tokens and ignore_eos),
-         compared with the cli part's fixed-work RTFx (throughput.py, end to end). Each
+         compared with the cli part's fixed-work RTFx (throughput.py, end to end) and
+         with its 128-in-flight pass (serve_c128_vs_batch_in_flight_128). Each
          level keeps what the server's /metrics histograms added during it (encoder
          batches, event-loop lag, vLLM's queue/prefill/decode times). With time left, a
          second server with ``--encoder-batch-size 64`` takes the c=128 level again.
@@ -85,7 +88,15 @@ import tempfile
 from pathlib import Path
 
 from sbs_common import CLIPS, ROOT, SCRIPT, Child, Runner, _get, child_env, common_args, tail
-from sbs_parts import part_cli, part_firered, part_glm, part_peers, part_start, part_vibevoice
+from sbs_parts import (
+    IN_FLIGHT_128,
+    part_cli,
+    part_firered,
+    part_glm,
+    part_peers,
+    part_start,
+    part_vibevoice,
+)
 from sbs_scale import best_k, part_best, part_serve, replica
 
 PARTS = ("start", "cli", "best", "peers", "glm", "serve", "firered", "vibevoice")
@@ -159,6 +170,7 @@ def summarize(report: dict) -> dict:
     best_name = max(candidates, key=candidates.get) if candidates else None
     funasr = _get(parts, "peers", "peers", "funasr", "rtfx")
     c128 = _get(parts, "serve", "c128", "rtfx")
+    in_flight_128 = _get(parts, "cli", "fixed_work", "variants", IN_FLIGHT_128, "rtfx")
     versions = next(
         (p["versions"] for p in parts.values() if isinstance(p, dict) and p.get("versions")), {}
     )
@@ -186,6 +198,8 @@ def summarize(report: dict) -> dict:
         "serve_c128_rtfx": c128,
         "serve_c128_encoder_batch_64_rtfx": _get(parts, "serve", "eb64", "c128", "rtfx"),
         "serve_c128_vs_batch": _ratio(c128, batch),
+        "batch_in_flight_128_rtfx": in_flight_128,
+        "serve_c128_vs_batch_in_flight_128": _ratio(c128, in_flight_128),
         "ratio_default_fixed_work_vs_funasr": _ratio(fixed, funasr),
         "ratio_cli_vs_funasr": _ratio(cli_rtfx, funasr),
         "ratio_best_vs_funasr": _ratio(candidates.get(best_name) if best_name else None, funasr),

@@ -155,7 +155,10 @@ def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) ->
     cli = {
         "versions": versions,
         "cli": {"summary_rtfx": 1790.0, "process_seconds": 103.6},
-        "fixed_work": {"end_to_end": {"median_rtfx": 3000.0}},
+        "fixed_work": {
+            "end_to_end": {"median_rtfx": 3000.0},
+            "variants": {"in_flight_128": {"rtfx": 1200.0}},
+        },
         "commands": ["asrctl transcribe ..."],
     }
     sbs.merge(out, "cli", cli, "side_by_side.py --part cli")
@@ -175,6 +178,8 @@ def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) ->
     assert report["ratio_default_fixed_work_vs_funasr"] == round(3000 / 575, 2)
     assert report["serve_c128_vs_batch"] == 0.8 and report["serve_c1_p50_ms"] == 90.0
     assert report["serve_c128_encoder_batch_64_rtfx"] == 2700
+    assert report["batch_in_flight_128_rtfx"] == 1200.0
+    assert report["serve_c128_vs_batch_in_flight_128"] == 2.0
     assert report["glm_default_rtfx"] is None  # not run yet
     assert report["commands"]["cli"] == ["asrctl transcribe ..."]
     assert set(report["parts"]) == {"cli", "peers", "best", "serve"}
@@ -213,6 +218,8 @@ def test_the_cli_part_on_the_fake_engine(tmp_path: Path) -> None:
     fixed = cli["fixed_work"]
     assert fixed["settings"]["encoder_dtype"] == "auto" and fixed["settings"]["batch_size"] == 1024
     assert fixed["workload"]["generated_tokens"] > 0
+    assert fixed["variants"]["in_flight_128"]["settings"] == {"max_in_flight": 128}
+    assert report["batch_in_flight_128_rtfx"] == fixed["variants"]["in_flight_128"]["rtfx"] > 0
     texts = json.loads((tmp_path / "w" / "side-by-side" / "texts-default.json").read_text())
     assert len(texts) == 4
     assert json.loads(done.stdout)["asrctl_default_rtfx"] == report["asrctl_default_rtfx"]
