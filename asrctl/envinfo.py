@@ -98,3 +98,15 @@ def hardware() -> dict:
         "gpus": gpus(),
         "platform": platform.platform(),
     }
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Python's own start and imports included), from
+    Linux's /proc, to 10 ms; None where that is unreadable."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None

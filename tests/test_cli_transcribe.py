@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,6 +84,9 @@ def _check_mixed_run(run: subprocess.CompletedProcess, out: Path, good: tuple[st
     return text
 
 
+READY = r"model ready: before loading ([\d.]+) s .*vLLM ([\d.]+) s.*; ([\d.]+) s since the process"
+
+
 @pytest.mark.vllm
 def test_transcripts_equal_transformers_on_vllm(fun_asr_tiny, data_dir, tmp_path, reference_texts):
     out = tmp_path / "out"
@@ -94,6 +98,10 @@ def test_transcripts_equal_transformers_on_vllm(fun_asr_tiny, data_dir, tmp_path
     text = _check_mixed_run(run, out, GOOD)
     durations = {r["key"]: r["duration"] for r in _rows(out / "results.jsonl")}
     assert durations == {"a_wav16k": 1.2, "b_flac": 2.1, "c_wav8k": 0.8, "d_stereo44k": 1.7}
+    ready = re.search(READY, run.stderr)  # where the start-up went, process start included
+    assert ready, run.stderr
+    before, vllm_s, age = (float(ready[i]) for i in (1, 2, 3))
+    assert 0 < before < age and 0 < vllm_s < age
     wavs = {k: Path(v) for k, v in _kaldi(data_dir / "wav.scp").items() if k in text}
     expected = reference_texts(fun_asr_tiny, list(wavs.values()), MAX_TOKENS)
     assert text == dict(zip(wavs, expected, strict=True))
@@ -298,6 +306,20 @@ def test_a_short_input_starts_vllm_without_cuda_graphs(monkeypatch: pytest.Monke
     assert short_input_engine(engine, [*short, Item(None)], cuda_graphs=False) is engine
     monkeypatch.setattr(asrctl.engine, "cuda_available", lambda: False)
     assert short_input_engine(engine, short, cuda_graphs=False) is engine
+
+
+def test_the_ready_message_says_what_came_before_loading() -> None:
+    from asrctl.cli.transcribe import ready_message
+    from asrctl.pipeline import Startup
+
+    startup = Startup(setup_s=0.5, engine_s=25.0, encoder_s=1.5)
+    message = ready_message(startup, 45.0)
+    assert message == (
+        "model ready: before loading 18.0 s (Python, imports, inputs), setup 0.5 s, "
+        "vLLM 25.0 s, encoder 1.5 s; 45.0 s since the process started"
+    )
+    assert re.search(READY, message)
+    assert ready_message(startup, None) == "model ready: setup 0.5 s, vLLM 25.0 s, encoder 1.5 s"
 
 
 def test_cuda_graphs_and_enforce_eager_contradict(asrctl_cli, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 
 from asrctl import envinfo
 
@@ -30,3 +32,10 @@ def test_gpus_are_read_from_nvidia_smi_and_respect_visible_devices(tmp_path, mon
 def test_no_nvidia_smi_means_no_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert envinfo.gpus() == []
+
+
+def test_process_age_counts_from_the_process_start():
+    code = "import time; time.sleep(0.6); from asrctl import envinfo; print(envinfo.process_age())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    age = float(done.stdout)
+    assert 0.6 <= age < 10

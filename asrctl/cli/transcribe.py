@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -58,6 +58,9 @@ from asrctl.cli._options import (
     TopPOpt,
     VadOpt,
 )
+
+if TYPE_CHECKING:
+    from asrctl.pipeline import Startup
 
 INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
 # With a GPU, an input of less audio than this starts vLLM eagerly (no compilation, no
@@ -128,6 +131,7 @@ def transcribe(
 ) -> None:
     """Transcribe audio files, folders, Kaldi data dirs or manifests with a model on vLLM."""
     from asrctl.distributed import PipelineSpec, RayTranscriber
+    from asrctl.envinfo import process_age
     from asrctl.errors import OptionsError
     from asrctl.inputs import iter_inputs
     from asrctl.segment import LongAudio
@@ -212,7 +216,7 @@ def transcribe(
                 cache_dir=cache_dir,
                 encoder_dtype=encoder_dtype,
             )
-        _output.info(f"model ready: {transcriber.pipeline.startup}")
+        _output.info(ready_message(transcriber.pipeline.startup, process_age()))
         with transcriber:
             yield LongAudio(transcriber, vad=vad, diarize=speakers)
 
@@ -270,6 +274,18 @@ def _recovered(results) -> None:
             f"(garbage or a repeated key: line {numbers}{more}); moved to "
             f"{results.out_dir / REJECTED}, the {recovery.kept} valid rows are kept"
         )
+
+
+def ready_message(startup: Startup, age: float | None) -> str:
+    """Where the start-up went, with the time before loading (Python's start, imports,
+    probing the inputs) where the process's age (``age`` s) is known."""
+    if age is None:
+        return f"model ready: {startup}"
+    before = max(0.0, age - startup.setup_s - startup.engine_s - startup.encoder_s)
+    return (
+        f"model ready: before loading {before:.1f} s (Python, imports, inputs), {startup}; "
+        f"{age:.1f} s since the process started"
+    )
 
 
 def short_input_engine(engine, items, *, cuda_graphs: bool):
