@@ -76,16 +76,8 @@ def part_start(c: Child) -> dict:
         cmd += ["-o", str(out_dir), *c.smoke_flags()]
         first = FirstResult(out_dir / "results.jsonl")
         done = c.run(cmd, f"start:{run}", env=env)
-        record[run] = {
-            "command": done["command"],
-            "env": env,
-            "process_seconds": done.get("seconds"),
-            "first_result_seconds": first.stop(),
-            "exit_code": done.get("exit_code"),
-            "vllm_log": startup_lines(done["lines"], done.get("stamps")),
-        } | cli_summary(done["lines"])
-        if done.get("exit_code") not in (0, None) or "skipped" in done:
-            record[run]["output_tail"] = tail(done) if done["lines"] else done.get("skipped")
+        seen = first.stop()
+        record[run] = cli_run(done) | {"env": env, "first_result_seconds": seen}
     return record | {"versions": throughput._versions(), "commands": c.runner.commands}
 
 
@@ -133,22 +125,12 @@ def part_cli(c: Child) -> dict:
     cmd += ["--tokens-per-second", str(throughput.TOKENS_PER_SECOND)]
     done = c.run(cmd + c.smoke_flags(), "cli")
     texts = (out_dir / "text").read_text().splitlines() if (out_dir / "text").exists() else []
-    cli = (
-        {
-            "command": done["command"],
-            "process_seconds": done.get("seconds"),
-            "exit_code": done.get("exit_code"),
-            "scope": "`asrctl transcribe` as a process, from exec to exit (Python start, "
-            "imports, vLLM start with compile cache and CUDA graphs, encoder, transcription, "
-            "results written); fixed work (--tokens-per-second 4), as the peers",
-            "mean_text_chars": round(sum(len(t) for t in texts) / len(texts), 1) if texts else None,
-            "vllm_log": startup_lines(done["lines"], done.get("stamps")),
-        }
-        | cli_summary(done["lines"])
-        | cli_tokens(out_dir / "results.jsonl")
-    )
-    if done.get("exit_code") not in (0, None) or "skipped" in done:
-        cli["output_tail"] = tail(done) if done["lines"] else done.get("skipped")
+    cli = cli_run(done, out_dir) | {
+        "scope": "`asrctl transcribe` as a process, from exec to exit (Python start, "
+        "imports, vLLM start with compile cache and CUDA graphs, encoder, transcription, "
+        "results written); fixed work (--tokens-per-second 4), as the peers",
+        "mean_text_chars": round(sum(len(t) for t in texts) / len(texts), 1) if texts else None,
+    }
     if c.args.lean:
         fixed, texts_path = {"skipped": "--lean: the CLI's own run is the measurement"}, None
     else:
@@ -161,6 +143,23 @@ def part_cli(c: Child) -> dict:
         "texts": str(texts_path) if texts_path else None,
         "commands": c.runner.commands,
     }
+
+
+def cli_run(done: dict, out_dir: Path | None = None) -> dict:
+    """What one timed ``asrctl transcribe`` process gave: its command, seconds and exit
+    code, vLLM's start-up lines, the CLI's summary, the tokens written to ``out_dir``
+    (where given) and, where it failed, its output's tail."""
+    record = {
+        "command": done["command"],
+        "process_seconds": done.get("seconds"),
+        "exit_code": done.get("exit_code"),
+        "vllm_log": startup_lines(done["lines"], done.get("stamps")),
+    } | cli_summary(done["lines"])
+    if out_dir is not None:
+        record |= cli_tokens(out_dir / "results.jsonl")
+    if done.get("exit_code") not in (0, None) or "skipped" in done:
+        record["output_tail"] = tail(done) if done["lines"] else done.get("skipped")
+    return record
 
 
 def cli_tokens(results: Path) -> dict:
@@ -292,17 +291,7 @@ def long_pass(c: Child, model: Path, workdir: Path, seconds: float) -> dict:
     cmd = py("-m", "asrctl", "transcribe", str(wav), "-m", str(model), "-o", str(out_dir))
     cmd += ["--tokens-per-second", str(throughput.TOKENS_PER_SECOND)]
     done = c.run(cmd + c.smoke_flags(), "vibevoice:long")
-    record = {
-        "audio_seconds": seconds,
-        "command": done["command"],
-        "process_seconds": done.get("seconds"),
-        "exit_code": done.get("exit_code"),
-        "vllm_log": startup_lines(done["lines"], done.get("stamps")),
-    }
-    record |= cli_summary(done["lines"]) | cli_tokens(out_dir / "results.jsonl")
-    if done.get("exit_code") not in (0, None) or "skipped" in done:
-        record["output_tail"] = tail(done) if done["lines"] else done.get("skipped")
-    return record
+    return {"audio_seconds": seconds} | cli_run(done, out_dir)
 
 
 def long_noise(path: Path, seconds: float) -> Path:
