@@ -65,14 +65,9 @@ class ScoringSpec:
 
 
 @dataclass(frozen=True)
-class UtteranceScore:
-    """One utterance's alignment counts (in the spec's units)."""
+class Counts:
+    """Alignment counts (in the spec's units)."""
 
-    key: str
-    ref: str
-    hyp: str
-    ref_norm: str
-    hyp_norm: str
     n: int  # reference tokens
     hits: int
     substitutions: int
@@ -90,21 +85,21 @@ class UtteranceScore:
 
 
 @dataclass(frozen=True)
-class Totals:
+class UtteranceScore(Counts):
+    """One utterance's texts and alignment counts."""
+
+    key: str
+    ref: str
+    hyp: str
+    ref_norm: str
+    hyp_norm: str
+
+
+@dataclass(frozen=True)
+class Totals(Counts):
+    """The counts summed over the scored utterances."""
+
     utterances: int
-    n: int
-    hits: int
-    substitutions: int
-    deletions: int
-    insertions: int
-
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-    @property
-    def error_rate(self) -> float | None:
-        return self.errors / self.n if self.n else None
 
 
 @dataclass(frozen=True)
