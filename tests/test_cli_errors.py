@@ -14,6 +14,7 @@ import soundfile as sf
 
 from asrctl.cli import _output
 from asrctl.cli.app import main
+from asrctl.pipeline import Startup
 from asrctl.results import Failure, Transcript
 
 MARKUP_KEY = "k[/x]"
@@ -31,7 +32,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 class FakeTranscriber:
     def __init__(self, model, **kwargs) -> None:
         self.model = model
-        self.pipeline = SimpleNamespace(startup="stand-in")
+        self.pipeline = SimpleNamespace(startup=Startup(setup_s=0.0, engine_s=0.0, encoder_s=0.0))
 
     def __enter__(self) -> FakeTranscriber:
         return self
