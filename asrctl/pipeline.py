@@ -213,6 +213,10 @@ class Startup:
     engine_s: float  # start vLLM: load weights, compile, capture CUDA graphs
     encoder_s: float  # load the audio encoder
 
+    @property
+    def total_s(self) -> float:
+        return self.setup_s + self.engine_s + self.encoder_s
+
     def __str__(self) -> str:
         return (
             f"setup {self.setup_s:.1f} s, vLLM {self.engine_s:.1f} s, "

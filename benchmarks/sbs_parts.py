@@ -68,12 +68,9 @@ def part_start(c: Child) -> dict:
     }
     for run, env in START_RUNS:
         out_dir = c.sbs / f"start-{run}"
-        shutil.rmtree(out_dir, ignore_errors=True)
-        cmd = py("-m", "asrctl", "-v", "transcribe", str(small), "-m", str(model))
         # fixed work, as a real model's lengths: random weights never emit EOS, and 16
         # utterances decoded to the 512-token cap put ~8 s before the first result (round 9)
-        cmd += ["--tokens-per-second", str(throughput.TOKENS_PER_SECOND)]
-        cmd += ["-o", str(out_dir), *c.smoke_flags()]
+        cmd = fixed_work_cli(c, small, model, out_dir, "-v")
         first = FirstResult(out_dir / "results.jsonl")
         done = c.run(cmd, f"start:{run}", env=env)
         seen = first.stop()
@@ -120,10 +117,7 @@ def startup_lines(lines: list[str], stamps: list[float] | None = None) -> list[s
 def part_cli(c: Child) -> dict:
     model, scp, durations = c.fun_asr()
     out_dir = c.sbs / "cli-out"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = py("-m", "asrctl", "transcribe", str(scp), "-m", str(model), "-o", str(out_dir))
-    cmd += ["--tokens-per-second", str(throughput.TOKENS_PER_SECOND)]
-    done = c.run(cmd + c.smoke_flags(), "cli")
+    done = c.run(fixed_work_cli(c, scp, model, out_dir), "cli")
     texts = (out_dir / "text").read_text().splitlines() if (out_dir / "text").exists() else []
     cli = cli_run(done, out_dir) | {
         "scope": "`asrctl transcribe` as a process, from exec to exit (Python start, "
@@ -143,6 +137,15 @@ def part_cli(c: Child) -> dict:
         "texts": str(texts_path) if texts_path else None,
         "commands": c.runner.commands,
     }
+
+
+def fixed_work_cli(c: Child, inputs: Path, model: Path, out_dir: Path, *flags: str) -> list[str]:
+    """``asrctl [flags] transcribe inputs -m model -o out_dir`` under fixed work
+    (--tokens-per-second 4), with the smoke run's vLLM settings; ``out_dir`` emptied."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cmd = py("-m", "asrctl", *flags, "transcribe", str(inputs), "-m", str(model))
+    cmd += ["-o", str(out_dir), "--tokens-per-second", str(throughput.TOKENS_PER_SECOND)]
+    return cmd + c.smoke_flags()
 
 
 def cli_run(done: dict, out_dir: Path | None = None) -> dict:
@@ -225,11 +228,17 @@ def part_peers(c: Child) -> dict:
 
 def part_glm(c: Child) -> dict:
     workdir = c.args.workdir / "glm"
-    t0 = time.perf_counter()  # generated here, once (a rerun of the part reuses it)
-    throughput.ensure_fixture("glm-asr-nano", workdir / f"glm-asr-nano-{c.args.size}", c.args.size)
-    fixture_s = round(time.perf_counter() - t0, 1)
+    _, fixture_s = family_fixture(c, "glm-asr-nano", workdir)
     record = throughput_part(c, "glm-asr-nano", workdir, c.args.glm_n, 1024, "glm")
     return record | {"fixture_seconds": fixture_s, "commands": c.runner.commands}
+
+
+def family_fixture(c: Child, family: str, workdir: Path) -> tuple[Path, float]:
+    """``family``'s checkpoint in ``workdir`` (where throughput.py looks for it), generated
+    here once (a rerun reuses it), and the seconds that took."""
+    t0 = time.perf_counter()
+    model = throughput.ensure_fixture(family, workdir / f"{family}-{c.args.size}", c.args.size)
+    return model, round(time.perf_counter() - t0, 1)
 
 
 def throughput_part(c: Child, family: str, workdir: Path, n: int, max_len: int, label: str):
@@ -279,18 +288,11 @@ def part_hour(c: Child) -> dict:
     (60 s with --smoke), fixed work, timed as a process. A part of its own: the vibevoice
     part's fixture and short clips fill a device call."""
     workdir = c.args.workdir / "vibevoice"
-    t0 = time.perf_counter()  # the vibevoice part's fixture, generated here if absent
-    model = throughput.ensure_fixture(
-        "vibevoice-asr", workdir / f"vibevoice-asr-{c.args.size}", c.args.size
-    )
-    fixture_s = round(time.perf_counter() - t0, 1)
+    model, fixture_s = family_fixture(c, "vibevoice-asr", workdir)  # the vibevoice part's
     seconds = SMOKE_LONG_S if c.args.smoke else HOUR_S
     wav = long_noise(workdir / f"long-{seconds:.0f}s.wav", seconds)
     out_dir = c.sbs / "vibevoice-hour"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = py("-m", "asrctl", "transcribe", str(wav), "-m", str(model), "-o", str(out_dir))
-    cmd += ["--tokens-per-second", str(throughput.TOKENS_PER_SECOND)]
-    done = c.run(cmd + c.smoke_flags(), "hour")
+    done = c.run(fixed_work_cli(c, wav, model, out_dir), "hour")
     return (
         {"audio_seconds": seconds, "fixture_seconds": fixture_s}
         | cli_run(done, out_dir)

@@ -196,20 +196,28 @@ def test_texts_compared_with_the_single_engines(tmp_path: Path) -> None:
     assert got["keys_in_one_only"] == ["c", "d"]
 
 
-def test_the_cli_part_on_the_fake_engine(tmp_path: Path) -> None:
-    """`--part cli` end to end: the CLI timed as a process, throughput.py's fixed work
-    with asrctl's defaults, both in the file, texts kept for the best part."""
-    pytest.importorskip("vllm")  # throughput.py reports vLLM's version
+def run_part_on_fake_engine(
+    tmp_path: Path, part: str, *flags: str, part_timeout: int
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``side_by_side.py --part PART`` (tiny fixtures, --smoke) on the fake engine: the
+    finished process (exit 0) and the results file."""
     out = tmp_path / "r.json"
     env = dict(os.environ, ASRCTL_FAKE_ENGINE="1")
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "side_by_side.py"), "--workdir",
-         str(tmp_path / "w"), "--size", "tiny", "--n", "4", "--smoke", "--part", "cli",
-         "--part-timeout", "300", "--out", str(out)],
+         str(tmp_path / "w"), "--size", "tiny", *flags, "--smoke", "--part", part,
+         "--part-timeout", str(part_timeout), "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    return done, json.loads(out.read_text())
+
+
+def test_the_cli_part_on_the_fake_engine(tmp_path: Path) -> None:
+    """`--part cli` end to end: the CLI timed as a process, throughput.py's fixed work
+    with asrctl's defaults, both in the file, texts kept for the best part."""
+    pytest.importorskip("vllm")  # throughput.py reports vLLM's version
+    done, report = run_part_on_fake_engine(tmp_path, "cli", "--n", "4", part_timeout=300)
     cli = report["parts"]["cli"]
     assert cli["cli"]["exit_code"] == 0 and cli["cli"]["transcribed"] == 4, cli
     assert cli["cli"]["generated_tokens"] > 0 and sum(cli["cli"]["finish_reasons"].values()) == 4
@@ -229,16 +237,7 @@ def test_the_hour_part_times_one_long_single_pass(tmp_path: Path) -> None:
     """`--part hour` on the fake engine: VibeVoice's fixture, then the CLI on one long
     file (60 s with --smoke; an hour on a GPU), fixed work, in one pass."""
     pytest.importorskip("vllm")  # the part reports vLLM's version
-    out = tmp_path / "r.json"
-    env = dict(os.environ, ASRCTL_FAKE_ENGINE="1")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "side_by_side.py"), "--workdir",
-         str(tmp_path / "w"), "--size", "tiny", "--smoke", "--part", "hour",
-         "--part-timeout", "400", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    _, report = run_part_on_fake_engine(tmp_path, "hour", part_timeout=400)
     hour = report["parts"]["hour"]
     assert hour["exit_code"] == 0 and hour["transcribed"] == 1 and hour["audio_seconds"] == 60
     assert hour["generated_tokens"] == 240 and hour["finish_reasons"] == {"length": 1}  # 4/s

@@ -281,7 +281,7 @@ def ready_message(startup: Startup, age: float | None) -> str:
     probing the inputs) where the process's age (``age`` s) is known."""
     if age is None:
         return f"model ready: {startup}"
-    before = max(0.0, age - startup.setup_s - startup.engine_s - startup.encoder_s)
+    before = max(0.0, age - startup.total_s)
     return (
         f"model ready: before loading {before:.1f} s (Python, imports, inputs), {startup}; "
         f"{age:.1f} s since the process started"
