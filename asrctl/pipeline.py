@@ -237,6 +237,11 @@ def resolve_encoder_dtype(name: str) -> torch.dtype:
     return torch.float32 if name in ("tf32", "auto") else getattr(torch, name)
 
 
+# Most padded audio (utterances x the longest, in seconds) in one audio-encoder pass, on
+# every entry point: what bounds the encoder's GPU memory beside vLLM's.
+ENCODER_BATCH_SECONDS = 960.0
+
+
 def encoder_precision(name: str, device: str) -> str:
     """``auto`` made concrete for ``device``: tf32 on a GPU, float32 elsewhere."""
     resolve_encoder_dtype(name)

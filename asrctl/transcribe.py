@@ -42,6 +42,7 @@ from asrctl.inputs import AudioItem
 from asrctl.models.encoder import AudioEncoder
 from asrctl.pipeline import (
     DEFAULT_MAX_TOKENS,
+    ENCODER_BATCH_SECONDS,
     DecodeOptions,
     Encoded,
     Pipeline,
@@ -98,7 +99,7 @@ class TranscribeOptions:
     itn: bool = True
     batch_size: int = 64
     encoder_batch_size: int = 256
-    encoder_batch_seconds: float | None = 960.0
+    encoder_batch_seconds: float | None = ENCODER_BATCH_SECONDS
     max_in_flight: int = 1024
     max_tokens: int | None = None
     temperature: float = 0.0

@@ -64,8 +64,9 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
          compared with the cli part's fixed-work RTFx (throughput.py, end to end) and
          with its 128-in-flight pass (serve_c128_vs_batch_in_flight_128). Each
          level keeps what the server's /metrics histograms added during it (encoder
-         batches, event-loop lag, vLLM's queue/prefill/decode times). With time left, a
-         second server with ``--encoder-batch-size 64`` takes the c=128 level again.
+         batches, event-loop lag, vLLM's queue/prefill/decode times). With time left, more
+         servers take the c=128 level again with ``--encoder-batch-size`` 16 (the old
+         default) and 256 (serve_c128_rtfx_by_encoder_batch).
   firered, vibevoice  optional, last (each ~8 min and more; 7B LLMs, fixtures of ~15 GB
          written the first time): benchmarks/firered.py (merged path) and throughput.py
          --family vibevoice-asr on short clips.
@@ -162,6 +163,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+def by_encoder_batch(serve: dict) -> dict[str, float] | None:
+    """c=128 RTFx per server encoder pass size: the default server's (16 before the
+    ``encoder_batch_size`` field was recorded, the default then) and each ``ebN`` one's."""
+    found = {str(serve.get("encoder_batch_size", 16)): _get(serve, "c128", "rtfx")}
+    for key, record in serve.items():
+        if re.fullmatch(r"eb\d+", key) and isinstance(record, dict):
+            found[key[2:]] = _get(record, "c128", "rtfx")
+    found = {k: v for k, v in found.items() if v}
+    return dict(sorted(found.items(), key=lambda kv: int(kv[0]))) or None
+
+
 def summarize(report: dict) -> dict:
     """The top-level figures from the parts present (None where a part is missing)."""
     parts = report.get("parts", {})
@@ -202,7 +214,7 @@ def summarize(report: dict) -> dict:
         "glm_default_rtfx": _get(parts, "glm", "end_to_end", "rtfx"),
         "serve_c1_p50_ms": _get(parts, "serve", "c1", "p50_ms"),
         "serve_c128_rtfx": c128,
-        "serve_c128_encoder_batch_64_rtfx": _get(parts, "serve", "eb64", "c128", "rtfx"),
+        "serve_c128_rtfx_by_encoder_batch": by_encoder_batch(parts.get("serve") or {}),
         "serve_c128_vs_batch": _ratio(c128, batch),
         "batch_in_flight_128_rtfx": in_flight_128,
         "serve_c128_vs_batch_in_flight_128": _ratio(c128, in_flight_128),

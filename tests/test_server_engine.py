@@ -89,3 +89,44 @@ def test_transcribe_asks_vllm_for_the_final_output_only(fake_engine, fun_asr_tin
     assert final is not None and len(steps) > 2
     assert done.text and done.text == final.text
     assert done.token_ids == final.token_ids
+
+
+def test_encoder_passes_keep_the_batch_paths_audio_budget(
+    fake_engine, fun_asr_tiny: Path, monkeypatch
+) -> None:
+    """Requests batched together are encoded in sub-batches of at most
+    ``encoder_batch_size`` utterances and ``ENCODER_BATCH_SECONDS`` of padded audio (the
+    batch path's rule), so a large batch size cannot take more encoder memory than the
+    batch path does; every request still gets its own result."""
+    import asrctl.server.engine as server_engine
+
+    monkeypatch.setattr(server_engine, "ENCODER_BATCH_SECONDS", 2.5)  # two 1 s clips a pass
+    passes: list[int] = []
+    real = None
+
+    class Spy:
+        word_timing = False
+
+        def encode(self, waves, *, timing=False):
+            passes.append(len(waves))
+            return real.encode(waves, timing=timing)
+
+    async def scenario():
+        nonlocal real
+        model = await AsyncModel.start(
+            fun_asr_tiny, EngineOptions(), device="cpu", batch_window_s=0.5,
+            encoder_batch_size=8, max_tokens=4,
+        )  # fmt: skip
+        real = model.pipeline.encoder
+        model.pipeline.encoder = Spy()  # type: ignore[assignment]
+        try:
+            clips = [noise(1.0, seed=i) for i in range(4)]
+            return await asyncio.gather(
+                *(model.transcribe(c, PromptOptions(), DecodeOptions()) for c in clips)
+            )
+        finally:
+            await model.close()
+
+    results = asyncio.run(scenario())
+    assert passes == [2, 2]
+    assert len(results) == 4 and all(r.text for r in results)

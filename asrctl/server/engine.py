@@ -26,9 +26,17 @@ from asrctl.adapters.base import Adapter, PromptOptions
 from asrctl.engine import AsyncEngine, EngineOptions, Generation
 from asrctl.errors import EngineError, OptionsError
 from asrctl.models.encoder import AudioEncoder
-from asrctl.pipeline import DecodeOptions, Encoded, Pipeline, SamplingOverride, engine_failure
+from asrctl.pipeline import (
+    ENCODER_BATCH_SECONDS,
+    DecodeOptions,
+    Encoded,
+    Pipeline,
+    SamplingOverride,
+    engine_failure,
+)
 from asrctl.results import Transcript
 from asrctl.server.batching import BatcherClosed, EncoderBatcher
+from asrctl.server.options import ENCODER_BATCH_SIZE
 from asrctl.transcribe import length_batches
 
 if TYPE_CHECKING:
@@ -86,7 +94,7 @@ class AsyncModel:
         encoder_dtype: str = "auto",
         cache_dir: Path | None = None,
         batch_window_s: float = 0.01,
-        encoder_batch_size: int = 16,
+        encoder_batch_size: int = ENCODER_BATCH_SIZE,
         max_tokens: int | None = None,
         sampling_override: SamplingOverride | None = None,
         on_batch: Callable[[int, float], None] | None = None,
@@ -215,11 +223,15 @@ class AsyncModel:
         self.pipeline.close()
 
     def _encode(self, jobs: Sequence[_Job]) -> list[Encoded | BaseException]:
-        """Worker thread: encode the batch's audio in length-sorted sub-batches and build
-        the prompts; a sub-batch that fails fails only its own requests."""
+        """Worker thread: encode the batch's audio in length-sorted sub-batches (at most
+        ``encoder_batch_size`` utterances and ``ENCODER_BATCH_SECONDS`` of padded audio
+        each, the batch path's rule) and build the prompts; a sub-batch that fails fails
+        only its own requests."""
         out: list[Encoded | BaseException] = [RuntimeError("not encoded")] * len(jobs)
         lengths = [len(job.audio) for job in jobs]
-        for idx in length_batches(lengths, self.encoder_batch_size, longest_first=False):
+        budget = int(ENCODER_BATCH_SECONDS * self.sample_rate)
+        batches = length_batches(lengths, self.encoder_batch_size, budget, longest_first=False)
+        for idx in batches:
             sub = [jobs[i] for i in idx]
             timing = any(job.timing for job in sub)
             try:

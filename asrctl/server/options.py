@@ -8,6 +8,12 @@ from pathlib import Path
 from asrctl.errors import OptionsError
 from asrctl.pipeline import SamplingOverride, resolve_encoder_dtype
 
+# Most utterances per audio-encoder pass under load. A lone request is encoded alone (the
+# batcher takes what is queued), so this bounds a pass, not a wait. Round 11 (H100, c=128,
+# 16 a pass): the encoder thread was busy 99 % of the wall time and vLLM ran ~27
+# sequences a step, so the server encodes larger passes, within ENCODER_BATCH_SECONDS.
+ENCODER_BATCH_SIZE = 64
+
 MIB = 1 << 20
 
 
@@ -64,7 +70,8 @@ class ServerOptions:
         max_audio_seconds: longest accepted audio (None: the model's own per-pass limit;
             never more than it).
         batch_window_ms: how long the encoder waits for more requests to batch with.
-        encoder_batch_size: most utterances per audio-encoder forward pass.
+        encoder_batch_size: most utterances per audio-encoder forward pass (each pass also
+            holds at most ``ENCODER_BATCH_SECONDS`` of padded audio, as in the batch path).
         max_tokens: cap on generated tokens per request (None: the family's default).
         shutdown_timeout_s: how long a shutdown waits for in-flight requests.
         device: device of the audio encoder (None: cuda if available, else cpu).
@@ -89,7 +96,7 @@ class ServerOptions:
     max_upload_mb: float = 25.0
     max_audio_seconds: float | None = None
     batch_window_ms: float = 10.0
-    encoder_batch_size: int = 16
+    encoder_batch_size: int = ENCODER_BATCH_SIZE
     max_tokens: int | None = None
     shutdown_timeout_s: float = 30.0
     device: str | None = None
