@@ -58,7 +58,7 @@ from asrctl.errors import (
 )
 from asrctl.inputs import AudioItem, iter_inputs
 from asrctl.results import Failure, Transcript
-from asrctl.server.options import ENCODER_BATCH_SIZE
+from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE
 
 if TYPE_CHECKING:
     from asrctl.engine import EngineOptions
@@ -137,7 +137,7 @@ class ASR:
         device: str | None = None,
         encoder_dtype: str = "auto",
         cache_dir: Path | None = None,
-        encoder_batch_size: int = ENCODER_BATCH_SIZE,
+        encoder_batch_size: int = SERVER_ENCODER_BATCH_SIZE,
         max_tokens: int | None = None,
         embedding_cache_bytes: int = 256 << 20,
     ) -> None:

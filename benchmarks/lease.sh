@@ -3,8 +3,8 @@
 #   bash benchmarks/lease.sh STEP [side_by_side.py args...]
 # STEP names the log (/tmp/bench/STEP.log). STEP "unpack" first unpacks the packs that
 # benchmarks/pack_gpu.sh made (send .gpu/p0..pN-1, r0, r1 with `cp .gpu/X/* /tmp/stage/`,
-# one call each; this call carries the last .gpu/pN) and then runs its arguments as the
-# start part's call. The results file is /tmp/bench/sbs.json, merged across calls, and it
+# one call each; this call carries the last .gpu/pN) and then runs side_by_side.py with
+# its arguments (the start part, on a fresh machine). The results file is /tmp/bench/sbs.json, merged across calls, and it
 # is copied to $OUT every 5 s, with the logs, so a call cut at its limit still returns it.
 # LIMIT (default 560 s) bounds side_by_side.py within the call's 600 s.
 set -u
@@ -19,7 +19,6 @@ if [ "$step" = unpack ]; then
   [ -f /tmp/stage/unpack_ray.sh ] && bash /tmp/stage/unpack_ray.sh
   echo "unpack $(( $(date +%s) - t0 )) s"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  step=start
 fi
 ( while sleep 5; do cp /tmp/bench/sbs.json /tmp/bench/*.log "$OUT"/ 2>/dev/null; done ) &
 limit=${LIMIT:-560}

@@ -29,7 +29,7 @@ from sbs_common import (
     throughput,
 )
 
-from asrctl.server.options import ENCODER_BATCH_SIZE
+from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE
 
 CLIP_SECONDS = 5.0  # the c=1 latency test's clips
 
@@ -281,7 +281,7 @@ def part_serve(c: Child) -> dict:
     clips = five_second_clips(c.args.workdir / "audio-5s", c.args.clips)
     levels = [("c1", 1, clips, c.args.clips, 4), ("c128", 128, scp, len(durations), 8)]
     record = serve_levels(c, model, [], levels)
-    record["encoder_batch_size"] = ENCODER_BATCH_SIZE
+    record["encoder_batch_size"] = SERVER_ENCODER_BATCH_SIZE
     for size in SERVE_ENCODER_BATCHES:
         name = f"eb{size}"
         if c.left() < 150 or "error" in record:

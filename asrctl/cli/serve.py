@@ -35,7 +35,7 @@ from asrctl.cli._options import (
     WsIdleTimeoutOpt,
     WsMaxSessionsOpt,
 )
-from asrctl.server.options import ENCODER_BATCH_SIZE
+from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE
 
 API_KEY_ENV = "ASRCTL_API_KEY"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -50,7 +50,7 @@ def serve(
     max_upload_mb: MaxUploadMbOpt = 25.0,
     max_audio_seconds: MaxAudioSecondsOpt = None,
     batch_window_ms: BatchWindowMsOpt = 10.0,
-    encoder_batch_size: EncoderBatchSizeOpt = ENCODER_BATCH_SIZE,
+    encoder_batch_size: EncoderBatchSizeOpt = SERVER_ENCODER_BATCH_SIZE,
     max_tokens: MaxTokensOpt = None,
     shutdown_timeout: ShutdownTimeoutOpt = 30.0,
     device: DeviceOpt = None,

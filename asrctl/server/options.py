@@ -12,7 +12,7 @@ from asrctl.pipeline import SamplingOverride, resolve_encoder_dtype
 # batcher takes what is queued), so this bounds a pass, not a wait. Round 11 (H100, c=128,
 # 16 a pass): the encoder thread was busy 99 % of the wall time and vLLM ran ~27
 # sequences a step, so the server encodes larger passes, within ENCODER_BATCH_SECONDS.
-ENCODER_BATCH_SIZE = 64
+SERVER_ENCODER_BATCH_SIZE = 64
 
 MIB = 1 << 20
 
@@ -96,7 +96,7 @@ class ServerOptions:
     max_upload_mb: float = 25.0
     max_audio_seconds: float | None = None
     batch_window_ms: float = 10.0
-    encoder_batch_size: int = ENCODER_BATCH_SIZE
+    encoder_batch_size: int = SERVER_ENCODER_BATCH_SIZE
     max_tokens: int | None = None
     shutdown_timeout_s: float = 30.0
     device: str | None = None
