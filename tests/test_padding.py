@@ -12,7 +12,7 @@ import torch
 
 from asrctl.adapters.registry import load_adapter
 from asrctl.fixtures import make_fixture
-from asrctl.models.padding import pad_short, shortest_input
+from asrctl.models.padding import pad_short, padded_batch, shortest_input
 
 FAMILIES = ("fun-asr-nano", "fireredasr-llm", "glm-asr-nano", "vibevoice-asr")
 SHORT = (1, 80, 240, 399, 400, 560, 960, 1039, 1040, 1600)  # samples at 16 kHz
@@ -66,3 +66,13 @@ def test_shortest_input_and_pad_short() -> None:
         shortest_input(lambda n: 0)
     padded = pad_short([torch.ones(3), torch.ones(10)], 5)
     assert padded[0].tolist() == [1, 1, 1, 0, 0] and len(padded[1]) == 10
+
+
+def test_padded_batch_is_the_waves_then_zeros() -> None:
+    gen = torch.Generator().manual_seed(0)
+    waves = [torch.randn(n, generator=gen) for n in (5, 1, 9)]
+    want = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+    assert torch.equal(padded_batch(waves, torch.device("cpu")), want)
+    wide = padded_batch(waves, torch.device("cpu"), width=12)
+    assert wide.shape == (3, 12) and wide.dtype == torch.float32
+    assert torch.equal(wide[:, :9], want) and not wide[:, 9:].any()

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from asrctl.models.encoder import AudioEncoder
 from asrctl.models.features import Cmvn, FbankOptions, fbank, num_frames
-from asrctl.models.padding import pad_short, shortest_input
+from asrctl.models.padding import pad_short, padded_batch, shortest_input
 
 __all__ = [
     "ConformerConfig",
@@ -420,9 +420,7 @@ class FireRedAudio(nn.Module, AudioEncoder):
         rate = self.encoder_projector.downsample_rate
         waves = pad_short(waves, min_samples(rate, self.fbank_options))
         lengths = torch.tensor([len(w) for w in waves], device=self.device)
-        batch = nn.utils.rnn.pad_sequence(
-            [w.to(self.device, torch.float32) for w in waves], batch_first=True
-        )
+        batch = padded_batch(waves, self.device)
         feats, frames = fbank(batch, lengths, self.fbank_options)
         feats = (feats - self.cmvn_mean) * self.cmvn_istd
         valid = torch.arange(feats.shape[1], device=feats.device) < frames[:, None]

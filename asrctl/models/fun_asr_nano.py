@@ -29,7 +29,7 @@ from asrctl.models.funasr_adaptor import (
     adaptor_length,
     fun_asr_audio_token_count,
 )
-from asrctl.models.padding import pad_short, shortest_input
+from asrctl.models.padding import pad_short, padded_batch, shortest_input
 from asrctl.models.sensevoice import SenseVoiceEncoder, SenseVoiceEncoderConfig
 from asrctl.results import Word
 
@@ -184,9 +184,7 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         one embedding's worth zero-padded: :mod:`asrctl.models.padding`)."""
         waves = pad_short(waves, self.min_samples)
         lengths = torch.tensor([len(w) for w in waves], device=self.device)
-        batch = nn.utils.rnn.pad_sequence(
-            [w.to(self.device, torch.float32) for w in waves], batch_first=True
-        )
+        batch = padded_batch(waves, self.device)
         feats, frames = fbank(batch, lengths, self.fbank_options)
         return apply_lfr(feats, frames, self.lfr_m, self.lfr_n)
 

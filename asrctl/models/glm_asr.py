@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from asrctl.models.encoder import AudioEncoder
-from asrctl.models.padding import pad_short, shortest_input
+from asrctl.models.padding import pad_short, padded_batch, shortest_input
 
 log = logging.getLogger("asrctl")
 
@@ -361,9 +361,7 @@ class GlmAsrAudio(nn.Module, AudioEncoder):
         frames = full if frames is None else min(frames, full)
         hop = self.options.hop_length
         samples = min(self.options.window_samples, (frames + 4) * hop + self.options.n_fft)
-        batch = torch.zeros(len(chunks), samples, device=self.device)
-        for i, c in enumerate(chunks):
-            batch[i, : len(c)] = c.to(self.device, torch.float32)
+        batch = padded_batch(chunks, self.device, samples)
         feats = log_mel(batch, self.options, self.filters())[..., :frames]
         valid = torch.tensor([self.options.valid_frames(len(c)) for c in chunks])
         mask = torch.arange(frames)[None, :] < valid[:, None]
