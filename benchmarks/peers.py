@@ -39,9 +39,11 @@ Timers: wav files on disk -> text, after a warm-up on the first 64 files (also i
 set); model load (and for funasr its one-time weight split) excluded and reported as load_s.
 vLLM settings are each peer's defaults unless given here (--max-model-len 512 as in
 throughput.py; --max-num-seqs, --max-num-batched-tokens, --gpu-memory-utilization,
---enforce-eager, --dtype). Prefix caching is off for both peers, as in asrctl, and so is
-the native peer's multimodal processor cache: the warm-up files are timed again, and cached
-prefixes or features would make them free (--keep-vllm-caches: vLLM's defaults).
+--enforce-eager, --dtype), except that FlashInfer's sampler is off at start-up for both, as
+asrctl turns it off (START_ENV; greedy decoding never uses it). Prefix caching is off for
+both peers, as in asrctl, and so is the native peer's multimodal processor cache: the
+warm-up files are timed again, and cached prefixes or features would make them free
+(--keep-vllm-caches: vLLM's defaults).
 
 Stubs (only when needed; their source is in this file, written to a temporary folder that
 is put first on the peer's PYTHONPATH so vLLM's own subprocesses see them too):
@@ -538,9 +540,18 @@ def native_stub_reasons(model: Path) -> list[str]:
     return reasons
 
 
+# Start-up only, as asrctl sets it: both peers decode greedily (temperature 0), which vLLM's
+# sampler does without top-k/top-p, but vLLM's start-up runs FlashInfer's top-k/top-p
+# sampler once, and on a machine without FlashInfer's JIT cache that took ~100 s (rounds 9
+# and 11), more than a peer's share of a side-by-side part (round 12: both peers killed).
+START_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
+
+
 def peer_env(args: argparse.Namespace, model: Path, stubs: Path, peer: str) -> tuple[dict, list]:
     """Environment of one peer's process, and the stubs it gets."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name, value in START_ENV.items():  # the user's value wins
+        env.setdefault(name, value)
     used = []
     if args.torchaudio_shim:
         write_files(stubs, _TORCHAUDIO_SHIM)
@@ -663,6 +674,7 @@ def parent(args: argparse.Namespace) -> int:
     result = {
         "command": " ".join(sys.argv),
         "versions": versions(),
+        "start_env": {k: os.environ.get(k, v) for k, v in START_ENV.items()},
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         | {"tokens_per_second": TOKENS_PER_SECOND, "warmup_files": WARMUP},
         "workload": {
