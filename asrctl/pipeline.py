@@ -333,6 +333,10 @@ class Pipeline:
     def title(self) -> str:
         return self.adapter.family.title
 
+    def encoder_budget(self, seconds: float | None) -> int | None:
+        """An encoder pass's limit of padded audio, ``seconds``, in samples (None: none)."""
+        return None if seconds is None else int(seconds * self.sample_rate)
+
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len

@@ -314,7 +314,7 @@ class Transcriber:
 
         try:
             timing = options.word_timestamps
-            budget = self._budget(options.encoder_batch_seconds)
+            budget = self.pipeline.encoder_budget(options.encoder_batch_seconds)
             with ThreadPoolExecutor(LOADER_THREADS) as pool:
                 for batch in _prefetched(pool, self._load, _chunks(items, options.batch_size)):
                     loaded, failures = self._fits(batch, options.prompt)
@@ -390,12 +390,8 @@ class Transcriber:
         self, waves: Sequence[np.ndarray], batch_size: int, batch_seconds: float | None = None
     ) -> list[torch.Tensor]:
         """Audio embeddings per waveform, encoded in length-sorted sub-batches."""
-        budget = self._budget(batch_seconds)
+        budget = self.pipeline.encoder_budget(batch_seconds)
         return encode_sorted(self.encoder, waves, batch_size, budget=budget)[0]
-
-    def _budget(self, seconds: float | None) -> int | None:
-        """``encoder_batch_seconds`` in samples."""
-        return None if seconds is None else int(seconds * self.sample_rate)
 
     def prompt_positions(self, num_samples: int, options: PromptOptions) -> int:
         """Positions the prompt of ``num_samples`` samples takes, without encoding them."""

@@ -29,6 +29,7 @@ from sbs_common import (
     throughput,
 )
 
+from asrctl.pipeline import ENCODER_BATCH_SECONDS
 from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE
 
 CLIP_SECONDS = 5.0  # the c=1 latency test's clips
@@ -270,10 +271,14 @@ def free_port() -> int:
 
 
 # More servers after the defaults, where the part has time left: the same c=128 load with
-# other encoder pass sizes (the server encodes in one thread). Round 11 (H100, 16 a pass, the
-# default then): the encoder was busy 99 % of the c=128 wall time; the default is now 64.
-# 16 is the old default, 256 the batch path's.
-SERVE_ENCODER_BATCHES = (16, 256)
+# other encoder passes (the server encodes in one thread), named eb<size>[-s<seconds>].
+# Round 12 (H100) measured 16, 64 (the default) and 256 utterances a pass: 64 was best, and
+# its passes were split by the 960 s audio budget ~2 times each, at ~90 ms a sub-batch. So
+# the next servers keep 64 (then 128) a pass with a budget that splits them less.
+SERVE_VARIANTS = (
+    ("eb64-s1920", ["--encoder-batch-seconds", "1920"]),
+    ("eb128-s3840", ["--encoder-batch-size", "128", "--encoder-batch-seconds", "3840"]),
+)
 
 
 def part_serve(c: Child) -> dict:
@@ -282,12 +287,12 @@ def part_serve(c: Child) -> dict:
     levels = [("c1", 1, clips, c.args.clips, 4), ("c128", 128, scp, len(durations), 8)]
     record = serve_levels(c, model, [], levels)
     record["encoder_batch_size"] = SERVER_ENCODER_BATCH_SIZE
-    for size in SERVE_ENCODER_BATCHES:
-        name = f"eb{size}"
+    record["encoder_batch_seconds"] = ENCODER_BATCH_SECONDS
+    for name, flags in SERVE_VARIANTS:
         if c.left() < 150 or "error" in record:
             record[name] = {"skipped": "no time left in this part"}
             continue
-        record[name] = serve_levels(c, model, ["--encoder-batch-size", str(size)], levels[1:], name)
+        record[name] = serve_levels(c, model, flags, levels[1:], name)
     record["batch_reference"] = "the cli part's fixed-work RTFx (same 2,000 files, same "
     record["batch_reference"] += "defaults, ceil(4 x seconds) tokens each, end to end)"
     return record | {"versions": throughput._versions(), "commands": c.runner.commands}

@@ -65,8 +65,8 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
          with its 128-in-flight pass (serve_c128_vs_batch_in_flight_128). Each
          level keeps what the server's /metrics histograms added during it (encoder
          batches, event-loop lag, vLLM's queue/prefill/decode times). With time left, more
-         servers take the c=128 level again with ``--encoder-batch-size`` 16 (the old
-         default) and 256 (serve_c128_rtfx_by_encoder_batch).
+         servers take the c=128 level again with other encoder passes (sbs_scale's
+         SERVE_VARIANTS; serve_c128_rtfx_by_encoder_batch).
   firered, vibevoice  optional, last (each ~8 min and more; 7B LLMs, fixtures of ~15 GB
          written the first time): benchmarks/firered.py (merged path) and throughput.py
          --family vibevoice-asr on short clips.
@@ -164,14 +164,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def by_encoder_batch(serve: dict) -> dict[str, float] | None:
-    """c=128 RTFx per server encoder pass size: the default server's (16 before the
-    ``encoder_batch_size`` field was recorded, the default then) and each ``ebN`` one's."""
-    found = {str(serve.get("encoder_batch_size", 16)): _get(serve, "c128", "rtfx")}
+    """c=128 RTFx per server encoder pass: keyed ``N`` (utterances a pass, with the default
+    960 s audio budget) or ``N-sS`` (and S seconds). The default server's key comes from its
+    recorded ``encoder_batch_size`` (16 where none was recorded, the default then); each
+    ``ebN`` or ``ebN-sS`` record is a server with those flags."""
+    seconds = serve.get("encoder_batch_seconds", 960)
+    default = str(serve.get("encoder_batch_size", 16))
+    default += f"-s{seconds:g}" if seconds != 960 else ""
+    found = {default: _get(serve, "c128", "rtfx")}
     for key, record in serve.items():
-        if re.fullmatch(r"eb\d+", key) and isinstance(record, dict):
+        if re.fullmatch(r"eb\d+(-s\d+)?", key) and isinstance(record, dict):
             found[key[2:]] = _get(record, "c128", "rtfx")
     found = {k: v for k, v in found.items() if v}
-    return dict(sorted(found.items(), key=lambda kv: int(kv[0]))) or None
+    order = sorted(found, key=lambda k: [int(x) for x in k.replace("-s", " ").split()])
+    return {k: found[k] for k in order} or None
 
 
 def summarize(report: dict) -> dict:

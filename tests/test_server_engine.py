@@ -91,16 +91,11 @@ def test_transcribe_asks_vllm_for_the_final_output_only(fake_engine, fun_asr_tin
     assert done.token_ids == final.token_ids
 
 
-def test_encoder_passes_keep_the_batch_paths_audio_budget(
-    fake_engine, fun_asr_tiny: Path, monkeypatch
-) -> None:
+def test_encoder_passes_keep_an_audio_budget(fake_engine, fun_asr_tiny: Path) -> None:
     """Requests batched together are encoded in sub-batches of at most
-    ``encoder_batch_size`` utterances and ``ENCODER_BATCH_SECONDS`` of padded audio (the
-    batch path's rule), so a large batch size cannot take more encoder memory than the
-    batch path does; every request still gets its own result."""
-    import asrctl.server.engine as server_engine
-
-    monkeypatch.setattr(server_engine, "ENCODER_BATCH_SECONDS", 2.5)  # two 1 s clips a pass
+    ``encoder_batch_size`` utterances and ``encoder_batch_seconds`` of padded audio (the
+    batch path's rule, and by default its budget), so a large batch size cannot take more
+    encoder memory than asked; every request still gets its own result."""
     passes: list[int] = []
     real = None
 
@@ -115,8 +110,8 @@ def test_encoder_passes_keep_the_batch_paths_audio_budget(
         nonlocal real
         model = await AsyncModel.start(
             fun_asr_tiny, EngineOptions(), device="cpu", batch_window_s=0.5,
-            encoder_batch_size=8, max_tokens=4,
-        )  # fmt: skip
+            encoder_batch_size=8, encoder_batch_seconds=2.5, max_tokens=4,
+        )  # fmt: skip  # two 1 s clips a pass
         real = model.pipeline.encoder
         model.pipeline.encoder = Spy()  # type: ignore[assignment]
         try:

@@ -167,6 +167,7 @@ def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) ->
     best = {"replicas": {"2": {"rtfx": 5000.0}, "3": {"rtfx": 6100.0}, "4": {"error": "x"}}}
     sbs.merge(out, "best", best, "side_by_side.py --part best")
     serve = {"c1": {"p50_ms": 90.0}, "c128": {"rtfx": 2400.0}, "eb256": {"c128": {"rtfx": 2700}}}
+    serve["eb64-s1920"] = {"c128": {"rtfx": 2500.0}}
     sbs.merge(out, "serve", serve, "x")
     report = json.loads(out.read_text())
     assert all(k in report for k in TOP)
@@ -178,7 +179,9 @@ def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) ->
     assert report["ratio_default_fixed_work_vs_funasr"] == round(3000 / 575, 2)
     assert report["serve_c128_vs_batch"] == 0.8 and report["serve_c1_p50_ms"] == 90.0
     # the default server's pass size was not recorded before round 11: 16, the default then
-    assert report["serve_c128_rtfx_by_encoder_batch"] == {"16": 2400.0, "256": 2700}
+    by_pass = report["serve_c128_rtfx_by_encoder_batch"]
+    assert by_pass == {"16": 2400.0, "64-s1920": 2500.0, "256": 2700}
+    assert list(by_pass) == ["16", "64-s1920", "256"]
     assert report["batch_in_flight_128_rtfx"] == 1200.0
     assert report["serve_c128_vs_batch_in_flight_128"] == 2.0
     assert report["glm_default_rtfx"] is None  # not run yet

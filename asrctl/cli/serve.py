@@ -13,6 +13,7 @@ from asrctl.cli._options import (
     DeviceOpt,
     DtypeOpt,
     EmbeddingCacheMbOpt,
+    EncoderBatchSecondsOpt,
     EncoderBatchSizeOpt,
     EncoderDtypeOpt,
     EnforceEagerOpt,
@@ -35,6 +36,7 @@ from asrctl.cli._options import (
     WsIdleTimeoutOpt,
     WsMaxSessionsOpt,
 )
+from asrctl.pipeline import ENCODER_BATCH_SECONDS
 from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE
 
 API_KEY_ENV = "ASRCTL_API_KEY"
@@ -51,6 +53,7 @@ def serve(
     max_audio_seconds: MaxAudioSecondsOpt = None,
     batch_window_ms: BatchWindowMsOpt = 10.0,
     encoder_batch_size: EncoderBatchSizeOpt = SERVER_ENCODER_BATCH_SIZE,
+    encoder_batch_seconds: EncoderBatchSecondsOpt = ENCODER_BATCH_SECONDS,
     max_tokens: MaxTokensOpt = None,
     shutdown_timeout: ShutdownTimeoutOpt = 30.0,
     device: DeviceOpt = None,
@@ -87,6 +90,7 @@ def serve(
         max_audio_seconds=max_audio_seconds,
         batch_window_ms=batch_window_ms,
         encoder_batch_size=encoder_batch_size,
+        encoder_batch_seconds=encoder_batch_seconds,
         max_tokens=max_tokens,
         shutdown_timeout_s=shutdown_timeout,
         device=device,

@@ -58,6 +58,7 @@ from asrctl.cli._options import (
     TopPOpt,
     VadOpt,
 )
+from asrctl.pipeline import ENCODER_BATCH_SECONDS
 
 if TYPE_CHECKING:
     from asrctl.pipeline import Startup
@@ -92,7 +93,7 @@ def transcribe(
     hotwords: HotwordsOpt = None,
     no_itn: NoItnOpt = False,
     batch_size: BatchSizeOpt = None,
-    encoder_batch_seconds: EncoderBatchSecondsOpt = 960.0,
+    encoder_batch_seconds: EncoderBatchSecondsOpt = ENCODER_BATCH_SECONDS,
     max_in_flight: MaxInFlightOpt = 1024,
     max_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = 0.0,

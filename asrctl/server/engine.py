@@ -73,12 +73,14 @@ class AsyncModel:
         *,
         batch_window_s: float,
         encoder_batch_size: int,
+        encoder_batch_seconds: float = ENCODER_BATCH_SECONDS,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         assert isinstance(pipeline.engine, AsyncEngine)
         self.engine: AsyncEngine = pipeline.engine
         self.encoder_batch_size = encoder_batch_size
+        self.encoder_batch_seconds = encoder_batch_seconds
         self.batcher: EncoderBatcher[_Job, Encoded] = EncoderBatcher(
             self._encode, window_s=batch_window_s, max_batch=encoder_batch_size, on_batch=on_batch
         )
@@ -95,6 +97,7 @@ class AsyncModel:
         cache_dir: Path | None = None,
         batch_window_s: float = 0.01,
         encoder_batch_size: int = SERVER_ENCODER_BATCH_SIZE,
+        encoder_batch_seconds: float = ENCODER_BATCH_SECONDS,
         max_tokens: int | None = None,
         sampling_override: SamplingOverride | None = None,
         on_batch: Callable[[int, float], None] | None = None,
@@ -115,6 +118,7 @@ class AsyncModel:
             pipeline,
             batch_window_s=batch_window_s,
             encoder_batch_size=encoder_batch_size,
+            encoder_batch_seconds=encoder_batch_seconds,
             on_batch=on_batch,
         )
 
@@ -224,12 +228,12 @@ class AsyncModel:
 
     def _encode(self, jobs: Sequence[_Job]) -> list[Encoded | BaseException]:
         """Worker thread: encode the batch's audio in length-sorted sub-batches (at most
-        ``encoder_batch_size`` utterances and ``ENCODER_BATCH_SECONDS`` of padded audio
+        ``encoder_batch_size`` utterances and ``encoder_batch_seconds`` of padded audio
         each, the batch path's rule) and build the prompts; a sub-batch that fails fails
         only its own requests."""
         out: list[Encoded | BaseException] = [RuntimeError("not encoded")] * len(jobs)
         lengths = [len(job.audio) for job in jobs]
-        budget = int(ENCODER_BATCH_SECONDS * self.sample_rate)
+        budget = self.pipeline.encoder_budget(self.encoder_batch_seconds)
         batches = length_batches(lengths, self.encoder_batch_size, budget, longest_first=False)
         for idx in batches:
             sub = [jobs[i] for i in idx]

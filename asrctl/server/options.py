@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asrctl.errors import OptionsError
-from asrctl.pipeline import SamplingOverride, resolve_encoder_dtype
+from asrctl.pipeline import ENCODER_BATCH_SECONDS, SamplingOverride, resolve_encoder_dtype
 
 # Most utterances per audio-encoder pass under load. A lone request is encoded alone (the
 # batcher takes what is queued), so this bounds a pass, not a wait. Round 11 (H100, c=128,
@@ -70,8 +70,9 @@ class ServerOptions:
         max_audio_seconds: longest accepted audio (None: the model's own per-pass limit;
             never more than it).
         batch_window_ms: how long the encoder waits for more requests to batch with.
-        encoder_batch_size: most utterances per audio-encoder forward pass (each pass also
-            holds at most ``ENCODER_BATCH_SECONDS`` of padded audio, as in the batch path).
+        encoder_batch_size: most utterances per audio-encoder forward pass.
+        encoder_batch_seconds: most padded audio (utterances x the longest) per encoder
+            pass, in seconds; the batch path's default, which bounds the encoder's memory.
         max_tokens: cap on generated tokens per request (None: the family's default).
         shutdown_timeout_s: how long a shutdown waits for in-flight requests.
         device: device of the audio encoder (None: cuda if available, else cpu).
@@ -97,6 +98,7 @@ class ServerOptions:
     max_audio_seconds: float | None = None
     batch_window_ms: float = 10.0
     encoder_batch_size: int = SERVER_ENCODER_BATCH_SIZE
+    encoder_batch_seconds: float = ENCODER_BATCH_SECONDS
     max_tokens: int | None = None
     shutdown_timeout_s: float = 30.0
     device: str | None = None
@@ -125,6 +127,8 @@ class ServerOptions:
             raise OptionsError("--embedding-cache-mb must be 0 or more")
         if self.encoder_batch_size < 1:
             raise OptionsError("--encoder-batch-size must be at least 1")
+        if self.encoder_batch_seconds < 1:
+            raise OptionsError("--encoder-batch-seconds must be at least 1")
         resolve_encoder_dtype(self.encoder_dtype)  # fails fast, naming the choices
         if self.max_tokens is not None and self.max_tokens < 1:
             raise OptionsError("--max-tokens must be at least 1")
