@@ -2,7 +2,7 @@
 # One device call of the side-by-side benchmark, on the GPU machine:
 #   bash benchmarks/lease.sh STEP [side_by_side.py args...]
 # STEP names the log (/tmp/bench/STEP.log). STEP "unpack" first unpacks the packs that
-# benchmarks/pack_gpu.sh made (send .gpu/p0..pN-1, r0, r1 with `cp .gpu/X/* /tmp/stage/`,
+# benchmarks/pack_gpu.sh made (send .gpu/p0..pN-1, r0, r1, ... with `cp .gpu/X/* /tmp/stage/`,
 # one call each; this call carries the last .gpu/pN) and then runs side_by_side.py with
 # its arguments (the start part, on a fresh machine). The results file is /tmp/bench/sbs.json, merged across calls, and it
 # is copied to $OUT every 5 s, with the logs, so a call cut at its limit still returns it.

@@ -2,7 +2,7 @@
 # Packs what the side-by-side benchmark needs on the GPU machine (no registry there):
 # vLLM 0.26 and its missing requirements (../shared/gpu/prepare.sh -> .gpu/p0..pN),
 # FunASR and its pure-Python requirements for the peers part, asrctl's own extras,
-# and Ray (--engines-per-gpu, the best part) as .gpu/r0 .gpu/r1. ~6 min.
+# and Ray (--engines-per-gpu, the best part) as .gpu/r0, r1, ... (40 MiB each). ~6 min.
 #
 #   benchmarks/pack_gpu.sh            # from the project root
 #   benchmarks/pack_gpu.sh --lean     # vLLM and asrctl's own requirements only: 4 parts,
@@ -34,13 +34,16 @@ pip wheel -q --no-deps -w "$WHL" funasr==1.4.16 hydra-core omegaconf==2.3.1 \
 
 pip download -q --no-deps "${PLAT[@]}" -d "$RAY" "ray==2.60.0" click msgpack requests \
     urllib3 certifi charset-normalizer aiohappyeyeballs
-mkdir -p "$ROOT/.gpu/r0" "$ROOT/.gpu/r1"
+rm -rf "$ROOT"/.gpu/r[0-9]*
 tar -C "$RAY" -cf - . | split -b 40M -d -a 1 - "$WHL/ray.tar."
-mv "$WHL/ray.tar.0" "$ROOT/.gpu/r0/"
-mv "$WHL/ray.tar.1" "$ROOT/.gpu/r1/"
-cat > "$ROOT/.gpu/r1/unpack_ray.sh" <<'SH'
+last=""
+for part in "$WHL"/ray.tar.*; do  # one folder (one send) per 40 MiB part: r0, r1, ...
+  last="$ROOT/.gpu/r${part##*.}"
+  mkdir -p "$last" && mv "$part" "$last/"
+done
+cat > "$last/unpack_ray.sh" <<'SH'
 #!/usr/bin/env bash
-# On the GPU machine, after r0 and r1 were copied to /tmp/stage: Ray's wheels -> /tmp/site
+# On the GPU machine, after every .gpu/rN was copied to /tmp/stage: Ray's wheels -> /tmp/site
 set -e
 mkdir -p /tmp/raywhl && cat /tmp/stage/ray.tar.* | tar -C /tmp/raywhl -xf -
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
