@@ -167,16 +167,18 @@ def by_encoder_batch(serve: dict) -> dict[str, float] | None:
     """c=128 RTFx per server encoder pass: keyed ``N`` (utterances a pass, with the default
     960 s audio budget) or ``N-sS`` (and S seconds). The default server's key comes from its
     recorded ``encoder_batch_size`` (16 where none was recorded, the default then); each
-    ``ebN`` or ``ebN-sS`` record is a server with those flags."""
+    ``ebN``, ``ebN-sS`` or ``...-graphs`` record is a server with those flags."""
     seconds = serve.get("encoder_batch_seconds", 960)
     default = str(serve.get("encoder_batch_size", 16))
     default += f"-s{seconds:g}" if seconds != 960 else ""
     found = {default: _get(serve, "c128", "rtfx")}
     for key, record in serve.items():
-        if re.fullmatch(r"eb\d+(-s\d+)?", key) and isinstance(record, dict):
+        if re.fullmatch(r"eb\d+(-s\d+)?(-graphs)?", key) and isinstance(record, dict):
             found[key[2:]] = _get(record, "c128", "rtfx")
     found = {k: v for k, v in found.items() if v}
-    order = sorted(found, key=lambda k: [int(x) for x in k.replace("-s", " ").split()])
+    order = sorted(
+        found, key=lambda k: [int(x) if x.isdigit() else -1 for x in re.findall(r"\d+|graphs", k)]
+    )
     return {k: found[k] for k in order} or None
 
 
@@ -219,6 +221,7 @@ def summarize(report: dict) -> dict:
         ),
         "glm_default_rtfx": _get(parts, "glm", "end_to_end", "rtfx"),
         "serve_c1_p50_ms": _get(parts, "serve", "c1", "p50_ms"),
+        "serve_graphs_c1_p50_ms": _get(parts, "serve", "eb64-graphs", "c1", "p50_ms"),
         "serve_c128_rtfx": c128,
         "serve_c128_rtfx_by_encoder_batch": by_encoder_batch(parts.get("serve") or {}),
         "serve_c128_vs_batch": _ratio(c128, batch),

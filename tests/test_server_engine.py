@@ -125,3 +125,25 @@ def test_encoder_passes_keep_an_audio_budget(fake_engine, fun_asr_tiny: Path) ->
     results = asyncio.run(scenario())
     assert passes == [2, 2]
     assert len(results) == 4 and all(r.text for r in results)
+
+
+def test_encoder_graphs_without_a_gpu_say_so_and_serve(
+    fake_engine, fun_asr_tiny: Path, caplog
+) -> None:
+    """``--encoder-graphs`` where CUDA graphs cannot run (here: the CPU) warns once at
+    start and encodes eagerly."""
+
+    async def scenario():
+        model = await AsyncModel.start(
+            fun_asr_tiny, EngineOptions(), device="cpu", batch_window_s=0.0,
+            encoder_batch_size=4, encoder_graphs=True, max_tokens=4,
+        )  # fmt: skip
+        try:
+            return await model.transcribe(noise(1.0), PromptOptions(), DecodeOptions())
+        finally:
+            await model.close()
+
+    with caplog.at_level("WARNING", logger="asrctl.server"):
+        result = asyncio.run(scenario())
+    assert result.text
+    assert any("--encoder-graphs" in r.getMessage() for r in caplog.records)

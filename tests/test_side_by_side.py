@@ -168,6 +168,7 @@ def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) ->
     sbs.merge(out, "best", best, "side_by_side.py --part best")
     serve = {"c1": {"p50_ms": 90.0}, "c128": {"rtfx": 2400.0}, "eb256": {"c128": {"rtfx": 2700}}}
     serve["eb64-s1920"] = {"c128": {"rtfx": 2500.0}}
+    serve["eb16-graphs"] = {"c1": {"p50_ms": 50.0}, "c128": {"rtfx": 2600.0}}
     sbs.merge(out, "serve", serve, "x")
     report = json.loads(out.read_text())
     assert all(k in report for k in TOP)
@@ -180,8 +181,8 @@ def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) ->
     assert report["serve_c128_vs_batch"] == 0.8 and report["serve_c1_p50_ms"] == 90.0
     # the default server's pass size was not recorded before round 11: 16, the default then
     by_pass = report["serve_c128_rtfx_by_encoder_batch"]
-    assert by_pass == {"16": 2400.0, "64-s1920": 2500.0, "256": 2700}
-    assert list(by_pass) == ["16", "64-s1920", "256"]
+    assert by_pass == {"16": 2400.0, "16-graphs": 2600.0, "64-s1920": 2500.0, "256": 2700}
+    assert list(by_pass) == ["16", "16-graphs", "64-s1920", "256"]
     assert report["batch_in_flight_128_rtfx"] == 1200.0
     assert report["serve_c128_vs_batch_in_flight_128"] == 2.0
     assert report["glm_default_rtfx"] is None  # not run yet

@@ -443,6 +443,15 @@ EncoderBatchSizeOpt = Annotated[
         rich_help_panel=SERVER,
     ),
 ]
+EncoderGraphsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--encoder-graphs",
+        help="Replay the audio encoder's passes as CUDA graphs (Fun-ASR-Nano on a GPU; "
+        "experimental): far less Python work per pass.",
+        rich_help_panel=SERVER,
+    ),
+]
 ServeVadOpt = Annotated[
     bool,
     typer.Option(

@@ -31,6 +31,12 @@ class AudioEncoder(ABC):
         """True when this encoder can time words (e.g. Fun-ASR-Nano with its CTC head)."""
         return False
 
+    def use_graphs(self, budget_samples: int) -> bool:
+        """Replay passes of at most ``budget_samples`` padded samples as CUDA graphs
+        (:mod:`asrctl.models.graphs`) from now on; False where this encoder or its device
+        cannot."""
+        return False
+
     def encode(
         self, waves: Sequence[torch.Tensor], *, timing: bool = False
     ) -> tuple[list[torch.Tensor], list[object] | None]:

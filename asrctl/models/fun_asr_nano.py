@@ -29,6 +29,7 @@ from asrctl.models.funasr_adaptor import (
     adaptor_length,
     fun_asr_audio_token_count,
 )
+from asrctl.models.graphs import GRAPH_BUDGET_FACTOR, Buckets, GraphedCore
 from asrctl.models.padding import pad_short, padded_batch, shortest_input
 from asrctl.models.sensevoice import SenseVoiceEncoder, SenseVoiceEncoderConfig
 from asrctl.results import Word
@@ -133,6 +134,7 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         self.audio_adaptor = FunAsrAdaptor(adp_conf)
         self.ctc_head: FunAsrCtcHead | None = None
         self.ctc_tokenizer: CtcTokenizer | None = None
+        self.graphs: GraphedCore | None = None
 
     @classmethod
     def from_checkpoint(
@@ -192,6 +194,23 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
     def word_timing(self) -> bool:
         return self.ctc_head is not None
 
+    def use_graphs(self, budget_samples: int) -> bool:
+        if self.device.type != "cuda":
+            return False
+        frames = lfr_length(num_frames(budget_samples, self.fbank_options), self.lfr_n)
+        self.graphs = GraphedCore(
+            self._core,
+            Buckets(cells=GRAPH_BUDGET_FACTOR * frames),
+            feature_dim=self.audio_encoder.config.input_size,
+            dtype=self.audio_encoder.after_norm.weight.dtype,
+            device=self.device,
+        )
+        return True
+
+    def _core(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder and adaptor: LFR features (B, T, 560) -> embeddings and their counts."""
+        return self.audio_adaptor(*self.audio_encoder(feats, lengths))
+
     def forward(self, waves: Sequence[Tensor]) -> list[Tensor]:
         return self.encode(waves)[0]
 
@@ -199,15 +218,24 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         self, waves: Sequence[Tensor], *, timing: bool = False
     ) -> tuple[list[Tensor], list[object] | None]:
         feats, lengths = self.features(waves)
-        dtype = self.audio_encoder.after_norm.weight.dtype
-        enc, enc_lens = self.audio_encoder(feats.to(dtype), lengths)
+        feats = feats.to(self.audio_encoder.after_norm.weight.dtype)
+        timed = timing and self.ctc_head is not None
+        if self.graphs is not None and not timed:  # the CTC head needs the encoder's output
+            out, out_lens = self.graphs(feats, lengths)
+            return self._embeddings(out, out_lens), None
+        enc, enc_lens = self.audio_encoder(feats, lengths)
         out, out_lens = self.audio_adaptor(enc, enc_lens)
-        counts = [spliced_count(int(n), self.low_frame_rate) for n in out_lens.tolist()]
-        embeds = [out[i, :n] for i, n in enumerate(counts)]
-        if not (timing and self.ctc_head is not None):
+        embeds = self._embeddings(out, out_lens)
+        if not timed:
             return embeds, None
+        assert self.ctc_head is not None
         frames: list[object] = [f.to("cpu") for f in self.ctc_head(enc, enc_lens)]
         return embeds, frames
+
+    def _embeddings(self, out: Tensor, out_lens: Tensor) -> list[Tensor]:
+        """Each utterance's embeddings from the adaptor's padded output."""
+        counts = [spliced_count(int(n), self.low_frame_rate) for n in out_lens.tolist()]
+        return [out[i, :n] for i, n in enumerate(counts)]
 
     def word_times(self, texts: Sequence[str], timing: Sequence[object]) -> list[list[Word]]:
         """Force-align each text's CTC tokens to its frames, in one batch; words in seconds."""

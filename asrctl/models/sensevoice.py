@@ -111,7 +111,8 @@ def sinusoidal_positions(length: int, depth: int, device: torch.device) -> Tenso
     The ops run in the same order and precision as funasr so the tables match bit for bit.
     """
     positions = torch.arange(1, length + 1, device=device, dtype=torch.float32)
-    log_increment = torch.log(torch.tensor(10000.0, device=device)) / (depth / 2 - 1)
+    # filled where it is used: no host-to-device copy, so a CUDA graph can capture it
+    log_increment = torch.full((), 10000.0, device=device).log() / (depth / 2 - 1)
     steps = torch.arange(depth // 2, device=device, dtype=torch.float32)
     scaled_time = positions[:, None] * torch.exp(steps * -log_increment)[None, :]
     return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=-1)

@@ -222,6 +222,7 @@ async def start_state(
         batch_window_s=options.batch_window_ms / 1000,
         encoder_batch_size=options.encoder_batch_size,
         encoder_batch_seconds=options.encoder_batch_seconds,
+        encoder_graphs=options.encoder_graphs,
         max_tokens=options.max_tokens,
         sampling_override=options.sampling_override,
         on_batch=metrics.on_encoder_batch,
