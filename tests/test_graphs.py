@@ -101,3 +101,24 @@ def test_a_pass_over_the_budget_runs_eagerly(encoder) -> None:
 
 def test_no_graphs_without_a_gpu(encoder) -> None:
     assert encoder.use_graphs(960 * 16000) is False and encoder.graphs is None
+
+
+def test_a_failed_capture_falls_back_to_eager_for_good(encoder, caplog) -> None:
+    calls = []
+
+    def broken(core, feats, lengths):
+        calls.append(feats.shape)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    core = graphed(encoder, cells=16000)
+    core._capture = broken
+    encoder.graphs = core
+    try:
+        with torch.inference_mode():
+            want, _ = encoder.encode(waves([1.0]))
+            got, _ = encoder.encode(waves([1.0]))
+    finally:
+        encoder.graphs = None
+    assert core.failed and len(calls) == 1 and core.captured == []
+    assert torch.equal(want[0], got[0])
+    assert any("capture failed" in r.getMessage() for r in caplog.records)

@@ -93,16 +93,19 @@ class GraphedCore:
         self._dim = feature_dim
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._lock = threading.Lock()  # one pass at a time uses the static buffers
+        self.failed = False
 
     def __call__(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``core(feats, lengths)`` for a right-padded (B, T, D) batch: each row's valid
         outputs (the first ``out_lengths[i]``) as ``core`` gives them."""
         batch, frames, _ = feats.shape
-        key = self.buckets.pick(batch, frames)
+        key = None if self.failed else self.buckets.pick(batch, frames)
         if key is None:
             return self.core(feats, lengths)
         with self._lock:
             graph = self._graphs.get(key) or self._new(key)
+            if graph is None:  # the capture failed: every pass from now on is eager
+                return self.core(feats, lengths)
             graph.feats.zero_()
             graph.feats[:batch, :frames].copy_(feats)
             graph.lengths.fill_(1)
@@ -116,13 +119,18 @@ class GraphedCore:
         """The buckets captured so far."""
         return sorted(self._graphs)
 
-    def _new(self, key: tuple[int, int]) -> _Graph:
+    def _new(self, key: tuple[int, int]) -> _Graph | None:
         batch, frames = key
         feats = self._feats[: batch * frames * self._dim].view(batch, frames, self._dim)
         lengths = self._lengths[:batch]
         feats.zero_()
         lengths.fill_(1)
-        out, out_lengths, replay = self._capture(self.core, feats, lengths)
+        try:
+            out, out_lengths, replay = self._capture(self.core, feats, lengths)
+        except Exception:  # an experimental path must not fail requests: go eager
+            log.exception("audio encoder: CUDA graph capture failed; encoding eagerly")
+            self.failed = True
+            return None
         log.debug("audio encoder: captured a graph for %d utterances x %d frames", *key)
         self._graphs[key] = _Graph(feats, lengths, out, out_lengths, replay)
         return self._graphs[key]
