@@ -12,8 +12,9 @@ attention keys, memory blocks that zero padded values): the valid outputs are th
 numbers, except for what other matrix shapes change in floating-point rounding. Extra rows
 get length 1, so no row is fully masked. A graph is captured the first time its bucket is
 needed (a few eager passes), into one memory pool that all graphs share, and its input
-buffers are views of one buffer sized by the pass budget. A pass larger than any bucket
-within the budget runs eagerly.
+buffers are views of one buffer as large as the largest bucket allowed (twice the pass
+budget). A pass that rounds up to no allowed bucket runs eagerly, and so does every pass
+after a capture fails.
 """
 
 from __future__ import annotations
