@@ -7,7 +7,7 @@ waveforms through ``encode`` (fbank, encoder, adaptor) eagerly and then with
 
 - the largest relative difference of any utterance's embeddings between the two,
 - the time a pass takes, median of ``--repeat`` after one pass that captures the graph,
-- the capture time of each bucket the workload needed.
+- the workload's wall time with graphs, its captures included, and the buckets captured.
 
 Workloads: one 5 s clip (``asrctl serve`` at c=1), and passes of 16 and 48 utterances of
 the side-by-side benchmark's lengths (2 s plus an exponential of mean 6 s, capped at
@@ -44,14 +44,13 @@ def workloads(seed: int) -> dict[str, list[np.ndarray]]:
     return {"c1_5s": clips([5.0]), "pass_16": clips(lengths(16)), "pass_48": clips(lengths(48))}
 
 
-def timed_passes(encoder, waves, repeat: int) -> tuple[float, list]:
-    """Median seconds of one ``Pipeline.encode``-like pass (the server's sub-batches)."""
+def timed_passes(encoder, waves, repeat: int, budget: int) -> tuple[float, list]:
+    """Median seconds of one ``Pipeline.encode``-like pass (the server's sub-batches of at
+    most ``budget`` padded samples)."""
     import torch
 
-    from asrctl.pipeline import ENCODER_BATCH_SECONDS
     from asrctl.transcribe import encode_sorted
 
-    budget = int(ENCODER_BATCH_SECONDS * 16000)
     out: list = []
     times = []
     for _ in range(repeat + 1):  # the first pass captures what it needs
@@ -89,13 +88,14 @@ def main() -> int:
     )
     dtype = apply_encoder_precision("auto", device)
     encoder = load_adapter(model).audio_encoder(device, dtype)
+    budget = int(ENCODER_BATCH_SECONDS * 16000)
     results = {}
     with torch.inference_mode():
-        eager = {name: timed_passes(encoder, w, args.repeat) for name, w in workloads(0).items()}
-        graphs = encoder.use_graphs(int(ENCODER_BATCH_SECONDS * 16000))
+        eager = {n: timed_passes(encoder, w, args.repeat, budget) for n, w in workloads(0).items()}
+        graphs = encoder.use_graphs(budget)
         for name, waves in workloads(0).items():
             t0 = time.perf_counter()
-            seconds, out = timed_passes(encoder, waves, args.repeat)
+            seconds, out = timed_passes(encoder, waves, args.repeat, budget)
             results[name] = {
                 "utterances": len(waves),
                 "audio_seconds": round(sum(len(w) for w in waves) / 16000, 2),
