@@ -150,7 +150,7 @@ def common_args(args: argparse.Namespace) -> list[str]:
     out = ["--workdir", str(args.workdir), "--size", args.size, "--n", str(args.n)]
     out += ["--glm-n", str(args.glm_n), "--replicas", args.replicas]
     out += ["--part-timeout", str(args.part_timeout), "--clips", str(args.clips)]
-    out += ["--start-n", str(args.start_n)]
+    out += ["--start-n", str(args.start_n), "--serve-variants", args.serve_variants]
     out += ["--short-n", str(args.short_n), "--replica-mode", args.replica_mode]
     out += ["--lean"] if args.lean else []
     return out + (["--smoke"] if args.smoke else [])

@@ -291,7 +291,10 @@ def part_serve(c: Child) -> dict:
     record = serve_levels(c, model, [], levels)
     record["encoder_batch_size"] = SERVER_ENCODER_BATCH_SIZE
     record["encoder_batch_seconds"] = ENCODER_BATCH_SECONDS
+    chosen_names = c.args.serve_variants.split(",")  # checked by side_by_side.py's main
     for name, flags, wanted in SERVE_VARIANTS:
+        if name not in chosen_names:
+            continue
         if c.left() < 150 or "error" in record:
             record[name] = {"skipped": "no time left in this part"}
             continue

@@ -66,7 +66,7 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
          level keeps what the server's /metrics histograms added during it (encoder
          batches, event-loop lag, vLLM's queue/prefill/decode times). With time left, more
          servers take the c=128 level again with other encoder passes (sbs_scale's
-         SERVE_VARIANTS; serve_c128_rtfx_by_encoder_batch).
+         SERVE_VARIANTS, or those --serve-variants names; serve_c128_rtfx_by_encoder_batch).
   firered, vibevoice  optional, last (each ~8 min and more; 7B LLMs, fixtures of ~15 GB
          written the first time): benchmarks/firered.py (merged path) and throughput.py
          --family vibevoice-asr on short clips.
@@ -103,7 +103,7 @@ from sbs_parts import (
     part_start,
     part_vibevoice,
 )
-from sbs_scale import best_k, part_best, part_serve, replica
+from sbs_scale import SERVE_VARIANTS, best_k, part_best, part_serve, replica
 
 PARTS = ("start", "cli", "best", "peers", "glm", "serve", "firered", "vibevoice", "hour")
 
@@ -318,6 +318,11 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=CLIPS, help="5 s clips of the c=1 test")
     ap.add_argument("--replicas", default="2,3", help="engines sharing the GPU (best part)")
     ap.add_argument(
+        "--serve-variants",
+        default=",".join(name for name, _, _ in SERVE_VARIANTS),
+        help="serve part: the extra servers after the default one, in order ('' for none)",
+    )
+    ap.add_argument(
         "--replica-mode",
         choices=("auto", "ray", "processes"),
         default="auto",
@@ -346,6 +351,9 @@ def main() -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
         ap.error(f"--part/--parts: choose from {', '.join(PARTS)} (got {unknown or 'none'})")
+    variants = {name for name, _, _ in SERVE_VARIANTS}
+    if bad := [v for v in args.serve_variants.split(",") if v.strip() and v not in variants]:
+        ap.error(f"--serve-variants: choose from {', '.join(sorted(variants))} (got {bad})")
     return parent(args, parts)
 
 
