@@ -16,7 +16,7 @@ appends them to the one output folder (:class:`asrctl.results.ResultsDir`) as th
   ``gpus_per_worker``): K workers share each GPU (1/K of a GPU each in Ray's
   accounting), each its own process with its own vLLM engine, which gets 1/K of
   ``gpu_memory_utilization`` (read as what the K engines of one GPU take together;
-  default :data:`SHARED_GPU_MEMORY`, leaving room for each worker's audio encoder). One
+  default :data:`GPU_MEMORY_UTILIZATION`, leaving room for each worker's audio encoder). One
   vLLM engine's scheduler is CPU-bound on a small LLM and leaves the GPU mostly idle;
   K processes drive it K times as hard. Workers sharing a GPU start one after another:
   vLLM sizes its KV cache from the free memory it profiles at start, assuming no other
@@ -49,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from asrctl.engine import GPU_MEMORY_UTILIZATION
 from asrctl.errors import AsrctlError, OptionsError
 
 if TYPE_CHECKING:
@@ -65,10 +66,6 @@ MAX_SHARD_ATTEMPTS = 3  # a shard's worker may die this often before its inputs 
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024**2  # a local cluster's object store (results are small)
 LOCAL_IP = "127.0.0.1"
 FORWARDED_ENV = ("ASRCTL_", "VLLM_", "HF_", "OMP_NUM_THREADS")  # driver env the workers get
-# With several engines per GPU: the share of GPU memory the engines of one GPU take
-# together (vLLM's own default, 0.9, is for one engine): the rest holds each worker's
-# CUDA contexts, audio encoder and its activations (~2-3 GiB per worker on an H100).
-SHARED_GPU_MEMORY = 0.8
 
 
 @dataclass(frozen=True)
@@ -454,11 +451,11 @@ def engines_sharing_a_gpu(gpus_per_worker: float) -> int:
 def shared_gpu_spec(spec: PipelineSpec, k: int, local_workers: int | None) -> PipelineSpec:
     """``spec`` for one of ``k`` workers sharing a GPU: 1/k of the GPU memory the engines
     of one GPU take together (``gpu_memory_utilization`` if given, else
-    :data:`SHARED_GPU_MEMORY`), and on a local cluster of ``local_workers`` workers an
+    :data:`GPU_MEMORY_UTILIZATION`), and on a local cluster of ``local_workers`` workers an
     equal share of this host's cores as torch threads (Ray gives each actor one)."""
     if spec.engine_options.tensor_parallel_size > 1:
         raise OptionsError("several engines per GPU: not with --tensor-parallel-size > 1")
-    total = spec.engine_options.gpu_memory_utilization or SHARED_GPU_MEMORY
+    total = spec.engine_options.gpu_memory_utilization or GPU_MEMORY_UTILIZATION
     share = math.floor(total / k * 1000) / 1000
     engine = replace(spec.engine_options, gpu_memory_utilization=share)
     threads = spec.torch_threads

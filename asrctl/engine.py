@@ -40,6 +40,11 @@ MAX_CACHED_TEXTS = 256  # prompt texts whose embeddings TextEmbedder keeps (per 
 CPU_KV_CACHE_GIB = "2"  # default VLLM_CPU_KVCACHE_SPACE when running without a GPU
 GPU_MAX_NUM_SEQS = 1024  # sequences decoded at once on a GPU unless --max-num-seqs says
 GPU_MAX_BATCHED_TOKENS = 16384  # tokens per engine step on a GPU
+# The share of a GPU's memory vLLM takes unless --gpu-memory-utilization says (with several
+# engines per GPU, what they take together). The rest holds asrctl's CUDA context, audio
+# encoder and its activations. vLLM's own default, 0.9, left ~5 GiB of an H100 beside it,
+# and encoder passes ran out of memory there (BENCHMARKS.md, round 13).
+GPU_MEMORY_UTILIZATION = 0.8
 # torch CPU threads of vLLM's engine-core process on a GPU (unless OMP_NUM_THREADS is set).
 # Its CPU tensor work is small per call (e.g. copying each prompt's embeddings into the
 # step's input buffer); an OpenMP pool as wide as the machine, competing with this
@@ -138,6 +143,7 @@ def engine_kwargs(llm_dir: Path, dtype_name: str, options: EngineOptions) -> dic
         # (256 sequences), which halved throughput on an H100 (BENCHMARKS.md).
         kwargs.setdefault("max_num_seqs", GPU_MAX_NUM_SEQS)
         kwargs.setdefault("max_num_batched_tokens", GPU_MAX_BATCHED_TOKENS)
+        kwargs.setdefault("gpu_memory_utilization", GPU_MEMORY_UTILIZATION)
         if not options.enforce_eager and options.cuda_graph_sizes:
             sizes = sorted(set(options.cuda_graph_sizes))
             kwargs["compilation_config"] = {"cudagraph_capture_sizes": sizes}

@@ -32,6 +32,7 @@ Rules decided here, for every entry point:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -51,6 +52,8 @@ from asrctl.results import Transcript
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+log = logging.getLogger("asrctl")
 
 DEFAULT_MAX_TOKENS = 512  # the reference implementations' max_new_tokens
 # audio encoder precisions: float32 (the references'), tf32 (float32 weights, TensorFloat-32
@@ -303,6 +306,7 @@ class Pipeline:
         self.device = device or default_device()
         self.encoder_precision = encoder_precision(encoder_dtype, self.device)
         self.max_tokens_cap = max_tokens_cap
+        self._halved = False  # an encoder pass ran out of memory (warned once)
         # vLLM first, then the encoder: its CUDA memory is then allocated beside vLLM's
         # KV cache, not counted against it (vLLM sizes the cache from free memory), and
         # vLLM can still fork its engine core (this process has not touched CUDA yet).
@@ -334,7 +338,11 @@ class Pipeline:
         return self.adapter.family.title
 
     def encoder_budget(self, seconds: float | None) -> int | None:
-        """An encoder pass's limit of padded audio, ``seconds``, in samples (None: none)."""
+        """An encoder pass's limit of padded audio in samples: ``seconds``, at most the
+        family's ``max_encoder_batch_seconds`` (None: no limit)."""
+        cap = self.adapter.family.max_encoder_batch_seconds
+        if cap is not None:
+            seconds = cap if seconds is None else min(seconds, cap)
         return None if seconds is None else int(seconds * self.sample_rate)
 
     @property
@@ -400,7 +408,7 @@ class Pipeline:
         timing = timing and self.encoder.word_timing
         waves = [torch.from_numpy(a) for a in audio]
         with torch.inference_mode():
-            embeds, frames = self.encoder.encode(waves, timing=timing)
+            embeds, frames = self._encoder_pass(waves, timing)
             seconds = [len(a) / self.sample_rate for a in audio]
             texts = [
                 self.adapter.prompt_for_audio(p, s) for p, s in zip(prompts, seconds, strict=True)
@@ -413,6 +421,37 @@ class Pipeline:
             Encoded(p, len(e), s, encode_s, f)
             for p, e, s, f in zip(spliced, embeds, seconds, timed, strict=True)
         ]
+
+    def _encoder_pass(
+        self, waves: Sequence[torch.Tensor], timing: bool
+    ) -> tuple[list[torch.Tensor], list[object] | None]:
+        """``encoder.encode``; where the GPU runs out of memory (vLLM holds most of it), the
+        pass is encoded again in two halves, down to one utterance, which then fails alone."""
+        import torch
+
+        try:
+            return self.encoder.encode(waves, timing=timing)
+        except torch.OutOfMemoryError:
+            if len(waves) == 1:
+                raise
+        # outside the handler, so the failed pass's tensors are freed before the retry
+        torch.cuda.empty_cache()
+        if not self._halved:
+            self._halved = True
+            log.warning(
+                "audio encoder: out of GPU memory on a pass of %d utterances; encoding it "
+                "in halves (lower --encoder-batch-seconds or --gpu-memory-utilization)",
+                len(waves),
+            )
+        half = len(waves) // 2
+        first, first_frames = self._encoder_pass(waves[:half], timing)
+        second, second_frames = self._encoder_pass(waves[half:], timing)
+        frames = (
+            None
+            if first_frames is None or second_frames is None
+            else [*first_frames, *second_frames]
+        )
+        return [*first, *second], frames
 
     # -- 4. decoding settings ------------------------------------------------------------
 

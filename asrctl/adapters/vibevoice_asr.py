@@ -280,6 +280,11 @@ class VibeVoiceAsrAdapter(Adapter):
         sample_rate=24000,
         max_audio_seconds=MAX_SECONDS,
         writes_segments=True,
+        # The σ-VAE encoders run at 24 kHz with 4x-wide feed-forwards in their first
+        # stages: ~35-60 MiB of float32 activations per second of audio (measured on a
+        # CPU). At the default 960 s a pass ran out of memory beside vLLM on an H100
+        # (BENCHMARKS.md, round 13); 120 s is a few GiB.
+        max_encoder_batch_seconds=120.0,
     )
     required: ClassVar[tuple[RequiredFile, ...]] = (
         RequiredFile("config.json", "VibeVoice config (model_type vibevoice or vibevoice_asr)"),
