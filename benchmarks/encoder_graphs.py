@@ -12,6 +12,8 @@ waveforms through ``encode`` (fbank, encoder, adaptor) eagerly and then with
 Workloads: one 5 s clip (``asrctl serve`` at c=1), and passes of 16 and 48 utterances of
 the side-by-side benchmark's lengths (2 s plus an exponential of mean 6 s, capped at
 30 s), as the server forms them under load (random order, split by the 960 s budget).
+Since round 13 only passes of up to ``GRAPH_PASS_SECONDS`` (240 s) of padded audio are
+graphed, as in the server: the pass of 48 (round 13: 1.31x with graphs) runs eagerly.
 
     python benchmarks/encoder_graphs.py --workdir /tmp/bench --out graphs.json
 """

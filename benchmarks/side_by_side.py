@@ -167,18 +167,24 @@ def by_encoder_batch(serve: dict) -> dict[str, float] | None:
     """c=128 RTFx per server encoder pass: keyed ``N`` (utterances a pass, with the default
     960 s audio budget) or ``N-sS`` (and S seconds). The default server's key comes from its
     recorded ``encoder_batch_size`` (16 where none was recorded, the default then); each
-    ``ebN``, ``ebN-sS`` or ``...-graphs`` record is a server with those flags."""
+    ``ebN``, ``ebN-sS``, ``...-graphs`` or ``...-eager`` record is a server with those
+    flags; the default server's key ends in ``-graphs`` where it recorded encoder graphs on
+    (the default since round 13)."""
     seconds = serve.get("encoder_batch_seconds", 960)
     default = str(serve.get("encoder_batch_size", 16))
     default += f"-s{seconds:g}" if seconds != 960 else ""
+    default += "-graphs" if serve.get("encoder_graphs") else ""
     found = {default: _get(serve, "c128", "rtfx")}
     for key, record in serve.items():
-        if re.fullmatch(r"eb\d+(-s\d+)?(-graphs)?", key) and isinstance(record, dict):
+        if re.fullmatch(r"eb\d+(-s\d+)?(-graphs|-eager)?", key) and isinstance(record, dict):
             found[key[2:]] = _get(record, "c128", "rtfx")
     found = {k: v for k, v in found.items() if v}
-    order = sorted(
-        found, key=lambda k: [int(x) if x.isdigit() else -1 for x in re.findall(r"\d+|graphs", k)]
-    )
+    rank = {"eager": -2, "graphs": -1}  # of one pass size: the default, eager, graphs
+
+    def sort_key(k: str) -> list[int]:
+        return [int(x) if x.isdigit() else rank[x] for x in re.findall(r"\d+|graphs|eager", k)]
+
+    order = sorted(found, key=sort_key)
     return {k: found[k] for k in order} or None
 
 
@@ -196,6 +202,7 @@ def summarize(report: dict) -> dict:
     best_name = max(candidates, key=candidates.get) if candidates else None
     funasr = _get(parts, "peers", "peers", "funasr", "rtfx")
     c128 = _get(parts, "serve", "c128", "rtfx")
+    graphs_default = bool(_get(parts, "serve", "encoder_graphs"))
     in_flight_128 = _get(parts, "cli", "fixed_work", "variants", IN_FLIGHT_128, "rtfx")
     versions = next(
         (p["versions"] for p in parts.values() if isinstance(p, dict) and p.get("versions")), {}
@@ -221,7 +228,10 @@ def summarize(report: dict) -> dict:
         ),
         "glm_default_rtfx": _get(parts, "glm", "end_to_end", "rtfx"),
         "serve_c1_p50_ms": _get(parts, "serve", "c1", "p50_ms"),
-        "serve_graphs_c1_p50_ms": _get(parts, "serve", "eb64-graphs", "c1", "p50_ms"),
+        "serve_graphs_c1_p50_ms": _get(parts, "serve", "eb64-graphs", "c1", "p50_ms")
+        or (_get(parts, "serve", "c1", "p50_ms") if graphs_default else None),
+        "serve_eager_c1_p50_ms": _get(parts, "serve", "eb64-eager", "c1", "p50_ms")
+        or (None if graphs_default else _get(parts, "serve", "c1", "p50_ms")),
         "serve_c128_rtfx": c128,
         "serve_c128_rtfx_by_encoder_batch": by_encoder_batch(parts.get("serve") or {}),
         "serve_c128_vs_batch": _ratio(c128, batch),

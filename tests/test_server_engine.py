@@ -130,8 +130,8 @@ def test_encoder_passes_keep_an_audio_budget(fake_engine, fun_asr_tiny: Path) ->
 def test_encoder_graphs_without_a_gpu_say_so_and_serve(
     fake_engine, fun_asr_tiny: Path, caplog
 ) -> None:
-    """``--encoder-graphs`` where CUDA graphs cannot run (here: the CPU) warns once at
-    start and encodes eagerly."""
+    """Encoder graphs (the server's default) where CUDA graphs cannot run (here: the CPU):
+    said once at start, and the encoder runs eagerly."""
 
     async def scenario():
         model = await AsyncModel.start(
@@ -143,7 +143,7 @@ def test_encoder_graphs_without_a_gpu_say_so_and_serve(
         finally:
             await model.close()
 
-    with caplog.at_level("WARNING", logger="asrctl.server"):
+    with caplog.at_level("INFO", logger="asrctl.server"):
         result = asyncio.run(scenario())
     assert result.text
-    assert any("--encoder-graphs" in r.getMessage() for r in caplog.records)
+    assert any("does not replay CUDA graphs" in r.getMessage() for r in caplog.records)

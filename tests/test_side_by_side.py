@@ -169,6 +169,7 @@ def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) ->
     serve = {"c1": {"p50_ms": 90.0}, "c128": {"rtfx": 2400.0}, "eb256": {"c128": {"rtfx": 2700}}}
     serve["eb64-s1920"] = {"c128": {"rtfx": 2500.0}}
     serve["eb16-graphs"] = {"c1": {"p50_ms": 50.0}, "c128": {"rtfx": 2600.0}}
+    serve["eb16-eager"] = {"c1": {"p50_ms": 95.0}, "c128": {"rtfx": 2300.0}}
     sbs.merge(out, "serve", serve, "x")
     report = json.loads(out.read_text())
     assert all(k in report for k in TOP)
@@ -181,8 +182,11 @@ def test_parts_merge_into_one_file_with_the_top_level_figures(tmp_path: Path) ->
     assert report["serve_c128_vs_batch"] == 0.8 and report["serve_c1_p50_ms"] == 90.0
     # the default server's pass size was not recorded before round 11: 16, the default then
     by_pass = report["serve_c128_rtfx_by_encoder_batch"]
-    assert by_pass == {"16": 2400.0, "16-graphs": 2600.0, "64-s1920": 2500.0, "256": 2700}
-    assert list(by_pass) == ["16", "16-graphs", "64-s1920", "256"]
+    want = {"16": 2400.0, "16-eager": 2300.0, "16-graphs": 2600.0, "64-s1920": 2500.0}
+    assert by_pass == want | {"256": 2700}
+    assert list(by_pass) == ["16", "16-eager", "16-graphs", "64-s1920", "256"]
+    # a default server without graphs (before round 13): its c=1 is the eager figure
+    assert report["serve_graphs_c1_p50_ms"] is None and report["serve_eager_c1_p50_ms"] == 90.0
     assert report["batch_in_flight_128_rtfx"] == 1200.0
     assert report["serve_c128_vs_batch_in_flight_128"] == 2.0
     assert report["glm_default_rtfx"] is None  # not run yet
@@ -247,3 +251,14 @@ def test_the_hour_part_times_one_long_single_pass(tmp_path: Path) -> None:
     assert hour["exit_code"] == 0 and hour["transcribed"] == 1 and hour["audio_seconds"] == 60
     assert hour["generated_tokens"] == 240 and hour["finish_reasons"] == {"length": 1}  # 4/s
     assert report["vibevoice_one_hour_process_s"] == hour["process_seconds"] > 0
+
+
+def test_summary_keys_the_default_server_with_graphs_as_graphs() -> None:
+    """Since round 13 the default server graphs small encoder passes; eb64-eager is the
+    comparison."""
+    serve = {"encoder_batch_size": 64, "encoder_graphs": True, "c1": {"p50_ms": 76.6}}
+    serve |= {"c128": {"rtfx": 1500.0}}
+    serve["eb64-eager"] = {"c1": {"p50_ms": 137.2}, "c128": {"rtfx": 724.2}}
+    top = sbs.summarize({"parts": {"serve": serve}})
+    assert top["serve_graphs_c1_p50_ms"] == 76.6 and top["serve_eager_c1_p50_ms"] == 137.2
+    assert top["serve_c128_rtfx_by_encoder_batch"] == {"64-eager": 724.2, "64-graphs": 1500.0}

@@ -227,7 +227,8 @@ GpuMemOpt = Annotated[
         "--gpu-memory-utilization",
         min=0.01,
         max=1.0,
-        help="Fraction of GPU memory vLLM may use.",
+        help="Fraction of GPU memory vLLM may use (default on a GPU: 0.8, leaving the rest "
+        "to the audio encoder).",
         rich_help_panel=ENGINE,
     ),
 ]
@@ -446,9 +447,9 @@ EncoderBatchSizeOpt = Annotated[
 EncoderGraphsOpt = Annotated[
     bool,
     typer.Option(
-        "--encoder-graphs",
-        help="Replay the audio encoder's passes as CUDA graphs (Fun-ASR-Nano on a GPU; "
-        "experimental): far less Python work per pass.",
+        "--encoder-graphs/--no-encoder-graphs",
+        help="Replay the audio encoder's small passes (up to 240 s of padded audio) as CUDA "
+        "graphs (Fun-ASR-Nano on a GPU): one 5 s clip's pass 5.4x faster on an H100.",
         rich_help_panel=SERVER,
     ),
 ]

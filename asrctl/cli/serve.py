@@ -55,7 +55,7 @@ def serve(
     batch_window_ms: BatchWindowMsOpt = 10.0,
     encoder_batch_size: EncoderBatchSizeOpt = SERVER_ENCODER_BATCH_SIZE,
     encoder_batch_seconds: EncoderBatchSecondsOpt = ENCODER_BATCH_SECONDS,
-    encoder_graphs: EncoderGraphsOpt = False,
+    encoder_graphs: EncoderGraphsOpt = True,
     max_tokens: MaxTokensOpt = None,
     shutdown_timeout: ShutdownTimeoutOpt = 30.0,
     device: DeviceOpt = None,

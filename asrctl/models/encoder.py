@@ -32,9 +32,9 @@ class AudioEncoder(ABC):
         return False
 
     def use_graphs(self, budget_samples: int) -> bool:
-        """Replay passes of at most ``budget_samples`` padded samples as CUDA graphs
-        (:mod:`asrctl.models.graphs`) from now on; False where this encoder or its device
-        cannot."""
+        """Replay passes of at most ``budget_samples`` padded samples (and at most
+        :data:`asrctl.models.graphs.GRAPH_PASS_SECONDS`; larger ones run eagerly) as CUDA
+        graphs from now on; False where this encoder or its device cannot."""
         return False
 
     def encode(

@@ -29,7 +29,7 @@ from asrctl.models.funasr_adaptor import (
     adaptor_length,
     fun_asr_audio_token_count,
 )
-from asrctl.models.graphs import GRAPH_BUDGET_FACTOR, Buckets, GraphedCore
+from asrctl.models.graphs import GRAPH_BUDGET_FACTOR, GRAPH_PASS_SECONDS, Buckets, GraphedCore
 from asrctl.models.padding import pad_short, padded_batch, shortest_input
 from asrctl.models.sensevoice import SenseVoiceEncoder, SenseVoiceEncoderConfig
 from asrctl.results import Word
@@ -197,6 +197,9 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
     def use_graphs(self, budget_samples: int) -> bool:
         if self.device.type != "cuda":
             return False
+        budget_samples = min(
+            budget_samples, int(GRAPH_PASS_SECONDS * self.fbank_options.sample_rate)
+        )
         frames = lfr_length(num_frames(budget_samples, self.fbank_options), self.lfr_n)
         self.graphs = GraphedCore(
             self._core,

@@ -34,8 +34,14 @@ log = logging.getLogger("asrctl")
 # (B, T, D) features and (B,) lengths -> (B, T', H) outputs and (B,) output lengths
 Core = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
-# A pass within the encoder's budget rounds up to a bucket of up to ~1.5 x 1.5 its cells:
-# buckets may hold twice the budget, so that most such passes still replay a graph.
+# Graphs cover passes of up to this much padded audio (seconds): small passes, where a
+# pass's own overhead dominates. On an H100 (BENCHMARKS.md, round 13) graphs ran one 5 s
+# clip 5.4x faster than eager, 16 utterances 2.1x, 48 utterances only 1.31x; larger passes
+# run eagerly, and the graphs' memory stays that of a small pass. Captured for every pass
+# up to the server's whole budget (1,920 s of cells), they did not fit beside vLLM.
+GRAPH_PASS_SECONDS = 240.0
+# A pass within that rounds up to a bucket of up to ~1.5 x 1.5 its cells: buckets may hold
+# twice as much, so that most such passes still replay a graph.
 GRAPH_BUDGET_FACTOR = 2
 BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 FRAME_SIZES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)

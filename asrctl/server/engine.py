@@ -98,7 +98,7 @@ class AsyncModel:
         batch_window_s: float = 0.01,
         encoder_batch_size: int = SERVER_ENCODER_BATCH_SIZE,
         encoder_batch_seconds: float = ENCODER_BATCH_SECONDS,
-        encoder_graphs: bool = False,
+        encoder_graphs: bool = True,
         max_tokens: int | None = None,
         sampling_override: SamplingOverride | None = None,
         on_batch: Callable[[int, float], None] | None = None,
@@ -117,9 +117,8 @@ class AsyncModel:
         )
         budget = pipeline.encoder_budget(encoder_batch_seconds)
         if encoder_graphs and budget and not pipeline.encoder.use_graphs(budget):
-            log.warning(
-                "--encoder-graphs: the %s audio encoder on %s cannot replay CUDA graphs; "
-                "it runs eagerly",
+            log.info(
+                "the %s audio encoder on %s does not replay CUDA graphs; it runs eagerly",
                 pipeline.title,
                 pipeline.device,
             )

@@ -73,8 +73,8 @@ class ServerOptions:
         encoder_batch_size: most utterances per audio-encoder forward pass.
         encoder_batch_seconds: most padded audio (utterances x the longest) per encoder
             pass, in seconds; the batch path's default, which bounds the encoder's memory.
-        encoder_graphs: replay the audio encoder's passes as CUDA graphs (Fun-ASR-Nano on
-            a GPU; experimental, off by default).
+        encoder_graphs: replay the audio encoder's small passes as CUDA graphs
+            (Fun-ASR-Nano on a GPU; elsewhere the encoder runs eagerly).
         max_tokens: cap on generated tokens per request (None: the family's default).
         shutdown_timeout_s: how long a shutdown waits for in-flight requests.
         device: device of the audio encoder (None: cuda if available, else cpu).
@@ -101,7 +101,7 @@ class ServerOptions:
     batch_window_ms: float = 10.0
     encoder_batch_size: int = SERVER_ENCODER_BATCH_SIZE
     encoder_batch_seconds: float = ENCODER_BATCH_SECONDS
-    encoder_graphs: bool = False
+    encoder_graphs: bool = True
     max_tokens: int | None = None
     shutdown_timeout_s: float = 30.0
     device: str | None = None
