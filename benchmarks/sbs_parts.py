@@ -204,21 +204,32 @@ def fixed_work(c: Child, scp: Path, name: str, texts: Path) -> tuple[dict, Path]
 
 
 def part_peers(c: Child) -> dict:
+    """Both peers (``--lean``: FunASR only), each with half the part's time."""
+    return peers_run(c, ["funasr"] if c.args.lean else ["funasr", "native"], "peers")
+
+
+def part_native(c: Child) -> dict:
+    """vLLM's native class alone, with the whole part's time: in round 13 its load outlasted
+    half of a 365 s peers part."""
+    return peers_run(c, ["native"], "native")
+
+
+def peers_run(c: Child, peers: list[str], label: str) -> dict:
     c.fun_asr()  # the checkpoint and files, as the other parts have them
-    result = c.sbs / "peers.json"
+    result = c.sbs / f"{label}.json"
     result.unlink(missing_ok=True)
     missing = [m for m in ("funasr",) if not _importable(m)]
     if missing:
         return {"skipped": f"not importable here: {', '.join(missing)}", "versions": {}}
-    per_peer = max(60, int((c.left() - 30) / (1 if c.args.lean else 2)))
+    per_peer = max(60, int((c.left() - 30) / len(peers)))
     cmd = py(str(HERE / "peers.py"), "--workdir", str(c.args.workdir), "--n", str(c.args.n))
     cmd += ["--size", c.args.size, "--max-model-len", "512", "--peer-timeout", str(per_peer)]
-    cmd += ["--peers", "funasr"] if c.args.lean else []
+    cmd += ["--peers", ",".join(peers)]
     if c.args.smoke:
         cmd += ["--enforce-eager", "--dtype", "float32", "--torchaudio-shim"]
     else:
         cmd += ["--gpu-memory-utilization", "0.5"]
-    done = c.run([*cmd, "--out", str(result)], "peers")
+    done = c.run([*cmd, "--out", str(result)], label)
     record = json.loads(result.read_text()) if result.exists() else {"tail": tail(done)}
     for peer in (record.get("peers") or {}).values():
         if isinstance(peer.get("error"), dict):  # keep the cause, not pages of log

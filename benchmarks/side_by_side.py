@@ -54,6 +54,9 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
   peers  ~5 min. benchmarks/peers.py: FunASR's FunASRNanoVLLM and vLLM's native class on
          the same checkpoint and files, fixed work (``--gpu-memory-utilization 0.5``: the
          native peer runs out of memory at vLLM's default).
+  native ~4 min. vLLM's native class alone, with the whole part's time (round 13: its load
+         outlasted half of a 365 s peers part); run ``peers --lean`` (FunASR only) and
+         ``native`` in two calls where one call cannot hold both.
   glm    ~6 min (+ ~2 min the first time: the full-size fixture). GLM-ASR-Nano through
          benchmarks/throughput.py --family glm-asr-nano, asrctl's defaults, N=--glm-n
          (1,000) files of its own (``W/glm``), max-model-len 1,024 (30 s of audio is ~375
@@ -99,19 +102,32 @@ from sbs_parts import (
     part_firered,
     part_glm,
     part_hour,
+    part_native,
     part_peers,
     part_start,
     part_vibevoice,
 )
 from sbs_scale import SERVE_VARIANTS, best_k, part_best, part_serve, replica
 
-PARTS = ("start", "cli", "best", "peers", "glm", "serve", "firered", "vibevoice", "hour")
+PARTS = (
+    "start",
+    "cli",
+    "best",
+    "peers",
+    "native",
+    "glm",
+    "serve",
+    "firered",
+    "vibevoice",
+    "hour",
+)
 
 ESTIMATES_S = {
     "start": 330,
     "cli": 240,
     "best": 360,
     "peers": 300,
+    "native": 240,
     "glm": 360,
     "serve": 300,
     "firered": 480,
@@ -216,7 +232,8 @@ def summarize(report: dict) -> dict:
         "asrctl_best_rtfx": candidates.get(best_name) if best_name else None,
         "asrctl_best_config": best_name,
         "funasr_rtfx": funasr,
-        "native_rtfx": _get(parts, "peers", "peers", "native", "rtfx"),
+        "native_rtfx": _get(parts, "peers", "peers", "native", "rtfx")
+        or _get(parts, "native", "peers", "native", "rtfx"),
         "cli_process_seconds": _get(parts, "cli", "cli", "process_seconds"),
         "cold_start_first_result_s": _get(parts, "start", "first", "first_result_seconds"),
         "warm_start_first_result_s": _get(parts, "start", "again", "first_result_seconds"),
@@ -293,6 +310,7 @@ CHILDREN = {
     "cli": part_cli,
     "best": part_best,
     "peers": part_peers,
+    "native": part_native,
     "glm": part_glm,
     "serve": part_serve,
     "firered": part_firered,

@@ -262,3 +262,10 @@ def test_summary_keys_the_default_server_with_graphs_as_graphs() -> None:
     top = sbs.summarize({"parts": {"serve": serve}})
     assert top["serve_graphs_c1_p50_ms"] == 76.6 and top["serve_eager_c1_p50_ms"] == 137.2
     assert top["serve_c128_rtfx_by_encoder_batch"] == {"64-eager": 724.2, "64-graphs": 1500.0}
+
+
+def test_native_peer_from_its_own_part() -> None:
+    """``--part native`` runs vLLM's native class alone (its load outlasted half a peers
+    part); its figure is the top-level native_rtfx."""
+    top = sbs.summarize({"parts": {"native": {"peers": {"native": {"rtfx": 600.0}}}}})
+    assert top["native_rtfx"] == 600.0
