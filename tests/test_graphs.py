@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from asrctl.adapters.registry import load_adapter
-from asrctl.models.graphs import Buckets, GraphedCore
+from asrctl.models.graphs import GRAPH_PASS_SECONDS, Buckets, GraphedCore
 
 
 def eager_capture(core, feats, lengths):
@@ -97,6 +97,20 @@ def test_a_pass_over_the_budget_runs_eagerly(encoder) -> None:
     finally:
         encoder.graphs = None
     assert core.captured == [] and len(got) == 2
+
+
+def test_only_small_passes_are_graphed(encoder) -> None:
+    """Graphs cover passes of up to GRAPH_PASS_SECONDS (240 s) of padded audio, whatever
+    the server's pass budget: a lone clip and a pass of 16 short ones replay graphs, a pass
+    of 48 long ones runs eagerly (its graphs did not fit beside vLLM in round 13)."""
+    sr = 16000
+    server = encoder.graph_buckets(960 * sr)
+    assert server == encoder.graph_buckets(int(GRAPH_PASS_SECONDS * sr))
+    assert encoder.graph_buckets(60 * sr).cells < server.cells
+    frames = lambda s: encoder.features(waves([s]))[1].item()  # noqa: E731
+    assert server.pick(1, frames(5.0)) is not None
+    assert server.pick(16, frames(7.0)) is not None
+    assert server.pick(48, frames(23.0)) is None
 
 
 def test_no_graphs_without_a_gpu(encoder) -> None:

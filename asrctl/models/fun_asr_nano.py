@@ -197,18 +197,21 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
     def use_graphs(self, budget_samples: int) -> bool:
         if self.device.type != "cuda":
             return False
-        budget_samples = min(
-            budget_samples, int(GRAPH_PASS_SECONDS * self.fbank_options.sample_rate)
-        )
-        frames = lfr_length(num_frames(budget_samples, self.fbank_options), self.lfr_n)
         self.graphs = GraphedCore(
             self._core,
-            Buckets(cells=GRAPH_BUDGET_FACTOR * frames),
+            self.graph_buckets(budget_samples),
             feature_dim=self.audio_encoder.config.input_size,
             dtype=self.audio_encoder.after_norm.weight.dtype,
             device=self.device,
         )
         return True
+
+    def graph_buckets(self, budget_samples: int) -> Buckets:
+        """The shapes graphs are captured for: passes of up to ``budget_samples`` padded
+        samples and :data:`GRAPH_PASS_SECONDS`, in LFR frames, with room for rounding up."""
+        graphed = min(budget_samples, int(GRAPH_PASS_SECONDS * self.fbank_options.sample_rate))
+        frames = lfr_length(num_frames(graphed, self.fbank_options), self.lfr_n)
+        return Buckets(cells=GRAPH_BUDGET_FACTOR * frames)
 
     def _core(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder and adaptor: LFR features (B, T, 560) -> embeddings and their counts."""
