@@ -107,7 +107,10 @@ def test_only_small_passes_are_graphed(encoder) -> None:
     server = encoder.graph_buckets(960 * sr)
     assert server == encoder.graph_buckets(int(GRAPH_PASS_SECONDS * sr))
     assert encoder.graph_buckets(60 * sr).cells < server.cells
-    frames = lambda s: encoder.features(waves([s]))[1].item()  # noqa: E731
+
+    def frames(seconds: float) -> int:  # LFR frames of one clip, what a bucket counts
+        return int(encoder.features(waves([seconds]))[1].item())
+
     assert server.pick(1, frames(5.0)) is not None
     assert server.pick(16, frames(7.0)) is not None
     assert server.pick(48, frames(23.0)) is None
