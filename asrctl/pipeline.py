@@ -408,7 +408,7 @@ class Pipeline:
         timing = timing and self.encoder.word_timing
         waves = [torch.from_numpy(a) for a in audio]
         with torch.inference_mode():
-            embeds, frames = self._encoder_pass(waves, timing)
+            embeds, frames = self.encoder_pass(waves, timing=timing)
             seconds = [len(a) / self.sample_rate for a in audio]
             texts = [
                 self.adapter.prompt_for_audio(p, s) for p, s in zip(prompts, seconds, strict=True)
@@ -422,11 +422,12 @@ class Pipeline:
             for p, e, s, f in zip(spliced, embeds, seconds, timed, strict=True)
         ]
 
-    def _encoder_pass(
-        self, waves: Sequence[torch.Tensor], timing: bool
+    def encoder_pass(
+        self, waves: Sequence[torch.Tensor], *, timing: bool = False
     ) -> tuple[list[torch.Tensor], list[object] | None]:
         """``encoder.encode``; where the GPU runs out of memory (vLLM holds most of it), the
-        pass is encoded again in two halves, down to one utterance, which then fails alone."""
+        pass is encoded again in two halves, down to one utterance, which then fails alone.
+        Every encoder pass of every entry point goes through here."""
         import torch
 
         try:
@@ -444,8 +445,8 @@ class Pipeline:
                 len(waves),
             )
         half = len(waves) // 2
-        first, first_frames = self._encoder_pass(waves[:half], timing)
-        second, second_frames = self._encoder_pass(waves[half:], timing)
+        first, first_frames = self.encoder_pass(waves[:half], timing=timing)
+        second, second_frames = self.encoder_pass(waves[half:], timing=timing)
         frames = (
             None
             if first_frames is None or second_frames is None

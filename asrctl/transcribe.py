@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from asrctl.adapters.base import PromptOptions
 from asrctl.engine import Engine, EngineOptions, Generation, cuda_available
@@ -56,6 +56,15 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("asrctl")
+
+
+class EncoderPass(Protocol):
+    """One audio-encoder pass: embeddings and, with ``timing``, word-alignment data."""
+
+    def __call__(
+        self, waves: Sequence[torch.Tensor], *, timing: bool = False
+    ) -> tuple[list[torch.Tensor], list[object] | None]: ...
+
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -391,7 +400,7 @@ class Transcriber:
     ) -> list[torch.Tensor]:
         """Audio embeddings per waveform, encoded in length-sorted sub-batches."""
         budget = self.pipeline.encoder_budget(batch_seconds)
-        return encode_sorted(self.encoder, waves, batch_size, budget=budget)[0]
+        return encode_sorted(self.pipeline.encoder_pass, waves, batch_size, budget=budget)[0]
 
     def prompt_positions(self, num_samples: int, options: PromptOptions) -> int:
         """Positions the prompt of ``num_samples`` samples takes, without encoding them."""
@@ -422,14 +431,15 @@ def length_batches(
 
 
 def encode_sorted(
-    encoder: AudioEncoder,
+    encode: EncoderPass,
     waves: Sequence[np.ndarray],
     batch_size: int,
     *,
     timing: bool = False,
     budget: int | None = None,
 ) -> tuple[list[torch.Tensor], list[object] | None]:
-    """Encode waveforms in :func:`length_batches` (shortest first); input order kept.
+    """Encode waveforms in :func:`length_batches` (shortest first), one ``encode`` call
+    (:meth:`Pipeline.encoder_pass`, or an encoder's own ``encode``) each; input order kept.
     Returns the embeddings and, with ``timing`` where the encoder can time words, each
     utterance's word-alignment data (else None)."""
     import torch
@@ -439,7 +449,7 @@ def encode_sorted(
     lengths = [len(w) for w in waves]
     with torch.inference_mode():
         for idx in length_batches(lengths, batch_size, budget, longest_first=False):
-            embeds, timed = encoder.encode([torch.from_numpy(waves[i]) for i in idx], timing=timing)
+            embeds, timed = encode([torch.from_numpy(waves[i]) for i in idx], timing=timing)
             for k, i in enumerate(idx):
                 out[i] = embeds[k]
                 if frames is not None:

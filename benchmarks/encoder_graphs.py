@@ -58,7 +58,7 @@ def timed_passes(encoder, waves, repeat: int, budget: int) -> tuple[float, list]
     for _ in range(repeat + 1):  # the first pass captures what it needs
         torch.cuda.synchronize() if torch.cuda.is_available() else None
         t0 = time.perf_counter()
-        out = encode_sorted(encoder, waves, len(waves), budget=budget)[0]
+        out = encode_sorted(encoder.encode, waves, len(waves), budget=budget)[0]
         torch.cuda.synchronize() if torch.cuda.is_available() else None
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:]), [o.float().cpu() for o in out]

@@ -20,6 +20,7 @@ from asrctl.pipeline import (
     Pipeline,
     SamplingOverride,
 )
+from asrctl.transcribe import encode_sorted
 
 SR = 16000
 
@@ -150,6 +151,7 @@ def test_an_encoder_pass_out_of_memory_is_encoded_again_in_halves(
     prompts = [PromptOptions()] * len(waves)
     want = pipeline.encode(waves, prompts)
     real = pipeline.encoder.encode
+    want_embeds = encode_sorted(real, waves, len(waves))[0]
     passes: list[int] = []
 
     def at_most_two(batch, *, timing=False):
@@ -167,6 +169,10 @@ def test_an_encoder_pass_out_of_memory_is_encoded_again_in_halves(
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g.prompt, w.prompt, rtol=1e-4, atol=1e-5)
     assert sum("encoding it in halves" in r.getMessage() for r in caplog.records) == 1
+    # the embeddings path (Transcriber.encode) takes the same pass
+    got_embeds = encode_sorted(pipeline.encoder_pass, waves, len(waves))[0]
+    for g, w in zip(got_embeds, want_embeds, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
     def never(batch, *, timing=False):
         raise torch.OutOfMemoryError("CUDA out of memory (test)")
