@@ -30,7 +30,7 @@ from sbs_common import (
 )
 
 from asrctl.pipeline import ENCODER_BATCH_SECONDS
-from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE
+from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE, SERVER_ENCODER_GRAPHS
 
 CLIP_SECONDS = 5.0  # the c=1 latency test's clips
 
@@ -295,7 +295,7 @@ def part_serve(c: Child) -> dict:
     record = serve_levels(c, model, [], levels)
     record["encoder_batch_size"] = SERVER_ENCODER_BATCH_SIZE
     record["encoder_batch_seconds"] = ENCODER_BATCH_SECONDS
-    record["encoder_graphs"] = True  # the server's default since round 13
+    record["encoder_graphs"] = SERVER_ENCODER_GRAPHS
     chosen_names = c.args.serve_variants.split(",")  # checked by side_by_side.py's main
     for name, flags, wanted in SERVE_VARIANTS:
         if name not in chosen_names:

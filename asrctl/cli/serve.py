@@ -38,7 +38,7 @@ from asrctl.cli._options import (
     WsMaxSessionsOpt,
 )
 from asrctl.pipeline import ENCODER_BATCH_SECONDS
-from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE
+from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE, SERVER_ENCODER_GRAPHS
 
 API_KEY_ENV = "ASRCTL_API_KEY"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -55,7 +55,7 @@ def serve(
     batch_window_ms: BatchWindowMsOpt = 10.0,
     encoder_batch_size: EncoderBatchSizeOpt = SERVER_ENCODER_BATCH_SIZE,
     encoder_batch_seconds: EncoderBatchSecondsOpt = ENCODER_BATCH_SECONDS,
-    encoder_graphs: EncoderGraphsOpt = True,
+    encoder_graphs: EncoderGraphsOpt = SERVER_ENCODER_GRAPHS,
     max_tokens: MaxTokensOpt = None,
     shutdown_timeout: ShutdownTimeoutOpt = 30.0,
     device: DeviceOpt = None,

@@ -36,7 +36,7 @@ from asrctl.pipeline import (
 )
 from asrctl.results import Transcript
 from asrctl.server.batching import BatcherClosed, EncoderBatcher
-from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE
+from asrctl.server.options import SERVER_ENCODER_BATCH_SIZE, SERVER_ENCODER_GRAPHS
 from asrctl.transcribe import length_batches
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class AsyncModel:
         batch_window_s: float = 0.01,
         encoder_batch_size: int = SERVER_ENCODER_BATCH_SIZE,
         encoder_batch_seconds: float = ENCODER_BATCH_SECONDS,
-        encoder_graphs: bool = True,
+        encoder_graphs: bool = SERVER_ENCODER_GRAPHS,
         max_tokens: int | None = None,
         sampling_override: SamplingOverride | None = None,
         on_batch: Callable[[int, float], None] | None = None,

@@ -13,6 +13,9 @@ from asrctl.pipeline import ENCODER_BATCH_SECONDS, SamplingOverride, resolve_enc
 # 16 a pass): the encoder thread was busy 99 % of the wall time and vLLM ran ~27
 # sequences a step, so the server encodes larger passes, within ENCODER_BATCH_SECONDS.
 SERVER_ENCODER_BATCH_SIZE = 64
+# Small encoder passes replayed as CUDA graphs (Fun-ASR-Nano on a GPU): one 5 s clip's p50
+# at c=1 76.6 ms against 137.2 ms eager on an H100 (BENCHMARKS.md, round 13).
+SERVER_ENCODER_GRAPHS = True
 
 MIB = 1 << 20
 
@@ -101,7 +104,7 @@ class ServerOptions:
     batch_window_ms: float = 10.0
     encoder_batch_size: int = SERVER_ENCODER_BATCH_SIZE
     encoder_batch_seconds: float = ENCODER_BATCH_SECONDS
-    encoder_graphs: bool = True
+    encoder_graphs: bool = SERVER_ENCODER_GRAPHS
     max_tokens: int | None = None
     shutdown_timeout_s: float = 30.0
     device: str | None = None
