@@ -106,6 +106,7 @@ def test_only_small_passes_are_graphed(encoder) -> None:
     sr = 16000
     server = encoder.graph_buckets(960 * sr)
     assert server == encoder.graph_buckets(int(GRAPH_PASS_SECONDS * sr))
+    assert encoder.graph_buckets(None) == server
     assert encoder.graph_buckets(60 * sr).cells < server.cells
 
     def frames(seconds: float) -> int:  # LFR frames of one clip, what a bucket counts
@@ -139,3 +140,8 @@ def test_a_failed_capture_falls_back_to_eager_for_good(encoder, caplog) -> None:
     assert core.failed and len(calls) == 1 and core.captured == []
     assert torch.equal(want[0], got[0])
     assert any("capture failed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_readme_states_the_graphed_pass_size() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"up to {GRAPH_PASS_SECONDS:.0f} s of padded audio" in readme

@@ -448,8 +448,8 @@ EncoderGraphsOpt = Annotated[
     bool,
     typer.Option(
         "--encoder-graphs/--no-encoder-graphs",
-        help="Replay the audio encoder's small passes (up to 240 s of padded audio) as CUDA "
-        "graphs (Fun-ASR-Nano on a GPU): one 5 s clip's pass 5.4x faster on an H100.",
+        help="Replay the audio encoder's small passes as CUDA graphs (Fun-ASR-Nano on a "
+        "GPU): one 5 s clip's pass 5.4x faster on an H100.",
         rich_help_panel=SERVER,
     ),
 ]

@@ -31,10 +31,10 @@ class AudioEncoder(ABC):
         """True when this encoder can time words (e.g. Fun-ASR-Nano with its CTC head)."""
         return False
 
-    def use_graphs(self, budget_samples: int) -> bool:
-        """Replay passes of at most ``budget_samples`` padded samples (and at most
-        :data:`asrctl.models.graphs.GRAPH_PASS_SECONDS`; larger ones run eagerly) as CUDA
-        graphs from now on; False where this encoder or its device cannot."""
+    def use_graphs(self, budget_samples: int | None) -> bool:
+        """Replay passes of at most ``budget_samples`` padded samples (None: no limit) and
+        :data:`asrctl.models.graphs.GRAPH_PASS_SECONDS` as CUDA graphs from now on (larger
+        ones run eagerly); False where this encoder or its device cannot."""
         return False
 
     def encode(

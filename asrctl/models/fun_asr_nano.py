@@ -194,7 +194,7 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
     def word_timing(self) -> bool:
         return self.ctc_head is not None
 
-    def use_graphs(self, budget_samples: int) -> bool:
+    def use_graphs(self, budget_samples: int | None) -> bool:
         if self.device.type != "cuda":
             return False
         self.graphs = GraphedCore(
@@ -206,10 +206,12 @@ class FunAsrNanoAudio(nn.Module, AudioEncoder):
         )
         return True
 
-    def graph_buckets(self, budget_samples: int) -> Buckets:
+    def graph_buckets(self, budget_samples: int | None) -> Buckets:
         """The shapes graphs are captured for: passes of up to ``budget_samples`` padded
-        samples and :data:`GRAPH_PASS_SECONDS`, in LFR frames, with room for rounding up."""
-        graphed = min(budget_samples, int(GRAPH_PASS_SECONDS * self.fbank_options.sample_rate))
+        samples (None: no limit) and :data:`GRAPH_PASS_SECONDS`, in LFR frames, with room
+        for rounding up."""
+        graphed = int(GRAPH_PASS_SECONDS * self.fbank_options.sample_rate)
+        graphed = graphed if budget_samples is None else min(budget_samples, graphed)
         frames = lfr_length(num_frames(graphed, self.fbank_options), self.lfr_n)
         return Buckets(cells=GRAPH_BUDGET_FACTOR * frames)
 

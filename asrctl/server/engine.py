@@ -116,7 +116,7 @@ class AsyncModel:
             sampling_override=sampling_override,
         )
         budget = pipeline.encoder_budget(encoder_batch_seconds)
-        if encoder_graphs and budget and not pipeline.encoder.use_graphs(budget):
+        if encoder_graphs and not pipeline.encoder.use_graphs(budget):
             log.info(
                 "the %s audio encoder on %s does not replay CUDA graphs; it runs eagerly",
                 pipeline.title,
