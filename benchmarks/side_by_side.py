@@ -179,6 +179,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+# A server record without ``encoder_batch_seconds`` (before round 13) ran with 960 s: a
+# fact of those records, not asrctl's current default (asrctl.pipeline.ENCODER_BATCH_SECONDS).
+UNRECORDED_ENCODER_BATCH_SECONDS = 960
+
+
 def by_encoder_batch(serve: dict) -> dict[str, float] | None:
     """c=128 RTFx per server encoder pass: keyed ``N`` (utterances a pass, with the default
     960 s audio budget) or ``N-sS`` (and S seconds). The default server's key comes from its
@@ -186,9 +191,9 @@ def by_encoder_batch(serve: dict) -> dict[str, float] | None:
     ``ebN``, ``ebN-sS``, ``...-graphs`` or ``...-eager`` record is a server with those
     flags; the default server's key ends in ``-graphs`` where it recorded encoder graphs on
     (the default since round 13)."""
-    seconds = serve.get("encoder_batch_seconds", 960)
+    seconds = serve.get("encoder_batch_seconds", UNRECORDED_ENCODER_BATCH_SECONDS)
     default = str(serve.get("encoder_batch_size", 16))
-    default += f"-s{seconds:g}" if seconds != 960 else ""
+    default += f"-s{seconds:g}" if seconds != UNRECORDED_ENCODER_BATCH_SECONDS else ""
     default += "-graphs" if serve.get("encoder_graphs") else ""
     found = {default: _get(serve, "c128", "rtfx")}
     for key, record in serve.items():
