@@ -20,11 +20,15 @@ if [ "$step" = unpack ]; then
   echo "unpack $(( $(date +%s) - t0 )) s"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
-( while sleep 5; do cp /tmp/bench/sbs.json /tmp/bench/*.log "$OUT"/ 2>/dev/null; done ) &
+# the copier's output goes nowhere, so a pipe on this script's output closes when it ends
+( while sleep 5; do cp /tmp/bench/sbs.json /tmp/bench/*.log "$OUT"/ 2>/dev/null; done ) \
+  >/dev/null 2>&1 &
+copier=$!
 limit=${LIMIT:-560}
 timeout "$limit" python3 benchmarks/side_by_side.py --out /tmp/bench/sbs.json "$@" \
   > "/tmp/bench/$step.log" 2>&1
 echo "rc=$?"
+kill "$copier" 2>/dev/null
 cp /tmp/bench/sbs.json /tmp/bench/*.log "$OUT"/ 2>/dev/null
 grep "^== " "/tmp/bench/$step.log"
 python3 - <<'EOF'
