@@ -209,6 +209,14 @@ def by_encoder_batch(serve: dict) -> dict[str, float] | None:
     return {k: found[k] for k in order} or None
 
 
+def c1_p50(parts: dict, *, graphs: bool) -> float | None:
+    """The serve part's c=1 p50 with encoder graphs on (or off): the ``eb64-graphs``
+    (``eb64-eager``) server's, else the default server's where its graphs were so."""
+    variant = _get(parts, "serve", "eb64-graphs" if graphs else "eb64-eager", "c1", "p50_ms")
+    default_matches = bool(_get(parts, "serve", "encoder_graphs")) == graphs
+    return variant or (_get(parts, "serve", "c1", "p50_ms") if default_matches else None)
+
+
 def summarize(report: dict) -> dict:
     """The top-level figures from the parts present (None where a part is missing)."""
     parts = report.get("parts", {})
@@ -223,7 +231,6 @@ def summarize(report: dict) -> dict:
     best_name = max(candidates, key=candidates.get) if candidates else None
     funasr = _get(parts, "peers", "peers", "funasr", "rtfx")
     c128 = _get(parts, "serve", "c128", "rtfx")
-    graphs_default = bool(_get(parts, "serve", "encoder_graphs"))
     in_flight_128 = _get(parts, "cli", "fixed_work", "variants", IN_FLIGHT_128, "rtfx")
     versions = next(
         (p["versions"] for p in parts.values() if isinstance(p, dict) and p.get("versions")), {}
@@ -250,10 +257,8 @@ def summarize(report: dict) -> dict:
         ),
         "glm_default_rtfx": _get(parts, "glm", "end_to_end", "rtfx"),
         "serve_c1_p50_ms": _get(parts, "serve", "c1", "p50_ms"),
-        "serve_graphs_c1_p50_ms": _get(parts, "serve", "eb64-graphs", "c1", "p50_ms")
-        or (_get(parts, "serve", "c1", "p50_ms") if graphs_default else None),
-        "serve_eager_c1_p50_ms": _get(parts, "serve", "eb64-eager", "c1", "p50_ms")
-        or (None if graphs_default else _get(parts, "serve", "c1", "p50_ms")),
+        "serve_graphs_c1_p50_ms": c1_p50(parts, graphs=True),
+        "serve_eager_c1_p50_ms": c1_p50(parts, graphs=False),
         "serve_c128_rtfx": c128,
         "serve_c128_rtfx_by_encoder_batch": by_encoder_batch(parts.get("serve") or {}),
         "serve_c128_vs_batch": _ratio(c128, batch),
