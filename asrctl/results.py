@@ -175,6 +175,19 @@ class Recovery:
     rejected: tuple[int, ...] = ()
 
 
+# json.dumps(ensure_ascii=False) leaves these raw inside strings, and Python's
+# str.splitlines() (like JavaScript before ES2019) takes each for a line break; escaped, a
+# JSON Lines file splits into its objects however it is read. Random-weight models and
+# real transcripts can emit them.
+_LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def json_line(obj: Any) -> str:
+    """``obj`` as one JSON Lines line (without its newline): readable UTF-8, but with the
+    characters that some line readers split on escaped."""
+    return json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
 class ResultsDir:
     """Append-only writer for an output folder; use as a context manager."""
 
@@ -232,10 +245,10 @@ class ResultsDir:
         """Append one batch of results and flush them to disk."""
         for r in results:
             if isinstance(r, Failure):
-                self._failed.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+                self._failed.write(json_line(asdict(r)) + "\n")
                 self.n_failed += 1
                 continue
-            self._results.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+            self._results.write(json_line(r.to_json()) + "\n")
             self._text.write(_text_line(r.key, r.text))
             self.done.add(r.key)
         for f in (self._results, self._text, self._failed):

@@ -80,9 +80,9 @@ def _cues(source: Transcript | Sequence[Cue]) -> Sequence[Cue]:
 def jsonl(results: Iterable[Transcript]) -> str:
     """``results.jsonl`` lines of transcripts (one JSON object a line, as ``transcribe``
     writes them)."""
-    import json
+    from asrctl.results import json_line
 
-    return "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in results)
+    return "".join(json_line(r.to_json()) + "\n" for r in results)
 
 
 def clock(seconds: float, decimal_marker: str) -> str:

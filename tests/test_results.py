@@ -203,3 +203,13 @@ def test_lock_is_held_across_processes(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     ResultsDir(tmp_path, resume=True).close()  # a killed holder leaves no stale lock
+
+
+def test_lines_split_into_results_however_they_are_read(tmp_path: Path) -> None:
+    """U+0085, U+2028 and U+2029 are escaped: str.splitlines() splits on them raw."""
+    odd = Transcript("odd", "a\u2028b\x85c\u2029d 你好", 1.0)
+    _write(tmp_path, odd, A)
+    text = (tmp_path / "results.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert [r["key"] for r in rows] == ["odd", "a"] and rows[0]["text"] == odd.text
+    assert "你好" in text

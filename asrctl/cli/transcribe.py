@@ -373,8 +373,7 @@ def cluster_options(
 def _run(
     transcriber, todo, options, results, formats=("text", "jsonl"), output_dir=None
 ) -> tuple[int, int, float, float]:
-    import json
-
+    from asrctl.results import json_line
     from asrctl.writers import SUBTITLE_FORMATS, transcript_cues, write_subtitles
 
     durations = [i.duration() for i in todo]
@@ -398,7 +397,7 @@ def _run(
                 elif formats[0] in SUBTITLE_FORMATS:
                     _output.data(SUBTITLE_FORMATS[formats[0]](transcript_cues(r)).rstrip("\n"))
                 elif "jsonl" in formats and "text" not in formats:
-                    _output.data(json.dumps(r.to_json(), ensure_ascii=False))
+                    _output.data(json_line(r.to_json()))
                 else:
                     _output.data(f"{r.key} {r.text}")
             if results is not None:
