@@ -221,7 +221,7 @@ class ResultsDir:
         rows: list[dict] = []
         rejected: list[tuple[int, bytes]] = []
         # bytes.splitlines splits at \n and \r only (str.splitlines also at U+2028, U+0085,
-        # which json.dumps leaves unescaped in a transcript)
+        # which json_line escapes but files from before it may hold raw in a transcript)
         lines = path.read_bytes().splitlines(keepends=True)
         torn = bool(lines) and not lines[-1].endswith(b"\n")
         if torn:
