@@ -32,6 +32,7 @@ Rules decided here, for every entry point:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -307,6 +308,7 @@ class Pipeline:
         self.encoder_precision = encoder_precision(encoder_dtype, self.device)
         self.max_tokens_cap = max_tokens_cap
         self._halved = False  # an encoder pass ran out of memory (warned once)
+        self._stream: torch.cuda.Stream | None = None  # the encoder's, on a GPU (encode)
         # vLLM first, then the encoder: its CUDA memory is then allocated beside vLLM's
         # KV cache, not counted against it (vLLM sizes the cache from free memory), and
         # vLLM can still fork its engine core (this process has not touched CUDA yet).
@@ -407,7 +409,7 @@ class Pipeline:
         t0 = time.perf_counter()
         timing = timing and self.encoder.word_timing
         waves = [torch.from_numpy(a) for a in audio]
-        with torch.inference_mode():
+        with torch.inference_mode(), self._encoder_stream():
             embeds, frames = self.encoder_pass(waves, timing=timing)
             seconds = [len(a) / self.sample_rate for a in audio]
             texts = [
@@ -421,6 +423,19 @@ class Pipeline:
             Encoded(p, len(e), s, encode_s, f)
             for p, e, s, f in zip(spliced, embeds, seconds, timed, strict=True)
         ]
+
+    def _encoder_stream(self) -> contextlib.AbstractContextManager[object]:
+        """On a GPU, the audio encoder's own CUDA stream, so that its kernels can run
+        beside those of a vLLM engine core in this process (one CUDA context; vLLM steps on
+        the default stream); elsewhere nothing. :meth:`encode` ends with a blocking copy to
+        the CPU on this stream, so nothing it returns is still being written."""
+        import torch
+
+        if not str(self.device).startswith("cuda"):
+            return contextlib.nullcontext()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=self.device)
+        return torch.cuda.stream(self._stream)
 
     def encoder_pass(
         self, waves: Sequence[torch.Tensor], *, timing: bool = False

@@ -188,19 +188,50 @@ def cli_tokens(results: Path) -> dict:
 IN_FLIGHT_128 = "in_flight_128"
 
 
-def fixed_work(c: Child, scp: Path, name: str, texts: Path) -> tuple[dict, Path]:
-    """throughput.py with asrctl's defaults (fixed work), and again with 128 in flight;
-    its JSON."""
+def fixed_work(c: Child, scp: Path, name: str, texts: Path, *flags: str) -> tuple[dict, Path]:
+    """throughput.py with asrctl's defaults (fixed work) and ``flags``, and again with 128
+    in flight; its JSON."""
     result = c.sbs / f"throughput-{name}.json"
     result.unlink(missing_ok=True)
     cmd = py(str(HERE / "throughput.py"), "--workdir", str(c.args.workdir), "--n", str(c.args.n))
-    cmd += ["--size", c.args.size, *DEFAULT_FLAGS, "--repeat", "2", "--texts", str(texts)]
+    cmd += ["--size", c.args.size, *DEFAULT_FLAGS, *flags, "--repeat", "2"]
+    cmd += ["--texts", str(texts)]
     cmd += ["--variant", f"{IN_FLIGHT_128}:max_in_flight=128"]
     cmd += ["--dtype", "float32" if c.args.smoke else "auto", "--out", str(result)]
     done = c.run(cmd + (["--enforce-eager"] if c.args.smoke else []), f"cli:{name}")
     if result.exists():
         return without_profiles(json.loads(result.read_text())), texts
     return {"error": done.get("skipped") or "throughput.py failed", "tail": tail(done)}, texts
+
+
+IN_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # vLLM's; asrctl leaves it as set
+
+
+def part_inproc(c: Child) -> dict:
+    """asrctl's defaults with vLLM's engine core in asrctl's process: one CUDA context, so
+    the encoder's stream can run beside vLLM's steps (two processes take turns on the GPU,
+    round 13). The CLI as a process (vLLM's variable set, as a user would), then
+    throughput.py's fixed work (``--in-process``), its texts against the cli part's."""
+    from sbs_scale import compare
+
+    model, scp, durations = c.fun_asr()
+    out_dir = c.sbs / "cli-in-process-out"
+    done = c.run(fixed_work_cli(c, scp, model, out_dir), "inproc:cli", env=IN_PROCESS_ENV)
+    cli = cli_run(done, out_dir) | {"env": IN_PROCESS_ENV}
+    texts = c.sbs / "texts-in_process.json"
+    fixed, _ = fixed_work(c, scp, "in_process", texts, "--in-process")
+    same = (
+        compare(json.loads(texts.read_text()), c.sbs / "texts-default.json")
+        if (texts.exists())
+        else {}
+    )
+    return {
+        "workload": {"utterances": len(durations), "audio_seconds": round(sum(durations), 1)},
+        "cli": cli,
+        "fixed_work": fixed,
+        "identical_to_multiprocess": same,
+        "commands": c.runner.commands,
+    }
 
 
 def part_peers(c: Child) -> dict:

@@ -45,6 +45,12 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
          are kept for the identity check of ``best``. Then once more in the same engine
          with at most 128 utterances in flight (batch_in_flight_128_rtfx): the most
          ``serve`` at concurrency 128 can reach.
+  inproc ~5 min, after cli. asrctl's defaults with vLLM's engine core in asrctl's process
+         (one CUDA context: the encoder's own stream can run beside vLLM's steps, where two
+         processes take turns on the GPU): the CLI as in cli (1) with
+         VLLM_ENABLE_V1_MULTIPROCESSING=0 (in_process_cli_rtfx), then cli (2) with
+         throughput.py's ``--in-process`` (in_process_fixed_work_rtfx), its texts compared
+         with cli's.
   best   ~3 min per K (K x ~60 s of staggered starts). K engine replicas sharing the GPU
          (``--replicas 2,3``), fixed work, each K in its own process: asrctl's
          RayTranscriber with ``engines_per_gpu=K`` (``asrctl transcribe --engines-per-gpu
@@ -102,6 +108,7 @@ from sbs_parts import (
     part_firered,
     part_glm,
     part_hour,
+    part_inproc,
     part_native,
     part_peers,
     part_start,
@@ -112,6 +119,7 @@ from sbs_scale import SERVE_VARIANTS, best_k, part_best, part_serve, replica
 PARTS = (
     "start",
     "cli",
+    "inproc",
     "best",
     "peers",
     "native",
@@ -125,6 +133,7 @@ PARTS = (
 ESTIMATES_S = {
     "start": 330,
     "cli": 240,
+    "inproc": 300,
     "best": 360,
     "peers": 300,
     "native": 240,
@@ -266,6 +275,13 @@ def summarize(report: dict) -> dict:
         "serve_c128_vs_batch_in_flight_128": _ratio(c128, in_flight_128),
         "ratio_default_fixed_work_vs_funasr": _ratio(fixed, funasr),
         "ratio_cli_vs_funasr": _ratio(cli_rtfx, funasr),
+        "in_process_cli_rtfx": _get(parts, "inproc", "cli", "summary_rtfx"),
+        "in_process_fixed_work_rtfx": _get(
+            parts, "inproc", "fixed_work", "end_to_end", "median_rtfx"
+        ),
+        "ratio_in_process_cli_vs_funasr": _ratio(
+            _get(parts, "inproc", "cli", "summary_rtfx"), funasr
+        ),
         "ratio_best_vs_funasr": _ratio(candidates.get(best_name) if best_name else None, funasr),
         "firered_default_rtfx": _get(parts, "firered", "rtfx"),
         "vibevoice_default_rtfx": _get(parts, "vibevoice", "end_to_end", "rtfx"),
@@ -318,6 +334,7 @@ def parent(args: argparse.Namespace, parts: list[str]) -> int:
 CHILDREN = {
     "start": part_start,
     "cli": part_cli,
+    "inproc": part_inproc,
     "best": part_best,
     "peers": part_peers,
     "native": part_native,

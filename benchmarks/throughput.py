@@ -392,6 +392,12 @@ def main() -> int:
         help="vLLM's max_cudagraph_capture_size (asrctl's GPU default: max_num_seqs)",
     )
     ap.add_argument("--enforce-eager", action="store_true", help="CPU smoke runs")
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="vLLM's engine core in this process (EngineOptions.in_process): one CUDA "
+        "context, so the encoder's stream can run beside vLLM's steps",
+    )
     ap.add_argument("--cuda-graph-sizes", default="", help="e.g. 1,2,4,...,1024 (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="time end_to_end this many times")
     ap.add_argument(
@@ -422,6 +428,7 @@ def main() -> int:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         enforce_eager=args.enforce_eager,
+        in_process=args.in_process,
         cuda_graph_sizes=sizes,
         extra=_extra_engine_args(args),
     )
@@ -509,6 +516,7 @@ def main() -> int:
             "generated_tokens": sum(math.ceil(TOKENS_PER_SECOND * d) for d in durations),
         },
         "model_load_s": round(load_s, 1),
+        "engine_core_client": type(getattr(asr.engine.engine, "engine_core", None)).__name__,
         "startup": dataclasses.asdict(startup),
         "end_to_end": {
             "seconds": round(e2e_s, 2),

@@ -194,3 +194,47 @@ def test_encoder_budget_keeps_the_familys_memory_bound(
     assert pipeline.encoder_budget(960.0) == 120 * SR
     assert pipeline.encoder_budget(60.0) == 60 * SR
     assert pipeline.encoder_budget(None) == 120 * SR
+
+
+def test_a_gpu_encoder_runs_on_its_own_stream(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU every pass of ``encode`` runs inside one stream of the encoder's own (so
+    its kernels can run beside an in-process vLLM's), created once; on a CPU, none."""
+    import torch
+
+    entered: list[object] = []
+    created: list[object] = []
+
+    class FakeStream:
+        def __init__(self, device=None) -> None:
+            created.append(self)
+
+    class Within:
+        def __init__(self, stream) -> None:
+            self.stream = stream
+
+        def __enter__(self):
+            entered.append(self.stream)
+
+        def __exit__(self, *exc):
+            entered.append(None)
+
+    seen: list[object] = []
+    real = pipeline.encoder.encode
+
+    def recording(batch, *, timing=False):
+        seen.append(entered[-1] if entered else "none")
+        return real(batch, timing=timing)
+
+    monkeypatch.setattr(pipeline.encoder, "encode", recording)
+    waves = [_noise(1.0), _noise(0.5)]
+    pipeline.encode(waves, [PromptOptions()] * 2)
+    assert seen == ["none"] and not created  # a CPU encoder: no stream
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", Within)
+    monkeypatch.setattr(pipeline, "device", "cuda")
+    pipeline.encode(waves, [PromptOptions()] * 2)
+    pipeline.encode(waves, [PromptOptions()] * 2)
+    assert len(created) == 1 and seen[1:] == [created[0], created[0]]
+    assert entered[-1] is None  # left after each pass

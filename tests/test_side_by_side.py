@@ -240,6 +240,17 @@ def test_the_cli_part_on_the_fake_engine(tmp_path: Path) -> None:
     texts = json.loads((tmp_path / "w" / "side-by-side" / "texts-default.json").read_text())
     assert len(texts) == 4
     assert json.loads(done.stdout)["asrctl_default_rtfx"] == report["asrctl_default_rtfx"]
+    # then the in-process part beside it, in the same file: the CLI with vLLM's variable,
+    # throughput.py --in-process, its texts against the cli part's
+    _, report = run_part_on_fake_engine(tmp_path, "inproc", "--n", "4", part_timeout=300)
+    inproc = report["parts"]["inproc"]
+    assert inproc["cli"]["exit_code"] == 0 and inproc["cli"]["transcribed"] == 4, inproc
+    assert inproc["cli"]["env"] == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert inproc["fixed_work"]["settings"]["in_process"] is True
+    assert report["in_process_cli_rtfx"] == inproc["cli"]["summary_rtfx"] > 0
+    assert report["in_process_fixed_work_rtfx"] > 0
+    assert inproc["identical_to_multiprocess"]["compared"] == 4
+    assert report["asrctl_default_rtfx"] == cli["cli"]["summary_rtfx"]  # cli's record kept
 
 
 def test_the_hour_part_times_one_long_single_pass(tmp_path: Path) -> None:
