@@ -219,7 +219,10 @@ def part_inproc(c: Child) -> dict:
     done = c.run(fixed_work_cli(c, scp, model, out_dir), "inproc:cli", env=IN_PROCESS_ENV)
     cli = cli_run(done, out_dir) | {"env": IN_PROCESS_ENV}
     texts = c.sbs / "texts-in_process.json"
-    fixed, _ = fixed_work(c, scp, "in_process", texts, "--in-process")
+    # one process, one GIL: the engine loop and the encoder thread take turns every
+    # switch interval (Python's 5 ms); once more at 1 ms
+    switch = "--variant", "switch_1ms:switch_interval=0.001"
+    fixed, _ = fixed_work(c, scp, "in_process", texts, "--in-process", *switch)
     same = (
         compare(json.loads(texts.read_text()), c.sbs / "texts-default.json")
         if (texts.exists())

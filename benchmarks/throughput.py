@@ -542,8 +542,8 @@ def main() -> int:
         },
         "encoder_only": {
             "seconds": round(enc_s, 2),
-            "scope": f"fbank + LFR + encoder + adaptor ({args.encoder_dtype}) on decoded "
-            "audio, length-sorted batches; no LLM",
+            "scope": f"the family's audio encoder ({args.encoder_dtype}; Fun-ASR-Nano: fbank "
+            "+ LFR + encoder + adaptor) on decoded audio, length-sorted batches; no LLM",
         },
         "load_only": {
             "seconds_by_threads": loads,
@@ -555,7 +555,8 @@ def main() -> int:
         "profile_vllm_alone": profile_alone,
         "gpu_memory_beside_vllm_gib": round(peak_gib, 2),
         "gpu_memory_scope": "peak torch allocation in asrctl's process during end_to_end "
-        "(features, encoder, buffers); vLLM runs in its own process",
+        "(features, encoder, buffers); vLLM's own unless its engine core runs in this "
+        "process (engine_core_client InprocClient)",
     }
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
