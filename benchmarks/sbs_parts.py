@@ -220,9 +220,12 @@ def part_inproc(c: Child) -> dict:
     cli = cli_run(done, out_dir) | {"env": IN_PROCESS_ENV}
     texts = c.sbs / "texts-in_process.json"
     # one process, one GIL: the engine loop and the encoder thread take turns every
-    # switch interval (Python's 5 ms); once more at 1 ms
-    switch = "--variant", "switch_1ms:switch_interval=0.001"
-    fixed, _ = fixed_work(c, scp, "in_process", texts, "--in-process", *switch)
+    # switch interval (Python's 5 ms); once more at 1 ms. And vLLM's per-request copies of
+    # prompt embeddings now run on this process's torch CPU threads, a pool as wide as the
+    # machine (its own process gets one, ENGINE_CORE_THREADS): once more with one.
+    variants = ["switch_1ms:switch_interval=0.001", "threads_1:torch_threads=1"]
+    flags = [x for v in variants for x in ("--variant", v)]
+    fixed, _ = fixed_work(c, scp, "in_process", texts, "--in-process", *flags)
     same = (
         compare(json.loads(texts.read_text()), c.sbs / "texts-default.json")
         if (texts.exists())

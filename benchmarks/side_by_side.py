@@ -49,8 +49,8 @@ vLLM start; each part's child stops its steps at its own deadline and records wh
          (one CUDA context: the encoder's own stream can run beside vLLM's steps, where two
          processes take turns on the GPU): the CLI as in cli (1) with
          VLLM_ENABLE_V1_MULTIPROCESSING=0 (in_process_cli_rtfx), then cli (2) with
-         throughput.py's ``--in-process`` (in_process_fixed_work_rtfx), its texts compared
-         with cli's.
+         throughput.py's ``--in-process`` (in_process_fixed_work_rtfx; variants: a 1 ms
+         thread switch interval, one torch CPU thread), its texts compared with cli's.
   best   ~3 min per K (K x ~60 s of staggered starts). K engine replicas sharing the GPU
          (``--replicas 2,3``), fixed work, each K in its own process: asrctl's
          RayTranscriber with ``engines_per_gpu=K`` (``asrctl transcribe --engines-per-gpu

@@ -14,7 +14,8 @@ Timers (each after a warm-up on the first 64 files, which are also in the timed 
 Variants (``--variant NAME:key=value,...``) time end_to_end again in the same engine with
 other pipeline settings. Keys: batch_size, encoder_batch_size, encoder_batch_seconds
 (``none``: no bound), max_in_flight, switch_interval (Python's thread switch interval, s),
-loader_threads.
+loader_threads, torch_threads (this process's torch CPU threads: an in-process engine
+core's copies of prompt embeddings run on them).
 ``--py-spy DIR`` samples every thread of asrctl's process and of vLLM's engine core during
 end_to_end and vllm_alone (py-spy on PATH) and writes collapsed stacks and a per-function
 summary.
@@ -174,6 +175,7 @@ VARIANT_KEYS = {
     "encoder_batch_seconds": float,
     "max_in_flight": int,
     "switch_interval": float,
+    "torch_threads": int,
 }
 
 
@@ -216,13 +218,18 @@ def timed_variant(asr, items, options, settings: dict, audio_s: float) -> dict:
 
     switch = settings.get("switch_interval")
     loaders = settings.get("loader_threads")
-    fields = {k: v for k, v in settings.items() if k not in ("switch_interval", "loader_threads")}
+    threads = settings.get("torch_threads")
+    process_wide = ("switch_interval", "loader_threads", "torch_threads")
+    fields = {k: v for k, v in settings.items() if k not in process_wide}
     opts = dataclasses.replace(options, **fields)
     before, loaders_before = sys.getswitchinterval(), transcribe.LOADER_THREADS
+    threads_before = torch.get_num_threads()
     if switch is not None:
         sys.setswitchinterval(switch)
     if loaders is not None:
         transcribe.LOADER_THREADS = loaders
+    if threads is not None:
+        torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -232,6 +239,7 @@ def timed_variant(asr, items, options, settings: dict, audio_s: float) -> dict:
     finally:
         sys.setswitchinterval(before)
         transcribe.LOADER_THREADS = loaders_before
+        torch.set_num_threads(threads_before)
     return {
         "settings": settings,
         "seconds": round(seconds, 2),

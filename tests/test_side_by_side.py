@@ -247,6 +247,9 @@ def test_the_cli_part_on_the_fake_engine(tmp_path: Path) -> None:
     assert inproc["cli"]["exit_code"] == 0 and inproc["cli"]["transcribed"] == 4, inproc
     assert inproc["cli"]["env"] == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     assert inproc["fixed_work"]["settings"]["in_process"] is True
+    variants = inproc["fixed_work"]["variants"]
+    assert variants["threads_1"]["settings"] == {"torch_threads": 1}
+    assert variants["switch_1ms"]["rtfx"] > 0 and variants["threads_1"]["rtfx"] > 0
     assert report["in_process_cli_rtfx"] == inproc["cli"]["summary_rtfx"] > 0
     assert report["in_process_fixed_work_rtfx"] > 0
     assert inproc["identical_to_multiprocess"]["compared"] == 4
