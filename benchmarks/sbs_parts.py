@@ -226,11 +226,8 @@ def part_inproc(c: Child) -> dict:
     variants = ["switch_1ms:switch_interval=0.001", "threads_1:torch_threads=1"]
     flags = [x for v in variants for x in ("--variant", v)]
     fixed, _ = fixed_work(c, scp, "in_process", texts, "--in-process", *flags)
-    same = (
-        compare(json.loads(texts.read_text()), c.sbs / "texts-default.json")
-        if (texts.exists())
-        else {}
-    )
+    default = c.sbs / "texts-default.json"
+    same = compare(json.loads(texts.read_text()), default) if texts.exists() else {}
     return {
         "workload": {"utterances": len(durations), "audio_seconds": round(sum(durations), 1)},
         "cli": cli,
