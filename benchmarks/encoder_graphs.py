@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -82,6 +83,7 @@ def main() -> int:
     import torch
 
     from asrctl.adapters.registry import load_adapter
+    from asrctl.models.fun_asr_nano import FunAsrNanoAudio
     from asrctl.pipeline import ENCODER_BATCH_SECONDS, apply_encoder_precision, default_device
 
     device = default_device()
@@ -89,7 +91,7 @@ def main() -> int:
         "fun-asr-nano", args.workdir / f"fun-asr-nano-{args.size}", args.size
     )
     dtype = apply_encoder_precision("auto", device)
-    encoder = load_adapter(model).audio_encoder(device, dtype)
+    encoder = cast(FunAsrNanoAudio, load_adapter(model).audio_encoder(device, dtype))
     budget = int(ENCODER_BATCH_SECONDS * 16000)
     results = {}
     with torch.inference_mode():

@@ -42,7 +42,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -102,10 +102,11 @@ def setup_merged(model: Path) -> dict[str, Any]:
 
 def lora_tensors(model: Path) -> tuple[dict[str, torch.Tensor], int, Path]:
     """PEFT-named LoRA tensors of model.pth.tar, their rank and the base LLM folder."""
+    from asrctl.adapters.fireredasr_llm import FireRedAsrLlmAdapter
     from asrctl.adapters.registry import load_adapter
     from asrctl.errors import AsrctlError
 
-    adapter = load_adapter(model)
+    adapter = cast(FireRedAsrLlmAdapter, load_adapter(model))
     full, lora = adapter.llm_overrides()
     if full or not lora:
         raise AsrctlError("model.pth.tar has full LLM tensors or no LoRA: no adapter to write")
@@ -212,10 +213,11 @@ def real_prompts(model: Path, scp: Path, k: int) -> tuple[list[torch.Tensor], di
     import numpy as np
     import torch
 
+    from asrctl.adapters.fireredasr_llm import FireRedAsrLlmAdapter
     from asrctl.adapters.registry import load_adapter
     from asrctl.inputs import iter_inputs
 
-    adapter = load_adapter(model)
+    adapter = cast(FireRedAsrLlmAdapter, load_adapter(model))
     encoder = adapter.audio_encoder("cpu", torch.float32)
     waves = [item.load(SR) for item in iter_inputs(scp)[:k]]
     thirty = np.zeros(int(SR * 30.0), dtype=np.float32)
@@ -395,7 +397,7 @@ def end_to_end(asr: Any, job: dict[str, Any]) -> dict[str, Any]:
         "rtfx": round(sum(job["durations"]) / seconds, 1),
         "utterances": len(results) - len(failed),
         "failed": len(failed),
-        "first_failure": failed[0].reason if failed else None,
+        "first_failure": failed[0].error if failed else None,
         "scope": "wav files on disk -> text (read, resample, fbank, encoder "
         f"{job['encoder_dtype']}, LLM, detokenize); load and warm-up excluded",
     }

@@ -42,6 +42,7 @@ import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ def build_audio(size: str, device: str, seed: int):
     from asrctl.models.glm_asr import GlmAsrAudio, WhisperFeatureOptions, register_attention
 
     register_attention()
-    a, hidden = SIZES[size]["audio"], LLM_HIDDEN[size]
+    a, hidden = cast(dict, SIZES[size]["audio"]), LLM_HIDDEN[size]
     config = {"audio_config": audio_config(a)}
     shapes = {
         **audio_shapes(a["hidden"], a["intermediate"], a["layers"]),
@@ -233,7 +234,7 @@ def measure(
 def versions(device: str) -> dict:
     import transformers
 
-    out = {
+    out: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

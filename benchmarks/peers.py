@@ -97,7 +97,7 @@ import time
 import traceback
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -455,7 +455,8 @@ def native_prompt() -> str:
         request_prompt="",
         to_language=None,
     )
-    return cls.get_generation_prompt(params)["prompt"]
+    prompt: Any = cls.get_generation_prompt(cast(Any, params))  # duck-typed params
+    return prompt["prompt"]
 
 
 def native_run(llm: Any, prompt: str, paths: list[Path], counts: list[int]) -> dict:
@@ -574,7 +575,7 @@ def spawn(args: argparse.Namespace, peer: str, model: Path) -> dict:
         result_path = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", peer]
         cmd += [*child_args(args), "--result", str(result_path)]
-        tail = collections.deque(maxlen=40)
+        tail: collections.deque[str] = collections.deque(maxlen=40)
         t0 = time.perf_counter()
         rc = stream(cmd, env, tail, args.peer_timeout)
         wall = time.perf_counter() - t0

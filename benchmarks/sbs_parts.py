@@ -82,7 +82,8 @@ class FirstResult:
     """Seconds from now until ``path`` first holds a line (polled every 50 ms)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.t0, self.seen = path, time.perf_counter(), None
+        self.path, self.t0 = path, time.perf_counter()
+        self.seen: float | None = None
         self.done = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
@@ -264,7 +265,7 @@ def peers_run(c: Child, peers: list[str], label: str) -> dict:
     else:
         cmd += ["--gpu-memory-utilization", "0.5"]
     done = c.run([*cmd, "--out", str(result)], label)
-    record = json.loads(result.read_text()) if result.exists() else {"tail": tail(done)}
+    record: dict = json.loads(result.read_text()) if result.exists() else {"tail": tail(done)}
     for peer in (record.get("peers") or {}).values():
         if isinstance(peer.get("error"), dict):  # keep the cause, not pages of log
             peer["error"].pop("output_tail", None)

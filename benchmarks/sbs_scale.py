@@ -118,9 +118,12 @@ def ray_replicas(c: Child, model: Path, items: list, k: int) -> dict:
     t0 = time.perf_counter()
     options = transcribe_options(c)
     shard = math.ceil(len(items) / k)  # one shard each: one pipeline drain, as one engine
-    with RayTranscriber(
-        spec, cluster, on_info=lambda s: (said.append(s), print(s, file=sys.stderr))
-    ) as replicas:
+
+    def say(line: str) -> None:
+        said.append(line)
+        print(line, file=sys.stderr)
+
+    with RayTranscriber(spec, cluster, on_info=say) as replicas:
         start_s = time.perf_counter() - t0
         replicas.cluster = dataclasses.replace(cluster, shard_size=64)
         list(replicas.transcribe(items[: 64 * k], options))  # warm-up: 64 files each
@@ -149,12 +152,12 @@ def ray_replicas(c: Child, model: Path, items: list, k: int) -> dict:
 def process_replicas(c: Child, k: int) -> dict:
     """K processes of ``--child replica``, started one after another (each waits until
     the one before it has loaded and warmed up), then released together."""
-    from asrctl.distributed import SHARED_GPU_MEMORY
+    from asrctl.engine import GPU_MEMORY_UTILIZATION  # what K engines share
 
     sync = c.sbs / f"replicas-{k}"
     shutil.rmtree(sync, ignore_errors=True)
     sync.mkdir(parents=True)
-    share = math.floor(SHARED_GPU_MEMORY / k * 1000) / 1000
+    share = math.floor(GPU_MEMORY_UTILIZATION / k * 1000) / 1000
     threads = max(1, (os.cpu_count() or 1) // k)
     procs = []
     t0 = time.perf_counter()

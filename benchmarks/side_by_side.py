@@ -237,11 +237,11 @@ def summarize(report: dict) -> dict:
     best_k = {k: r.get("rtfx") for k, r in replicas.items() if isinstance(r, dict)}
     candidates = {"1 engine (defaults)": batch} | {f"{k} engines": v for k, v in best_k.items()}
     candidates = {k: v for k, v in candidates.items() if v}
-    best_name = max(candidates, key=candidates.get) if candidates else None
+    best_name = max(candidates, key=lambda k: candidates[k]) if candidates else None
     funasr = _get(parts, "peers", "peers", "funasr", "rtfx")
     c128 = _get(parts, "serve", "c128", "rtfx")
     in_flight_128 = _get(parts, "cli", "fixed_work", "variants", IN_FLIGHT_128, "rtfx")
-    versions = next(
+    versions: dict = next(
         (p["versions"] for p in parts.values() if isinstance(p, dict) and p.get("versions")), {}
     )
     top = {

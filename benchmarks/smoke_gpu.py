@@ -17,4 +17,4 @@ if __name__ == "__main__":
         rng = np.random.default_rng(0)
         clips = [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (1, 3, 7)]
         for batch in asr.transcribe(from_arrays(clips, 16000), TranscribeOptions(max_tokens=16)):
-            print([(r.key, r.token_ids) for r in batch], flush=True)
+            print([(r.key, getattr(r, "token_ids", r)) for r in batch], flush=True)

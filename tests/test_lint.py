@@ -1,6 +1,6 @@
-"""The type check of the lint step (README, Development): ``mypy asrctl`` passes, so CI
-(which runs only pytest) enforces it. Its settings are pyproject.toml's ``[tool.mypy]``
-(``asrctl/fixtures/`` left out)."""
+"""The type check of the lint step (README, Development): ``mypy asrctl benchmarks``
+passes, so CI (which runs only pytest) enforces it. Its settings are pyproject.toml's
+``[tool.mypy]`` (``asrctl/fixtures/`` left out)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def _mypy(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_asrctl_passes_mypy() -> None:
-    done = _mypy("asrctl")
+def test_asrctl_and_benchmarks_pass_mypy() -> None:
+    done = _mypy("asrctl", "benchmarks")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Success: no issues found" in done.stdout
 

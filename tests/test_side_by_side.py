@@ -283,3 +283,18 @@ def test_native_peer_from_its_own_part() -> None:
     part); its figure is the top-level native_rtfx."""
     top = sbs.summarize({"parts": {"native": {"peers": {"native": {"rtfx": 600.0}}}}})
     assert top["native_rtfx"] == 600.0
+
+
+def test_the_best_part_in_plain_processes_on_the_fake_engine(tmp_path: Path) -> None:
+    """`--part best --replica-mode processes`: K replica processes share vLLM's default
+    GPU share, texts compared with one engine's (none here: the note says so)."""
+    from asrctl.engine import GPU_MEMORY_UTILIZATION
+
+    _, report = run_part_on_fake_engine(
+        tmp_path, "best", "--n", "4", "--replicas", "2", "--replica-mode", "processes",
+        part_timeout=300,
+    )  # fmt: skip
+    two = report["parts"]["best"]["replicas"]["2"]
+    assert two["mode"] == "processes" and two["utterances"] == 4, two
+    assert two["gpu_memory_utilization_each"] == GPU_MEMORY_UTILIZATION / 2
+    assert two["identical_to_one_engine"]["compared"] == 0
