@@ -241,6 +241,7 @@ def summarize(report: dict) -> dict:
     funasr = _get(parts, "peers", "peers", "funasr", "rtfx")
     c128 = _get(parts, "serve", "c128", "rtfx")
     in_flight_128 = _get(parts, "cli", "fixed_work", "variants", IN_FLIGHT_128, "rtfx")
+    in_process_cli = _get(parts, "inproc", "cli", "summary_rtfx")
     versions: dict = next(
         (p["versions"] for p in parts.values() if isinstance(p, dict) and p.get("versions")), {}
     )
@@ -275,13 +276,11 @@ def summarize(report: dict) -> dict:
         "serve_c128_vs_batch_in_flight_128": _ratio(c128, in_flight_128),
         "ratio_default_fixed_work_vs_funasr": _ratio(fixed, funasr),
         "ratio_cli_vs_funasr": _ratio(cli_rtfx, funasr),
-        "in_process_cli_rtfx": _get(parts, "inproc", "cli", "summary_rtfx"),
+        "in_process_cli_rtfx": in_process_cli,
         "in_process_fixed_work_rtfx": _get(
             parts, "inproc", "fixed_work", "end_to_end", "median_rtfx"
         ),
-        "ratio_in_process_cli_vs_funasr": _ratio(
-            _get(parts, "inproc", "cli", "summary_rtfx"), funasr
-        ),
+        "ratio_in_process_cli_vs_funasr": _ratio(in_process_cli, funasr),
         "ratio_best_vs_funasr": _ratio(candidates.get(best_name) if best_name else None, funasr),
         "firered_default_rtfx": _get(parts, "firered", "rtfx"),
         "vibevoice_default_rtfx": _get(parts, "vibevoice", "end_to_end", "rtfx"),
